@@ -1,0 +1,1 @@
+"""Frame sources: live RealSense, recorded .bag/.db3 playback, and the synthetic drum line."""

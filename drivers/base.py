@@ -1,0 +1,75 @@
+"""The one interface every frame source implements (live camera, recording, synthetic line).
+
+Sources are plain objects: open/read/close and a context manager. Process wrappers, the ring buffer
+and watchdogs live above them (``edge``), so tests and tools can drive a source in-process.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from types import TracebackType
+
+from drivers.errors import EndOfStreamError, SourceError
+from edge.core.frame import Frame, StreamSpec
+
+
+class FrameSource(abc.ABC):
+    """A stream of :class:`Frame`. ``read`` never blocks longer than its timeout."""
+
+    @abc.abstractmethod
+    def open(self) -> StreamSpec:
+        """Start streaming and return the stream description (sizes, calibration, registration)."""
+
+    @abc.abstractmethod
+    def read(self, timeout_s: float) -> Frame:
+        """Next frame. Raises FrameTimeoutError after ``timeout_s``, EndOfStreamError after the last frame.
+
+        The returned arrays are owned by the caller (copied out of any SDK buffer already).
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop streaming and release the device or file. Safe to call twice."""
+
+    @property
+    @abc.abstractmethod
+    def spec(self) -> StreamSpec:
+        """The stream description; raises SourceError before ``open``."""
+
+    @property
+    @abc.abstractmethod
+    def ready(self) -> bool:
+        """True while the source is open and delivering frames (feeds readiness and the watchdog)."""
+
+    def default_timeout_s(self) -> float:
+        """A read timeout of a few frame periods, never below 0.5 s."""
+        return max(0.5, 4.0 / max(self.spec.fps, 1e-3))
+
+    def frames(self, timeout_s: float | None = None) -> Iterator[Frame]:
+        """Iterate until end of stream; a timeout is an error, not an end."""
+        t = self.default_timeout_s() if timeout_s is None else timeout_s
+        while True:
+            try:
+                yield self.read(t)
+            except EndOfStreamError:
+                return
+
+    def __enter__(self) -> FrameSource:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def require_open(spec: StreamSpec | None, name: str) -> StreamSpec:
+    """Return ``spec`` or raise the error a caller gets for using a source before ``open``."""
+    if spec is None:
+        raise SourceError(f"{name} is not open", "call open() (or use it as a context manager) first")
+    return spec

@@ -1,0 +1,17 @@
+"""The design's top-level names collide with PyPI distributions; prove ours are the ones imported."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["edge", "drivers", "engines", "calibration", "tools"])
+def test_top_level_package_resolves_inside_repo(name: str) -> None:
+    module = importlib.import_module(name)
+    assert module.__file__ is not None
+    assert Path(module.__file__).resolve().is_relative_to(REPO), module.__file__
