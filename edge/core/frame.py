@@ -171,7 +171,9 @@ class StreamSpec:
         )
 
 
-DefectType = Literal["dent", "deformation", "foreign_object", "misaligned_part", "missing_part", "scratch", "discoloration"]
+DefectType = Literal[
+    "dent", "deformation", "foreign_object", "misaligned_part", "missing_part", "scratch", "discoloration"
+]
 DEFECT_TYPES: tuple[DefectType, ...] = (
     "dent",
     "deformation",

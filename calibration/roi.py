@@ -1,0 +1,207 @@
+"""The calibrated 3D region of interest around the drum, and its versioned YAML file (``roi.yaml``).
+
+The ROI is a shape (a cylinder along its own z axis, or an oriented box) placed in the color camera frame by
+``T_camera_roi``. It is bound to the camera it was calibrated with: a file whose serial or intrinsics do
+not match the running stream is refused (or only warned about with ``allow_mismatch``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from edge.core.config import EdgeModel
+from edge.core.errors import EdgeError
+from edge.core.frame import Extrinsics, Intrinsics, StreamSpec
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+class RoiError(EdgeError):
+    """An ROI file is missing, malformed, or belongs to another camera."""
+
+
+class CylinderShape(EdgeModel):
+    """A finite cylinder whose axis is the ROI frame's z axis, centred on the ROI origin."""
+
+    type: Literal["cylinder"] = "cylinder"
+    radius_m: float = Field(gt=0, le=5, description="cylinder radius in metres")
+    length_m: float = Field(gt=0, le=10, description="full length along the axis in metres")
+
+
+class BoxShape(EdgeModel):
+    """An oriented box centred on the ROI origin, edges along the ROI frame's axes."""
+
+    type: Literal["box"] = "box"
+    extents_m: tuple[float, float, float] = Field(description="full edge lengths along ROI x, y, z (metres)")
+
+    @field_validator("extents_m")
+    @classmethod
+    def _positive(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(v) <= 0:
+            raise ValueError("box extents must all be > 0")
+        return v
+
+
+Shape = Annotated[CylinderShape | BoxShape, Field(discriminator="type")]
+
+
+class CameraBinding(EdgeModel):
+    """The stream the ROI was calibrated on; checked against the running camera at load."""
+
+    serial: str
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    fps: float = Field(gt=0)
+    depth_scale: float = Field(gt=0)
+    depth_aligned_to_color: bool
+    color_intrinsics: dict[str, Any]
+    depth_intrinsics: dict[str, Any]
+    depth_to_color: dict[str, Any]
+
+    @classmethod
+    def from_spec(cls, spec: StreamSpec) -> CameraBinding:
+        return cls(
+            serial=spec.serial,
+            width=spec.color_intrinsics.width,
+            height=spec.color_intrinsics.height,
+            fps=spec.fps,
+            depth_scale=spec.depth_scale,
+            depth_aligned_to_color=spec.depth_aligned_to_color,
+            color_intrinsics=spec.color_intrinsics.to_dict(),
+            depth_intrinsics=spec.depth_intrinsics.to_dict(),
+            depth_to_color=spec.depth_to_color.to_dict(),
+        )
+
+    def mismatches(self, spec: StreamSpec) -> list[str]:
+        """Human-readable differences between this binding and a running stream (empty when they match)."""
+        out: list[str] = []
+        if spec.serial != self.serial:
+            out.append(f"camera serial is {spec.serial!r}, ROI was calibrated on {self.serial!r}")
+        if not Intrinsics.from_dict(self.color_intrinsics).close_to(spec.color_intrinsics):
+            out.append(
+                f"color intrinsics differ (ROI: {self.color_intrinsics}, camera: {spec.color_intrinsics.to_dict()})"
+            )
+        if not np.allclose(Extrinsics.from_dict(self.depth_to_color).matrix(), spec.depth_to_color.matrix(), atol=1e-3):
+            out.append("depth→color extrinsics differ")
+        if abs(spec.depth_scale - self.depth_scale) > 1e-9:
+            out.append(f"depth scale is {spec.depth_scale}, ROI was calibrated at {self.depth_scale}")
+        return out
+
+
+class AcceptanceStats(EdgeModel):
+    """How well the fitted shape explains the calibration frames (printed and stored for audits)."""
+
+    n_frames: int = Field(ge=1)
+    points_inside: int = Field(ge=0, description="cloud points inside the ROI (after margin)")
+    fill_rate: float = Field(ge=0, le=1, description="share of the ROI's projected pixels that carry depth")
+    fit_residual_m: float = Field(ge=0, description="RMS distance of the drum points to the fitted surface")
+
+
+class RoiFile(EdgeModel):
+    """Contents of ``roi.yaml``."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    camera: CameraBinding
+    T_camera_roi: list[list[float]] = Field(description="4×4 pose of the ROI frame in the color camera frame")
+    shape: Shape
+    margin_m: float = Field(default=0.01, ge=0, le=0.5, description="grown on every side of the shape")
+    acceptance: AcceptanceStats | None = None
+    created: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    tool_version: str = ""
+
+    @field_validator("T_camera_roi")
+    @classmethod
+    def _rigid(cls, v: list[list[float]]) -> list[list[float]]:
+        m = np.asarray(v, dtype=np.float64)
+        if m.shape != (4, 4):
+            raise ValueError(f"T_camera_roi must be 4×4, got {m.shape}")
+        r = m[:3, :3]
+        if not np.allclose(r @ r.T, np.eye(3), atol=1e-4) or np.linalg.det(r) < 0:
+            raise ValueError("T_camera_roi rotation is not a proper rotation matrix")
+        if not np.allclose(m[3], [0, 0, 0, 1]):
+            raise ValueError("T_camera_roi last row must be 0 0 0 1")
+        return v
+
+    @property
+    def pose(self) -> npt.NDArray[np.float64]:
+        return np.asarray(self.T_camera_roi, dtype=np.float64)
+
+    @property
+    def version(self) -> str:
+        """Content hash (12 hex) recorded with every verdict so results name the ROI they used."""
+        payload = self.model_dump(mode="json", exclude={"created", "acceptance", "tool_version"})
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+    def contains(self, points: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.bool_]:
+        """Which camera-frame points (…×3) lie inside the shape grown by the margin."""
+        T = self.pose
+        p = np.asarray(points, dtype=np.float64)
+        local = (p - T[:3, 3]) @ T[:3, :3]  # R^T (p - t), row-vector form
+        m = self.margin_m
+        if isinstance(self.shape, CylinderShape):
+            r = self.shape.radius_m + m
+            half = self.shape.length_m / 2 + m
+            inside: npt.NDArray[np.bool_] = (local[..., 0] ** 2 + local[..., 1] ** 2 <= r * r) & (
+                np.abs(local[..., 2]) <= half
+            )
+            return inside
+        half_ext = np.asarray(self.shape.extents_m) / 2 + m
+        return np.all(np.abs(local) <= half_ext, axis=-1)
+
+    def check_camera(self, spec: StreamSpec, *, allow_mismatch: bool = False) -> None:
+        """Refuse (or warn, with ``allow_mismatch``) when the running stream is not the calibrated one."""
+        problems = self.camera.mismatches(spec)
+        if not problems:
+            return
+        text = "; ".join(problems)
+        if allow_mismatch:
+            log.warning("ROI camera mismatch accepted by --allow-mismatch: %s", text)
+            return
+        raise RoiError(
+            f"ROI file does not fit the running camera: {text}",
+            "recalibrate with edge-calibrate on this camera, or pass --allow-mismatch to use it anyway",
+        )
+
+
+def save_roi(roi: RoiFile, path: Path) -> None:
+    """Write ``roi.yaml`` atomically (a crash never leaves half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(roi.model_dump(mode="json"), sort_keys=False))
+    tmp.replace(path)
+
+
+def load_roi(path: Path) -> RoiFile:
+    """Read and validate ``roi.yaml``; every failure names the file and the bad key."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RoiError(f"ROI file {path} not found", "run edge-calibrate to create it") from None
+    except yaml.YAMLError as e:
+        raise RoiError(f"ROI file {path} is not valid YAML: {e}", "fix the syntax or recalibrate") from None
+    if not isinstance(data, dict):
+        raise RoiError(f"ROI file {path} is empty or not a mapping", "recalibrate with edge-calibrate")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise RoiError(
+            f"ROI file {path} has schema_version {data.get('schema_version')!r}, this build reads {SCHEMA_VERSION}",
+            "recalibrate with this version of edge-calibrate",
+        )
+    try:
+        return RoiFile.model_validate(data)
+    except ValidationError as e:
+        details = "; ".join(
+            f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']} (got {err.get('input')!r})" for err in e.errors()
+        )
+        raise RoiError(f"ROI file {path} is invalid: {details}", "fix the named key or recalibrate") from None
