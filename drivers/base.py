@@ -8,10 +8,26 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterator
+from dataclasses import dataclass
 from types import TracebackType
+
+import numpy as np
+import numpy.typing as npt
 
 from drivers.errors import EndOfStreamError, SourceError
 from edge.core.frame import Frame, StreamSpec
+
+
+@dataclass(frozen=True, slots=True)
+class FrameBuffers:
+    """Caller-owned destination arrays (typically a ring-buffer slot) a source copies a frame into.
+
+    Passing them to :meth:`FrameSource.read` is how the capture process makes exactly one copy out of
+    the SDK's buffer: straight into shared memory, releasing the SDK frame at once.
+    """
+
+    color: npt.NDArray[np.uint8]
+    depth: npt.NDArray[np.uint16]
 
 
 class FrameSource(abc.ABC):
@@ -22,10 +38,12 @@ class FrameSource(abc.ABC):
         """Start streaming and return the stream description (sizes, calibration, registration)."""
 
     @abc.abstractmethod
-    def read(self, timeout_s: float) -> Frame:
+    def read(self, timeout_s: float, out: FrameBuffers | None = None) -> Frame:
         """Next frame. Raises FrameTimeoutError after ``timeout_s``, EndOfStreamError after the last frame.
 
-        The returned arrays are owned by the caller (copied out of any SDK buffer already).
+        With ``out`` the pixels are copied once, straight into ``out`` (shapes must equal the spec's), and the
+        returned frame's arrays are those buffers. Without it the source allocates arrays the caller owns.
+        In both cases no SDK buffer is referenced after ``read`` returns.
         """
 
     @abc.abstractmethod
