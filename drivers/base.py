@@ -8,26 +8,12 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterator
-from dataclasses import dataclass
 from types import TracebackType
 
-import numpy as np
-import numpy.typing as npt
-
 from drivers.errors import EndOfStreamError, SourceError
-from edge.core.frame import Frame, StreamSpec
+from edge.core.frame import Frame, FrameBuffers, StreamSpec
 
-
-@dataclass(frozen=True, slots=True)
-class FrameBuffers:
-    """Caller-owned destination arrays (typically a ring-buffer slot) a source copies a frame into.
-
-    Passing them to :meth:`FrameSource.read` is how the capture process makes exactly one copy out of
-    the SDK's buffer: straight into shared memory, releasing the SDK frame at once.
-    """
-
-    color: npt.NDArray[np.uint8]
-    depth: npt.NDArray[np.uint16]
+__all__ = ["FrameBuffers", "FrameSource", "require_open"]
 
 
 class FrameSource(abc.ABC):

@@ -228,6 +228,18 @@ class GroundTruth:
     drum_mask: npt.NDArray[np.bool_] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class FrameBuffers:
+    """Caller-owned destination arrays (typically a ring-buffer slot) a source copies a frame into.
+
+    Passing them to :meth:`FrameSource.read` is how the capture process makes exactly one copy out of
+    the SDK's buffer: straight into shared memory, releasing the SDK frame at once.
+    """
+
+    color: npt.NDArray[np.uint8]
+    depth: npt.NDArray[np.uint16]
+
+
 @dataclass(slots=True)
 class Frame:
     """One synchronized RGB-D frame.

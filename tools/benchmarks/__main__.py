@@ -12,7 +12,11 @@ from rich.console import Console
 from tools.benchmarks.report import BenchSection, write_page
 
 # Section modules, in the order the pipeline runs: source → ring → crop → engines.
-SECTIONS = ["tools.benchmarks.ring", "tools.benchmarks.synthetic"]
+SECTIONS = [
+    "tools.benchmarks.synthetic",
+    "tools.benchmarks.ring",
+    "tools.benchmarks.crop",
+]
 
 
 def main(argv: list[str] | None = None) -> int:

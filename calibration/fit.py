@@ -1,0 +1,619 @@
+"""Fit the drum's 3D ROI from a few RGB-D frames: average depth, drop planes, cluster, fit a cylinder or box.
+
+The library takes plain :class:`Frame` objects so it works with any source (camera, recording, synthetic).
+Geometry is in metres in the colour camera frame; open3d is imported lazily (it is the ``calibrate`` extra).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+from pydantic import Field, ValidationError, field_validator
+
+from calibration.errors import CalibrationError, FitOutOfLimitsError, NoClusterError, TooFewPointsError
+from calibration.roi import AcceptanceStats, BoxShape, CameraBinding, CylinderShape, RoiError, RoiFile
+from edge.core.config import EdgeModel
+from edge.core.frame import DrumPose, Frame, Intrinsics, StreamSpec
+from edge.core.geometry import project_points, ray_table, transform_points
+
+F64 = npt.NDArray[np.float64]
+F32 = npt.NDArray[np.float32]
+Mask = npt.NDArray[np.bool_]
+
+SETTABLE_KEYS = ("center", "axis", "radius", "length", "extents", "margin")
+
+
+class FitSettings(EdgeModel):
+    """How the drum is found and fitted; defaults suit a washing drum 0.4–2 m in front of the camera."""
+
+    type: Literal["fit"] = "fit"
+    shape: Literal["cylinder", "box"] = Field("cylinder", description="ROI shape to fit around the drum cluster")
+    hint: tuple[float, float, float] | None = Field(
+        None, description="a point on or near the drum (m, colour camera frame); selects the nearest cluster"
+    )
+    hint_radius_m: float = Field(0.25, gt=0, description="the chosen cluster must come this close to the hint")
+    margin_m: float = Field(0.01, ge=0, le=0.5, description="ROI margin grown on every side of the fitted shape")
+    min_range_m: float = Field(0.15, ge=0, description="points nearer than this are dropped (sensor minimum)")
+    max_range_m: float = Field(2.5, gt=0, description="points farther than this are dropped as background")
+    voxel_m: float = Field(0.005, gt=0, description="voxel size of the cloud used for planes, clusters and normals")
+    min_points: int = Field(2000, ge=10, description="fewest valid in-range depth pixels worth fitting")
+    plane_distance_m: float = Field(0.008, gt=0, description="RANSAC inlier distance for floor/rail/wall planes")
+    plane_min_share: float = Field(
+        0.1, gt=0, le=1, description="a plane is removed only if it holds this share of the whole in-range cloud"
+    )
+    plane_flatness: float = Field(
+        0.8, gt=0, le=1, description="inliers at half the distance / inliers at the distance; lower means curved"
+    )
+    max_planes: int = Field(6, ge=0, description="most planes removed")
+    cluster_eps_m: float = Field(0.02, gt=0, description="DBSCAN neighbourhood radius")
+    cluster_min_points: int = Field(10, ge=1, description="DBSCAN core-point neighbour count")
+    min_cluster_voxels: int = Field(300, ge=1, description="smallest cluster (in voxels) considered a drum")
+    centre_window: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="without a hint, the cluster centroid must project within this share of the "
+        "image half-diagonal from the image centre",
+    )
+    min_support: float = Field(
+        0.6, gt=0, le=1, description="share of a cluster's points that must lie on its fitted cylinder to be the drum"
+    )
+    max_candidates: int = Field(3, ge=1, description="central clusters tried, largest first, until one fits")
+    radius_range_m: tuple[float, float] = Field((0.10, 0.60), description="sane cylinder radius bounds")
+    length_range_m: tuple[float, float] = Field((0.05, 1.50), description="sane cylinder length / box edge bounds")
+    seed: int = Field(0, description="seed of open3d's RANSAC so a calibration is reproducible")
+    tool_version: str = Field("", description="recorded in the ROI file")
+
+    @field_validator("radius_range_m", "length_range_m")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] < v[1]:
+            raise ValueError(f"needs 0 < low < high, got {v[0]}, {v[1]}")
+        return v
+
+
+@dataclass(frozen=True, slots=True)
+class Scene:
+    """The averaged view the ROI is fitted on: median depth as an organised cloud, plus one colour image."""
+
+    spec: StreamSpec
+    color: npt.NDArray[np.uint8]
+    xyz: F32  # H×W×3 metres, colour camera frame; (0, 0, 0) where invalid
+    valid: Mask  # H×W, depth present in at least half the frames and within range
+    n_frames: int
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationResult:
+    """The fitted ROI (acceptance stats inside), and the clouds the preview draws."""
+
+    roi: RoiFile
+    scene: Scene
+    cloud: F64  # voxel-downsampled in-range scene points (top view background)
+    drum_points: F64  # full-resolution points attributed to the drum (residual, top view highlight)
+
+    @property
+    def stats(self) -> AcceptanceStats:
+        assert self.roi.acceptance is not None  # roi_from_frames always fills it
+        return self.roi.acceptance
+
+
+@dataclass(frozen=True, slots=True)
+class TruthComparison:
+    """Errors of a calibration against a known drum (synthetic frames)."""
+
+    iou: float
+    axis_error_deg: float
+    radius_error_m: float
+    center_error_m: float
+
+
+def average_depth(frames: Sequence[Frame]) -> F32:
+    """Per-pixel median of the valid (non-zero) depth values in metres; 0 where under half the frames had depth.
+
+    Requiring half the frames suppresses flying pixels that flicker in and out at edges and perforations.
+    """
+    stack = np.stack([f.depth for f in frames]).astype(np.float32)
+    count = np.count_nonzero(stack, axis=0)
+    stack[stack == 0] = np.inf  # invalid values sort last
+    stack.sort(axis=0)
+    k = np.maximum(count, 1)
+    lo = np.take_along_axis(stack, ((k - 1) // 2)[None], axis=0)[0]
+    hi = np.take_along_axis(stack, (k // 2)[None], axis=0)[0]
+    med = (lo + hi) * np.float32(0.5 * frames[0].spec.depth_scale)
+    return np.where(count * 2 >= len(frames), med, np.float32(0)).astype(np.float32)
+
+
+def build_scene(frames: Sequence[Frame], settings: FitSettings) -> Scene:
+    """Check the frames share one registered stream and average them into an organised cloud."""
+    if not frames:
+        raise TooFewPointsError("no frames to calibrate on", "check the source delivers frames (--frames ≥ 1)")
+    spec = frames[0].spec
+    if not spec.depth_aligned_to_color:
+        raise CalibrationError(
+            "calibration needs depth aligned to the colour image",
+            "open the source with depth aligned to colour (playback/realsense align_to_color=True)",
+        )
+    if any(f.spec != spec for f in frames):
+        raise CalibrationError("calibration frames come from different streams", "calibrate on one camera's frames")
+    depth_m = average_depth(frames)
+    xyz = ray_table(spec.color_intrinsics) * depth_m[..., None]  # the median keeps sub-unit precision
+    valid = (depth_m >= settings.min_range_m) & (depth_m <= settings.max_range_m)
+    color = frames[len(frames) // 2].color.copy()
+    return Scene(spec=spec, color=color, xyz=xyz, valid=valid, n_frames=len(frames))
+
+
+def voxel_reduce(points: F64, voxel_m: float) -> tuple[F64, npt.NDArray[np.intp]]:
+    """Voxel centroids and, per input point, the index of its voxel (so voxel labels map back to points)."""
+    keys = np.floor(points / voxel_m).astype(np.int64)
+    keys -= keys.min(axis=0)
+    span = keys.max(axis=0) + 1
+    flat = (keys[:, 0] * span[1] + keys[:, 1]) * span[2] + keys[:, 2]
+    _, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    sums = np.zeros((len(counts), 3))
+    np.add.at(sums, inverse, points)
+    return sums / counts[:, None], inverse
+
+
+def _o3d() -> Any:
+    """open3d, imported on first use: it is the optional ``calibrate`` extra and slow to import."""
+    import open3d  # noqa: PLC0415
+
+    return open3d
+
+
+def _o3d_cloud(points: F64) -> Any:
+    o3d = _o3d()
+    pcd = o3d.geometry.PointCloud()
+    pcd.points = o3d.utility.Vector3dVector(np.ascontiguousarray(points, dtype=np.float64))
+    return pcd
+
+
+def remove_planes(points: F64, voxels: F64, settings: FitSettings) -> Mask:
+    """Mask of full-resolution points NOT on a dominant plane (floor, rail top, walls).
+
+    A plane is taken from the voxel cloud while it holds ``plane_min_share`` of the whole cloud (so, once floor
+    and walls are gone, a clutter face or the drum does not qualify) and is flat: on a truly flat surface halving
+    the inlier distance keeps most inliers, on a curved drum strip it keeps about 70 %.
+    """
+    o3d = _o3d()
+    o3d.utility.random.seed(settings.seed)
+    keep_vox = np.ones(len(voxels), dtype=bool)
+    keep = np.ones(len(points), dtype=bool)
+    d = settings.plane_distance_m
+    for _ in range(settings.max_planes):
+        idx = np.flatnonzero(keep_vox)
+        if len(idx) < 100:
+            break
+        sample = idx[:: max(1, len(idx) // 20000)]  # RANSAC on an even subsample; inliers counted on all voxels
+        model, _ = _o3d_cloud(voxels[sample]).segment_plane(d, 3, 400)
+        n, off = np.asarray(model[:3]), float(model[3])
+        dist_vox = np.abs(voxels[idx] @ n + off)
+        n_in = int(np.count_nonzero(dist_vox < d))
+        if n_in < settings.plane_min_share * len(voxels):
+            break
+        if np.count_nonzero(dist_vox < d / 2) < settings.plane_flatness * n_in:
+            break
+        keep_vox[idx[dist_vox < d]] = False
+        keep &= np.abs(points @ n + off) >= d
+    return keep
+
+
+def cluster_voxels(voxels: F64, settings: FitSettings) -> npt.NDArray[np.int32]:
+    """DBSCAN labels of the voxel cloud (−1 is noise)."""
+    if len(voxels) == 0:
+        return np.zeros(0, dtype=np.int32)
+    labels = _o3d_cloud(voxels).cluster_dbscan(settings.cluster_eps_m, settings.cluster_min_points)
+    return np.asarray(labels, dtype=np.int32)
+
+
+def candidate_clusters(
+    voxels: F64, labels: npt.NDArray[np.int32], n_points: npt.NDArray[np.intp], intr: Intrinsics, settings: FitSettings
+) -> list[int]:
+    """Cluster labels that may be the drum, best first: the one nearest the hint, else those whose centroid
+    projects near the image centre, largest (in pixels, ``n_points`` per label) first."""
+    ids, sizes = np.unique(labels[labels >= 0], return_counts=True)
+    big = ids[sizes >= settings.min_cluster_voxels]
+    if settings.hint is not None:
+        hint = np.asarray(settings.hint)
+        dists = [float(np.min(np.linalg.norm(voxels[labels == i] - hint, axis=1))) for i in big]
+        if not dists or min(dists) > settings.hint_radius_m:
+            nearest = f"{min(dists):.2f} m" if dists else "no cluster at all"
+            raise NoClusterError(
+                f"no point cluster within {settings.hint_radius_m:.2f} m of the hint {tuple(settings.hint)} "
+                f"(nearest: {nearest})",
+                "check the hint is in metres in the colour camera frame (x right, y down, z forward) and on the drum",
+            )
+        return [int(big[int(np.argmin(dists))])]
+    centre = np.array([intr.ppx, intr.ppy])
+    reach = settings.centre_window * 0.5 * math.hypot(intr.width, intr.height)
+    central = [
+        int(i)
+        for i in big
+        if np.linalg.norm(project_points(voxels[labels == i].mean(axis=0, keepdims=True), intr)[0] - centre) <= reach
+    ]
+    if not central:
+        raise NoClusterError(
+            f"no plausible drum cluster near the image centre ({len(big)} clusters of ≥ "
+            f"{settings.min_cluster_voxels} voxels after removing planes)",
+            "centre the drum in view or pass --hint x,y,z (a point on the drum, metres, colour camera frame)",
+        )
+    return sorted(central, key=lambda i: -int(n_points[i]))
+
+
+def _basis(axis: F64) -> tuple[F64, F64]:
+    """Two unit vectors completing ``axis`` to an orthonormal basis."""
+    ref = np.array([1.0, 0.0, 0.0]) if abs(axis[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    u = np.cross(axis, ref)
+    u /= np.linalg.norm(u)
+    return u, np.cross(axis, u)
+
+
+def frame_from_axis(center: F64, axis: F64) -> F64:
+    """4×4 pose with z along ``axis`` (sign made canonical) and x as close to the camera's x as possible."""
+    z = np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis)
+    if z[int(np.argmax(np.abs(z)))] < 0:
+        z = -z
+    ref = np.array([1.0, 0.0, 0.0]) if abs(z[0]) < 0.95 else np.array([0.0, 1.0, 0.0])
+    x = ref - (ref @ z) * z
+    x /= np.linalg.norm(x)
+    T = np.eye(4)
+    T[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
+    T[:3, 3] = center
+    return T
+
+
+def cylinder_distance(points: F64, center: F64, axis: F64, radius: float) -> F64:
+    """Signed distance of points to an infinite cylinder's surface (positive outside)."""
+    rel = points - center
+    radial = rel - np.outer(rel @ axis, axis)
+    return np.linalg.norm(radial, axis=1) - radius
+
+
+def normal_axis(points: F64, voxel_m: float) -> F64:
+    """Cylinder axis estimate: surface normals are orthogonal to it, so it is their scatter's weakest direction."""
+    o3d = _o3d()
+    pcd = _o3d_cloud(points)
+    pcd.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=4 * voxel_m, max_nn=30))
+    n = np.asarray(pcd.normals)
+    _, vecs = np.linalg.eigh(n.T @ n)
+    return vecs[:, 0]
+
+
+def circle_fit(points: F64, axis: F64) -> tuple[F64, float]:
+    """Algebraic (Kåsa) circle through the points projected on the plane orthogonal to ``axis``."""
+    u, v = _basis(axis)
+    mean = points.mean(axis=0)
+    x, y = (points - mean) @ u, (points - mean) @ v
+    A = np.stack([2 * x, 2 * y, np.ones_like(x)], axis=1)
+    (a, b, c), *_ = np.linalg.lstsq(A, x * x + y * y, rcond=None)
+    return mean + a * u + b * v, float(math.sqrt(max(c + a * a + b * b, 1e-12)))
+
+
+def _perturbed_distance(points: F64, center: F64, axis: F64, radius: float, p: F64) -> F64:
+    """Cylinder distances after tilting the axis by p[0:2], shifting the centre by p[2:4] and the radius by p[4]."""
+    u, v = _basis(axis)
+    a = axis + p[0] * u + p[1] * v
+    return cylinder_distance(points, center + p[2] * u + p[3] * v, a / np.linalg.norm(a), radius + p[4])
+
+
+def refine_cylinder(points: F64, center: F64, axis: F64, radius: float, iters: int = 20) -> tuple[F64, F64, float]:
+    """Robust Gauss–Newton on (axis tilt ×2, centre shift ×2, radius) with Tukey weights (scale from the MAD)."""
+    eps = 1e-6
+    for _ in range(iters):
+        r0 = _perturbed_distance(points, center, axis, radius, np.zeros(5))
+        scale = max(1.4826 * float(np.median(np.abs(r0 - np.median(r0)))), 1e-4)
+        sw = np.clip(1 - (r0 / (4.685 * scale)) ** 2, 0, None)  # sqrt of the Tukey weight
+        J = np.stack(
+            [(_perturbed_distance(points, center, axis, radius, eps * np.eye(5)[k]) - r0) / eps for k in range(5)],
+            axis=1,
+        )
+        step, *_ = np.linalg.lstsq(J * sw[:, None], -r0 * sw, rcond=None)
+        u, v = _basis(axis)
+        a = axis + step[0] * u + step[1] * v
+        axis, center, radius = a / np.linalg.norm(a), center + step[2] * u + step[3] * v, radius + float(step[4])
+        if np.max(np.abs(step)) < 1e-7:
+            break
+    return center, axis, radius
+
+
+@dataclass(frozen=True, slots=True)
+class CylinderFit:
+    """A fitted finite cylinder (centre mid-length on the axis) and the points that support it."""
+
+    center: F64
+    axis: F64
+    radius: float
+    length: float
+    inliers: F64
+    support: float  # share of the seed cluster's points on the fitted surface
+
+
+def fit_cylinder(seed_points: F64, candidates: F64, voxel_m: float) -> CylinderFit:
+    """Fit on the drum cluster, then re-gather nearby non-plane points in shrinking bands and refit.
+
+    Re-gathering recovers drum points the clustering lost (edges, perforation rims) and drops attached
+    clutter; the final inliers (within 3σ, at least 4 mm) give the length as their robust axial extent.
+    """
+    seeds, _ = voxel_reduce(seed_points, voxel_m)
+    axis = normal_axis(seeds, voxel_m)
+    center, radius = circle_fit(seeds, axis)
+    center, axis, radius = refine_cylinder(seed_points[:: max(1, len(seed_points) // 20000)], center, axis, radius)
+    t_seed = (seed_points - center) @ axis
+    t_lo, t_hi = float(np.min(t_seed)) - 0.02, float(np.max(t_seed)) + 0.02
+    for band in (0.03, 0.015, 0.008):
+        t = (candidates - center) @ axis
+        near = (np.abs(cylinder_distance(candidates, center, axis, radius)) < band) & (t > t_lo) & (t < t_hi)
+        if np.count_nonzero(near) < 50:
+            raise NoClusterError(
+                "the chosen cluster is not a cylinder (too few points near the fitted surface)",
+                "pass --hint x,y,z on the drum's curved surface, or use --shape box",
+            )
+        sel = np.flatnonzero(near)
+        sel = sel[:: max(1, len(sel) // 20000)]  # an even subsample bounds the cost; 20k points fix 5 parameters
+        center, axis, radius = refine_cylinder(candidates[sel], center, axis, radius, iters=10)
+    res = cylinder_distance(candidates, center, axis, radius)
+    t = (candidates - center) @ axis
+    sigma = 1.4826 * float(np.median(np.abs(res[near])))
+    inl = (np.abs(res) < max(3 * sigma, 0.004)) & (t > t_lo) & (t < t_hi)
+    lo, hi = np.percentile(t[inl], [0.5, 99.5])
+    support = float(np.mean(np.abs(cylinder_distance(seed_points, center, axis, radius)) < max(3 * sigma, 0.004)))
+    return CylinderFit(center + axis * (lo + hi) / 2, axis, radius, float(hi - lo), candidates[inl], support)
+
+
+def fit_box(points: F64, voxel_m: float) -> tuple[F64, tuple[float, float, float]]:
+    """Minimal oriented box of the drum cluster, edges sorted so the ROI z axis is the longest."""
+    voxels, _ = voxel_reduce(points, voxel_m)
+    obb = _o3d_cloud(voxels).get_minimal_oriented_bounding_box(robust=True)
+    R, ext = np.asarray(obb.R), np.asarray(obb.extent)
+    order = np.argsort(ext)[[1, 0, 2]]  # z longest; x, y the other two (right-handed fix below)
+    R, ext = R[:, order], ext[order]
+    if np.linalg.det(R) < 0:
+        R[:, 0] = -R[:, 0]
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = R, np.asarray(obb.center)
+    return T, (float(ext[0]), float(ext[1]), float(ext[2]))
+
+
+def surface_distance(roi: RoiFile, points: F64) -> F64:
+    """Unsigned distance of camera-frame points to the ROI shape's surface (margin excluded).
+
+    For a cylinder this is the distance to its curved surface: drum points are seen on that surface.
+    """
+    T = roi.pose
+    local = (np.asarray(points, dtype=np.float64) - T[:3, 3]) @ T[:3, :3]
+    if isinstance(roi.shape, CylinderShape):
+        return np.abs(np.hypot(local[:, 0], local[:, 1]) - roi.shape.radius_m)
+    q = np.abs(local) - np.asarray(roi.shape.extents_m) / 2
+    outside = np.linalg.norm(np.maximum(q, 0), axis=1)
+    return np.where(np.all(q <= 0, axis=1), -np.max(q, axis=1), outside)
+
+
+def shape_outline(roi: RoiFile, n: int = 72) -> F64:
+    """Camera-frame points on the boundary of the margin-grown shape (end circles, or box corners)."""
+    m = roi.margin_m
+    if isinstance(roi.shape, CylinderShape):
+        r, h = roi.shape.radius_m + m, roi.shape.length_m / 2 + m
+        ang = np.linspace(0, 2 * np.pi, n, endpoint=False)
+        ring = np.stack([r * np.cos(ang), r * np.sin(ang), np.zeros(n)], axis=1)
+        local = np.concatenate([ring - np.array([0, 0, h]), ring + np.array([0, 0, h])])
+    else:
+        half = np.asarray(roi.shape.extents_m) / 2 + m
+        signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
+        local = signs * half
+    return transform_points(roi.pose, local)
+
+
+def projection_mask(roi: RoiFile, intr: Intrinsics) -> Mask:
+    """Image pixels the ROI volume projects onto: both shapes are convex, so it is the hull of the outline."""
+    pts = shape_outline(roi)
+    pts = pts[pts[:, 2] > 0.01]
+    mask = np.zeros((intr.height, intr.width), dtype=np.uint8)
+    if len(pts) >= 3:
+        hull = cv2.convexHull(np.round(project_points(pts, intr)).astype(np.int32))
+        cv2.fillConvexPoly(mask, hull, 1)
+    return mask.astype(bool)
+
+
+def roi_mask(roi: RoiFile, scene: Scene) -> Mask:
+    """Pixels with depth whose deprojected point lies inside the ROI (margin included)."""
+    return scene.valid & roi.contains(scene.xyz)
+
+
+def acceptance_stats(roi: RoiFile, scene: Scene, drum_points: F64) -> AcceptanceStats:
+    """Points inside, fill rate of the projected ROI, RMS distance of the drum points to the fitted surface."""
+    proj = projection_mask(roi, scene.spec.color_intrinsics)
+    n_proj = int(np.count_nonzero(proj))
+    fill = float(np.count_nonzero(proj & scene.valid)) / n_proj if n_proj else 0.0
+    dist = surface_distance(roi, drum_points)
+    return AcceptanceStats(
+        n_frames=scene.n_frames,
+        points_inside=int(np.count_nonzero(roi_mask(roi, scene))),
+        fill_rate=fill,
+        fit_residual_m=float(np.sqrt(np.mean(dist**2))) if len(dist) else 0.0,
+    )
+
+
+def check_limits(kind: Literal["cylinder", "box"], dims: Sequence[float], settings: FitSettings) -> None:
+    """Refuse fits whose size no washing drum has (usually a wall, the rail, or clutter was fitted).
+
+    ``dims`` is (radius, length) for a cylinder and the three edge lengths for a box.
+    """
+    rlo, rhi = settings.radius_range_m
+    llo, lhi = settings.length_range_m
+    remedy = "check the drum is in view and unobstructed, pass --hint x,y,z on the drum, or widen the limits"
+    if kind == "cylinder":
+        radius, length = dims
+        if not rlo <= radius <= rhi:
+            raise FitOutOfLimitsError(
+                f"fitted radius {radius:.3f} m is outside {rlo:.2f}–{rhi:.2f} m", remedy + " (--radius-range)"
+            )
+        if not llo <= length <= lhi:
+            raise FitOutOfLimitsError(
+                f"fitted length {length:.3f} m is outside {llo:.2f}–{lhi:.2f} m", remedy + " (--length-range)"
+            )
+        return
+    lo, hi = min(2 * rlo, llo), max(2 * rhi, lhi)
+    if not (lo <= max(dims) <= hi and min(dims) > 0):
+        raise FitOutOfLimitsError(
+            f"fitted box edges {', '.join(f'{d:.3f}' for d in dims)} m: the longest must lie in {lo:.2f}–{hi:.2f} m",
+            remedy + " (--radius-range / --length-range)",
+        )
+
+
+def _in_range_points(scene: Scene, settings: FitSettings) -> F64:
+    pts = scene.xyz[scene.valid].astype(np.float64)
+    if len(pts) < settings.min_points:
+        raise TooFewPointsError(
+            f"only {len(pts)} pixels carry depth within {settings.min_range_m:.2f}–{settings.max_range_m:.2f} m "
+            f"(need {settings.min_points})",
+            "move the camera to 0.4–2 m from the drum, check the depth stream and lighting, or raise --max-range",
+        )
+    return pts
+
+
+def fit_shape(cluster: F64, objects: F64, settings: FitSettings) -> tuple[F64, CylinderShape | BoxShape, F64]:
+    """Pose, shape and supporting points for one candidate cluster; refuses clusters that are not drum-like."""
+    if settings.shape == "box":
+        T, extents = fit_box(cluster, settings.voxel_m)
+        check_limits("box", extents, settings)
+        return T, BoxShape(extents_m=extents), cluster
+    cyl = fit_cylinder(cluster, objects, settings.voxel_m)
+    check_limits("cylinder", (cyl.radius, cyl.length), settings)
+    if cyl.support < settings.min_support:
+        raise NoClusterError(
+            f"the central cluster is not drum-like: only {cyl.support:.0%} of its points lie on the fitted "
+            f"cylinder (radius {cyl.radius:.3f} m, length {cyl.length:.3f} m)",
+            "pass --hint x,y,z (a point on the drum, metres, colour camera frame) or clear the view",
+        )
+    return frame_from_axis(cyl.center, cyl.axis), CylinderShape(radius_m=cyl.radius, length_m=cyl.length), cyl.inliers
+
+
+def roi_from_frames(frames: Sequence[Frame], settings: FitSettings) -> CalibrationResult:
+    """Fit the drum ROI on a few frames of one part; raises a CalibrationError saying what to try on failure."""
+    scene = build_scene(frames, settings)
+    pts = _in_range_points(scene, settings)
+    voxels, _ = voxel_reduce(pts, settings.voxel_m)
+    keep = remove_planes(pts, voxels, settings)
+    objects = pts[keep]
+    if len(objects) < settings.min_cluster_voxels:
+        raise NoClusterError(
+            f"only {len(objects)} points are left after removing floor and wall planes",
+            "point the camera at the drum from 0.4–2 m, or pass --hint x,y,z (a point on the drum)",
+        )
+    obj_voxels, obj_voxel_of = voxel_reduce(objects, settings.voxel_m)
+    labels = cluster_voxels(obj_voxels, settings)
+    point_labels = labels[obj_voxel_of]
+    n_points = np.bincount(point_labels[point_labels >= 0], minlength=max(int(labels.max()) + 1, 0))
+    order = candidate_clusters(obj_voxels, labels, n_points, scene.spec.color_intrinsics, settings)
+    errors: list[CalibrationError] = []
+    for label in order[: settings.max_candidates]:
+        try:
+            T, shape, drum = fit_shape(objects[point_labels == label], objects, settings)
+            break
+        except (FitOutOfLimitsError, NoClusterError) as e:
+            errors.append(e)
+    else:
+        first = errors[0]
+        others = f" (and {len(errors) - 1} smaller candidate cluster(s) failed too)" if len(errors) > 1 else ""
+        raise type(first)(first.problem + others, first.remedy)
+    roi = RoiFile(
+        camera=CameraBinding.from_spec(scene.spec),
+        T_camera_roi=T.tolist(),
+        shape=shape,
+        margin_m=settings.margin_m,
+        tool_version=settings.tool_version,
+    )
+    roi = roi.model_copy(update={"acceptance": acceptance_stats(roi, scene, drum)})
+    return CalibrationResult(roi=roi, scene=scene, cloud=voxels, drum_points=drum)
+
+
+def restat(result: CalibrationResult, roi: RoiFile) -> CalibrationResult:
+    """The same calibration with an adjusted ROI, its acceptance stats recomputed on the same frames."""
+    roi = roi.model_copy(update={"acceptance": acceptance_stats(roi, result.scene, result.drum_points)})
+    return CalibrationResult(roi=roi, scene=result.scene, cloud=result.cloud, drum_points=result.drum_points)
+
+
+def _floats(key: str, text: str, n: int) -> list[float]:
+    try:
+        vals = [float(x) for x in text.split(",")]
+    except ValueError:
+        vals = []
+    if len(vals) != n or not all(math.isfinite(v) for v in vals):
+        raise RoiError(
+            f"--set {key}={text} needs {n} comma-separated number(s)", f"e.g. --set {key}=" + ",".join(["0.1"] * n)
+        )
+    return vals
+
+
+def parse_set(item: str) -> tuple[str, str]:
+    """Split one ``--set key=value`` item, refusing unknown keys with the list of known ones."""
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or key not in SETTABLE_KEYS:
+        raise RoiError(f"cannot --set {item!r}", f"use key=value with key one of {', '.join(SETTABLE_KEYS)}")
+    return key, value.strip()
+
+
+def adjust_roi(roi: RoiFile, sets: Mapping[str, str], grow_m: float = 0.0) -> RoiFile:
+    """Numeric manual adjustment: ``center``/``axis`` move the ROI frame, ``radius``/``length`` (cylinder) or
+    ``extents`` (box) resize it, ``margin`` replaces the margin, and ``grow_m`` is ADDED to the margin (so it
+    grows every side of either shape alike). Acceptance stats are cleared: they described the old ROI."""
+    data = roi.model_dump()
+    T = roi.pose.copy()
+    for key, text in sets.items():
+        if key == "center":
+            T[:3, 3] = _floats(key, text, 3)
+        elif key == "axis":
+            axis = np.asarray(_floats(key, text, 3))
+            if np.linalg.norm(axis) < 1e-9:
+                raise RoiError("--set axis=0,0,0 has no direction", "give a non-zero vector, e.g. --set axis=1,0,0")
+            T = frame_from_axis(T[:3, 3], axis)
+        elif key in ("radius", "length"):
+            if not isinstance(roi.shape, CylinderShape):
+                raise RoiError(f"--set {key} applies to a cylinder ROI, this one is a box", "use --set extents=x,y,z")
+            data["shape"][f"{key}_m"] = _floats(key, text, 1)[0]
+        elif key == "extents":
+            if not isinstance(roi.shape, BoxShape):
+                raise RoiError("--set extents applies to a box ROI, this one is a cylinder", "use --set radius/length")
+            data["shape"]["extents_m"] = tuple(_floats(key, text, 3))
+        else:
+            data["margin_m"] = _floats(key, text, 1)[0]
+    data["margin_m"] += grow_m
+    data["T_camera_roi"] = T.tolist()
+    data["acceptance"] = None
+    try:
+        return RoiFile.model_validate(data)
+    except ValidationError as e:
+        details = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
+        raise RoiError(f"adjusted ROI is invalid: {details}", "choose values within the named limits") from None
+
+
+def compare_with_truth(result: CalibrationResult, drum: DrumPose, drum_mask: Mask) -> TruthComparison:
+    """IoU of the ROI mask with the true drum mask over pixels with depth, and the axis/radius/centre errors
+    (axis and radius compare the ROI z axis and cylinder radius: meaningful for a cylinder ROI, NaN radius for a box).
+
+    IoU = |R ∩ D| / |R ∪ D| where R = :func:`roi_mask` (valid pixels whose point is inside the margin-grown ROI)
+    and D = true drum pixels that have depth in the averaged frame (``scene.valid``).
+    """
+    roi = result.roi
+    ours = roi_mask(roi, result.scene)
+    truth = drum_mask & result.scene.valid
+    union = int(np.count_nonzero(ours | truth))
+    iou = float(np.count_nonzero(ours & truth)) / union if union else 0.0
+    axis = roi.pose[:3, 2]
+    true_axis = np.asarray(drum.axis) / np.linalg.norm(drum.axis)
+    angle = math.degrees(math.acos(min(1.0, abs(float(axis @ true_axis)))))
+    radius = roi.shape.radius_m if isinstance(roi.shape, CylinderShape) else float("nan")
+    return TruthComparison(
+        iou=iou,
+        axis_error_deg=angle,
+        radius_error_m=abs(radius - drum.radius_m),
+        center_error_m=float(np.linalg.norm(roi.pose[:3, 3] - np.asarray(drum.center))),
+    )

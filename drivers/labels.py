@@ -1,0 +1,238 @@
+"""The labels sidecar of a recording: per-frame ground truth and masks in ``<recording>.labels/`` beside it.
+
+Layout: ``meta.json`` (optional: what produced the frames, e.g. the synthetic settings); ``labels.jsonl`` (one JSON
+object per frame, in recording order: sequence, color_frame_number, device_ts_ns, label, defect_type, drum pose or
+null, mask file names); ``masks/<sequence:06d>.png`` (defect mask, 0/255, only for frames with a defect) and
+``drum_masks/<sequence:06d>.png`` (visible drum, when the frame has one).
+A RealSense recording cannot carry labels, and playback returns frames in recording order with their recorded
+frame numbers, so labels are keyed by ``color_frame_number``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, cast
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from drivers.errors import RecordingError
+from edge.core.frame import DEFECT_TYPES, DefectType, DrumPose, Frame, GroundTruth
+
+LABELS_FILE = "labels.jsonl"
+META_FILE = "meta.json"
+_LABELS: tuple[str, ...] = ("good", "defect", "empty")
+
+
+class LabelsError(RecordingError):
+    """A labels sidecar is missing, malformed, or does not belong to the frames it is applied to."""
+
+
+def labels_dir_for(recording: Path) -> Path:
+    """``drums.db3`` → ``drums.db3.labels`` (the sidecar sits beside the recording)."""
+    recording = Path(recording)
+    return recording.with_name(recording.name + ".labels")
+
+
+@dataclass(frozen=True, slots=True)
+class FrameLabel:
+    """One line of ``labels.jsonl``; mask names are relative to the sidecar directory."""
+
+    sequence: int
+    color_frame_number: int
+    device_ts_ns: int
+    label: Literal["good", "defect", "empty"]
+    defect_type: DefectType | None
+    drum: DrumPose | None
+    defect_mask: str | None
+    drum_mask: str | None
+
+    def to_json(self) -> str:
+        d: dict[str, Any] = {
+            "sequence": self.sequence,
+            "color_frame_number": self.color_frame_number,
+            "device_ts_ns": self.device_ts_ns,
+            "label": self.label,
+            "defect_type": self.defect_type,
+            "drum": self.drum.to_dict() if self.drum else None,
+            "defect_mask": self.defect_mask,
+            "drum_mask": self.drum_mask,
+        }
+        return json.dumps(d, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, line: str) -> FrameLabel:
+        d = json.loads(line)
+        if d["label"] not in _LABELS or (d["defect_type"] is not None and d["defect_type"] not in DEFECT_TYPES):
+            raise ValueError(f"unknown label {d['label']!r} / defect type {d['defect_type']!r}")
+        return cls(
+            sequence=int(d["sequence"]),
+            color_frame_number=int(d["color_frame_number"]),
+            device_ts_ns=int(d["device_ts_ns"]),
+            label=d["label"],
+            defect_type=d["defect_type"],
+            drum=DrumPose.from_dict(d["drum"]) if d["drum"] is not None else None,
+            defect_mask=d.get("defect_mask"),
+            drum_mask=d.get("drum_mask"),
+        )
+
+
+def _write_mask(path: Path, mask: npt.NDArray[np.bool_]) -> None:
+    if not cv2.imwrite(str(path), np.where(mask, 255, 0).astype(np.uint8)):
+        raise LabelsError(f"cannot write the mask {path}", "check that the directory is writable and has space")
+
+
+def _read_mask(path: Path) -> npt.NDArray[np.bool_]:
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise LabelsError(f"cannot read the mask {path}", "the labels sidecar is incomplete: export it again")
+    return cast(npt.NDArray[np.bool_], img > 0)
+
+
+class LabelWriter:
+    """Writes a sidecar frame by frame, as the frames pass on their way to the recorder."""
+
+    def __init__(
+        self, directory: Path, *, overwrite: bool = False, drum_masks: bool = True, meta: dict[str, Any] | None = None
+    ) -> None:
+        self.directory = Path(directory)
+        if (self.directory / LABELS_FILE).exists() and not overwrite:
+            raise LabelsError(f"{self.directory} already holds labels", "choose another output or pass overwrite")
+        try:
+            (self.directory / "masks").mkdir(parents=True, exist_ok=True)
+            if drum_masks:
+                (self.directory / "drum_masks").mkdir(exist_ok=True)
+            if meta is not None:
+                (self.directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            self._file = (self.directory / LABELS_FILE).open("w", encoding="utf-8")
+        except OSError as err:
+            raise LabelsError(
+                f"cannot write labels to {self.directory}: {err.strerror or err}",
+                "choose a writable directory for the output",
+            ) from err
+        self._drum_masks = drum_masks
+        self.count = 0
+
+    def write(self, frame: Frame) -> None:
+        truth = frame.truth
+        if truth is None:
+            raise LabelsError(
+                f"frame {frame.sequence} has no ground truth to label",
+                "labels come from a synthetic source; record a live camera without --labels",
+            )
+        name = f"{frame.sequence:06d}.png"
+        defect_mask = drum_mask = None
+        if truth.defect_mask is not None and truth.label == "defect":
+            defect_mask = f"masks/{name}"
+            _write_mask(self.directory / defect_mask, truth.defect_mask)
+        if self._drum_masks and truth.drum_mask is not None and truth.drum is not None:
+            drum_mask = f"drum_masks/{name}"
+            _write_mask(self.directory / drum_mask, truth.drum_mask)
+        label = FrameLabel(
+            frame.sequence,
+            frame.color_frame_number,
+            frame.device_ts_ns,
+            truth.label,
+            truth.defect_type,
+            truth.drum,
+            defect_mask,
+            drum_mask,
+        )
+        self._file.write(label.to_json() + "\n")
+        self.count += 1
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    def __enter__(self) -> LabelWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class LabelSet:
+    """A sidecar read back: labels in recording order, looked up by color frame number; ``meta`` is what the
+    writer recorded about the source (e.g. seed, frames_per_part), empty when it wrote none."""
+
+    directory: Path
+    by_frame_number: dict[int, FrameLabel]
+    meta: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.by_frame_number)
+
+    def truth(self, color_frame_number: int) -> GroundTruth:
+        """The ground truth of one recorded frame, masks loaded."""
+        lab = self.by_frame_number.get(color_frame_number)
+        if lab is None:
+            raise LabelsError(
+                f"the recording has frame number {color_frame_number}, the labels in {self.directory} do not",
+                "use the labels written together with this recording",
+            )
+        return GroundTruth(
+            label=lab.label,
+            defect_type=lab.defect_type,
+            drum=lab.drum,
+            defect_mask=_read_mask(self.directory / lab.defect_mask) if lab.defect_mask else None,
+            drum_mask=_read_mask(self.directory / lab.drum_mask) if lab.drum_mask else None,
+        )
+
+    def check_frame_numbers(self, frame_numbers: list[int]) -> None:
+        """Raise unless ``frame_numbers`` (as played back) are exactly the labelled frames, in order."""
+        expected = list(self.by_frame_number)
+        if frame_numbers != expected:
+            raise LabelsError(
+                f"the recording has {len(frame_numbers)} frames, the labels in {self.directory} describe "
+                f"{len(expected)}{_first_difference(frame_numbers, expected)}",
+                "use the labels written together with this recording",
+            )
+
+
+def _first_difference(got: list[int], expected: list[int]) -> str:
+    for i, (g, e) in enumerate(zip(got, expected, strict=False)):
+        if g != e:
+            return f" (frame {i}: number {g} played back, {e} labelled)"
+    return ""
+
+
+def read_labels(directory: Path) -> LabelSet:
+    """Read a sidecar; malformed or duplicate lines are errors naming the file and line."""
+    directory = Path(directory)
+    path = directory / LABELS_FILE
+    if not path.is_file():
+        raise LabelsError(f"no {LABELS_FILE} in {directory}", "pass the <recording>.labels folder written with it")
+    by_number: dict[int, FrameLabel] = {}
+    with path.open(encoding="utf-8") as f:
+        for i, line in enumerate(f, start=1):
+            try:
+                lab = FrameLabel.from_json(line)
+            except (ValueError, KeyError, TypeError) as err:
+                raise LabelsError(f"{path} line {i} is not a frame label: {err}", "export the labels again") from err
+            if lab.color_frame_number in by_number:
+                raise LabelsError(f"{path} line {i} repeats frame number {lab.color_frame_number}", "export again")
+            by_number[lab.color_frame_number] = lab
+    meta_path = directory / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    except ValueError as err:
+        raise LabelsError(f"{meta_path} is not valid JSON: {err}", "export the labels again") from err
+    return LabelSet(directory, by_number, meta)
+
+
+def attach_labels(frames: Iterable[Frame], labels: LabelSet) -> Iterator[Frame]:
+    """Yield ``frames`` with their ground truth set; at the end, check that they were exactly the labelled ones."""
+    seen: list[int] = []
+    for frame in frames:
+        seen.append(frame.color_frame_number)
+        yield replace(frame, truth=labels.truth(frame.color_frame_number))
+    labels.check_frame_numbers(seen)

@@ -1,0 +1,286 @@
+"""The synthetic drum line: a seeded, deterministic RGB-D stream of a cluttered washing-drum station.
+
+Frame ``i`` is a pure function of ``(config, i)``: every random draw comes from a generator seeded by
+``(seed, part or frame index, purpose)``, so reading order, skipping and restarting never change a frame.
+Depth is rendered in the color camera itself (registered by construction: ``depth_aligned_to_color`` is
+True, the depth intrinsics are the color ones and ``depth_to_color`` is the identity).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import Field, field_validator
+
+from drivers import _drumscene as scene
+from drivers.base import FrameBuffers, FrameSource, require_open
+from drivers.errors import EndOfStreamError, FrameTimeoutError, SourceError
+from edge.core.config import EdgeModel
+from edge.core.frame import DEFECT_TYPES, DefectType, DrumPose, Extrinsics, Frame, GroundTruth, StreamSpec
+
+DEPTH_SCALE = 0.001
+CLUTTER_LEVELS = {"none": 0.0, "low": 0.25, "high": 1.0}
+
+
+class SyntheticSourceConfig(EdgeModel):
+    """Settings of the synthetic line; the same settings and seed always give the same frames."""
+
+    type: Literal["synthetic"] = "synthetic"
+    seed: int = Field(0, ge=0, description="seed of everything random: poses, defects, clutter, sensor noise")
+    n_frames: int | None = Field(None, ge=1, description="frames before end of stream; None streams forever")
+    width: int = Field(640, ge=32, le=1920, description="image width in pixels (intrinsics scale with it)")
+    height: int = Field(480, ge=24, le=1080, description="image height in pixels")
+    fps: float = Field(30.0, gt=0, le=300, description="frame rate: sets timestamps, motion, and pacing if realtime")
+    clutter: float = Field(
+        0.5, ge=0.0, le=1.0, description='background activity 0..1, or "none" (0), "low" (0.25), "high" (1)'
+    )
+    pose_jitter: float = Field(
+        1.0, ge=0.0, le=3.0, description="scale of the per-part pose jitter (1: ±1 cm, ±2° yaw; 0: drum never moves)"
+    )
+    defect_rate: float = Field(0.5, ge=0.0, le=1.0, description="probability that a part carries one defect")
+    frames_per_part: int = Field(1, ge=1, description="consecutive frames showing the same drum")
+    gap_frames: int = Field(0, ge=0, description="empty-station frames between two parts")
+    realtime: bool = Field(False, description="pace reads to fps like a camera (False: as fast as rendering)")
+
+    @field_validator("clutter", mode="before")
+    @classmethod
+    def _named_clutter(cls, v: object) -> object:
+        if isinstance(v, str):
+            if v not in CLUTTER_LEVELS:
+                raise ValueError(f"clutter must be a number in 0..1 or one of {sorted(CLUTTER_LEVELS)}, got {v!r}")
+            return CLUTTER_LEVELS[v]
+        return v
+
+
+@dataclass(frozen=True, slots=True)
+class PartPlan:
+    """What frame ``index`` shows: which part, and that part's drum (None on an empty station)."""
+
+    part: int
+    drum: scene.DrumSpec | None
+
+
+def stream_spec(config: SyntheticSourceConfig) -> StreamSpec:
+    intr = scene.intrinsics_for(config.width, config.height)
+    return StreamSpec(
+        serial=f"SYN-{config.seed}",
+        color_intrinsics=intr,
+        depth_intrinsics=intr,
+        depth_to_color=Extrinsics(),
+        depth_scale=DEPTH_SCALE,
+        fps=config.fps,
+        depth_aligned_to_color=True,
+        source=f"synthetic:seed={config.seed},clutter={config.clutter:g},{config.width}x{config.height}",
+    )
+
+
+def sample_defect(seed: int, part: int, kind: DefectType) -> scene.DefectSpec:
+    """Subtle defect parameters for a part, on the shell's camera-facing side, clear of the bracket."""
+    r = np.random.default_rng([seed, part, 25, DEFECT_TYPES.index(kind)])
+    theta = math.radians(r.uniform(20.0, 95.0))
+    s = r.uniform(-0.12, 0.04)
+    sign = float(r.choice([-1.0, 1.0]))
+    match kind:
+        case "dent":  # a local inward push: 15-25 mm radius, 4-7 mm deep
+            radius = r.uniform(0.015, 0.025)
+            spec = scene.DefectSpec(kind, s, theta, (radius, radius), r.uniform(0.004, 0.007))
+        case "deformation":  # a broad, shallow flattening or bulge of the shell
+            size = (r.uniform(0.045, 0.07), r.uniform(0.06, 0.09))
+            spec = scene.DefectSpec(kind, r.uniform(-0.08, 0.0), theta, size, sign * r.uniform(0.005, 0.008))
+        case "foreign_object":  # a 16-26 mm ball or a 24-40 mm bolt
+            variant = int(r.integers(2))
+            size = (r.uniform(0.008, 0.013), 0.0) if variant == 0 else (0.005, r.uniform(0.012, 0.02))
+            spec = scene.DefectSpec(kind, s, theta, size, 0.0, r.uniform(0, math.pi), variant)
+        case "misaligned_part":  # bracket 15-25 mm off along the axis, turned 6-11°
+            shift, turn = sign * r.uniform(0.015, 0.025), float(r.choice([-1, 1])) * r.uniform(0.1, 0.2)
+            spec = scene.DefectSpec(kind, shift, r.uniform(-0.03, 0.03), (0.0, 0.0), 0.0, turn)
+        case "missing_part":
+            spec = scene.DefectSpec(kind, 0.0, 0.0, (0.0, 0.0), 0.0)
+        case "scratch":  # 3 mm wide, 50-90 mm long, brighter or darker than the brushed steel
+            length = r.uniform(0.025, 0.045)
+            spec = scene.DefectSpec(kind, s, theta, (0.0015, length), 1.45 if sign > 0 else 0.6, r.uniform(0, math.pi))
+        case _:  # discoloration: a 40-80 mm heat-tint blotch, 10-20 % darker and yellower
+            size = (r.uniform(0.02, 0.04), r.uniform(0.02, 0.04))
+            spec = scene.DefectSpec(kind, s, theta, size, r.uniform(0.8, 0.9))
+    return spec
+
+
+def plan(config: SyntheticSourceConfig, index: int, defect: DefectType | Literal["auto"] | None = "auto") -> PartPlan:
+    """The part on the station at frame ``index``; ``defect`` forces the part's defect (None: a good part)."""
+    period = config.frames_per_part + config.gap_frames
+    part, k = divmod(index, period)
+    if k >= config.frames_per_part:
+        return PartPlan(part, None)
+    r = np.random.default_rng([config.seed, part, 21])
+    jit = config.pose_jitter * r.uniform([-0.01, -0.01, -2.0], [0.01, 0.01, 2.0])
+    x, y, z = scene.DRUM_CENTER_W
+    center = (x + float(jit[0]), y + float(jit[1]), z)
+    yaw = math.radians(jit[2])
+    if defect == "auto":
+        d = np.random.default_rng([config.seed, part, 22])
+        hit = d.random() < config.defect_rate
+        defect = DEFECT_TYPES[int(d.integers(len(DEFECT_TYPES)))] if hit else None
+    spec = None if defect is None else sample_defect(config.seed, part, defect)
+    return PartPlan(part, scene.DrumSpec(center, yaw, spec))
+
+
+def drum_pose(drum: scene.DrumSpec, rig: scene.Rig) -> DrumPose:
+    """The drum as a cylinder in the color camera frame (metres)."""
+    c = (np.asarray(drum.center_w) - rig.pos) @ rig.r_wc
+    a = drum.rot[:, 0] @ rig.r_wc
+    return DrumPose(
+        center=(float(c[0]), float(c[1]), float(c[2])),
+        axis=(float(a[0]), float(a[1]), float(a[2])),
+        radius_m=scene.DRUM_RADIUS_M,
+        length_m=scene.DRUM_LENGTH_M,
+    )
+
+
+def _background(config: SyntheticSourceConfig, part: int, index: int) -> scene.GBuffer:
+    """Static station plus everything that moves or gets moved: cartons, robot, totes, cables."""
+    t = index / config.fps
+    gb = scene.background(config.seed, config.width, config.height, t, config.clutter)
+    tex = scene.value_noise(config.seed)
+    prims = [
+        *scene.cartons(config.seed, t, config.clutter),
+        *scene.robot_arm(t, config.clutter),
+        *scene.loose_clutter(config.seed, part, index, t, config.clutter),
+    ]
+    for p in prims:
+        if isinstance(p, scene.Box):
+            scene.cast_box(gb, p, 1, tex)
+        else:
+            scene.cast_rod(gb, p, 1)
+    return gb
+
+
+def _defect_pixels(
+    rig: scene.Rig, drum: scene.DrumSpec, layer: scene.GBuffer, tex: npt.NDArray, light: scene.Lighting
+) -> npt.NDArray[np.bool_]:
+    """Over the drum layer's rectangle: pixels where it differs from the same drum rendered without the defect.
+
+    The defect-free drum is rendered only over the defect's own screen rectangle: nothing outside it can differ.
+    """
+    mask = np.zeros((layer.h, layer.w), dtype=bool)
+    nominal = scene.render_drum_layer(rig, drum, tex, with_defect=False, within=scene.defect_corners(drum))
+    v0, u0 = max(nominal.v0, layer.v0), max(nominal.u0, layer.u0)
+    v1, u1 = min(nominal.v0 + nominal.h, layer.v0 + layer.h), min(nominal.u0 + nominal.w, layer.u0 + layer.w)
+    if v1 > v0 and u1 > u0:
+        diff = scene.layer_difference(
+            layer.crop(v0, u0, v1 - v0, u1 - u0), nominal.crop(v0, u0, v1 - v0, u1 - u0), light
+        )
+        mask[v0 - layer.v0 : v1 - layer.v0, u0 - layer.u0 : u1 - layer.u0] = diff
+    return mask
+
+
+def render_arrays(
+    config: SyntheticSourceConfig, index: int, defect: DefectType | Literal["auto"] | None = "auto"
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint16], GroundTruth]:
+    """Color, depth and ground truth of frame ``index`` (``defect`` overrides the part's own draw)."""
+    h, w = config.height, config.width
+    rig = scene.rig_for(w, h)
+    tex = scene.value_noise(config.seed)
+    pp = plan(config, index, defect)
+    gb = _background(config, pp.part, index)
+    drum_mask = np.zeros((h, w), dtype=bool)
+    defect_mask = np.zeros((h, w), dtype=bool)
+    light = scene.lighting(config.seed, index, index / config.fps, config.clutter)
+    if pp.drum is not None:
+        layer = scene.render_drum_layer(rig, pp.drum, tex, with_defect=True)
+        sl = np.s_[layer.v0 : layer.v0 + layer.h, layer.u0 : layer.u0 + layer.w]
+        drum_mask[sl] = gb.paste(layer)
+        if pp.drum.defect is not None:
+            defect_mask[sl] = _defect_pixels(rig, pp.drum, layer, tex, light) & drum_mask[sl]
+    color, spec = scene.shade(gb, light)
+    color_f, depth_f = scene.sensor(gb, color, spec, np.random.default_rng([config.seed, index, 31]), DEPTH_SCALE)
+    color_u8 = np.clip(np.rint(color_f), 0, 255).astype(np.uint8)
+    depth_u16 = np.clip(depth_f, 0, 65535).astype(np.uint16)
+    if pp.drum is None:
+        truth = GroundTruth("empty", None, None, defect_mask, drum_mask)
+    else:
+        kind = None if pp.drum.defect is None else pp.drum.defect.kind
+        truth = GroundTruth("good" if kind is None else "defect", kind, drum_pose(pp.drum, rig), defect_mask, drum_mask)
+    return color_u8, depth_u16, truth
+
+
+def render_frame(
+    config: SyntheticSourceConfig, index: int, defect: DefectType | Literal["auto"] | None = "auto"
+) -> Frame:
+    """Frame ``index`` of the line as the source would deliver it (pure: no source state involved)."""
+    color, depth, truth = render_arrays(config, index, defect)
+    return Frame(
+        color=color,
+        depth=depth,
+        spec=stream_spec(config),
+        color_frame_number=index,
+        depth_frame_number=index,
+        device_ts_ns=round(index * 1e9 / config.fps),
+        host_ts_ns=time.time_ns(),
+        sequence=index,
+        truth=truth,
+    )
+
+
+class SyntheticSource(FrameSource):
+    """:class:`FrameSource` over :func:`render_frame`, frame 0 first; optionally paced like a camera."""
+
+    def __init__(self, config: SyntheticSourceConfig) -> None:
+        self.config = config
+        self._spec: StreamSpec | None = None
+        self._index = 0
+        self._t0_ns = 0
+
+    def open(self) -> StreamSpec:
+        self._spec = stream_spec(self.config)
+        self._index = 0
+        self._t0_ns = time.perf_counter_ns()
+        return self._spec
+
+    def read(self, timeout_s: float, out: FrameBuffers | None = None) -> Frame:
+        spec = require_open(self._spec, "synthetic source")
+        if self.config.n_frames is not None and self._index >= self.config.n_frames:
+            raise EndOfStreamError(f"synthetic source delivered its {self.config.n_frames} frames")
+        if self.config.realtime:
+            self._wait_for_slot(timeout_s)
+        if out is not None and (out.color.shape != spec.color_shape or out.depth.shape != spec.depth_shape):
+            raise SourceError(
+                f"output buffers {out.color.shape}/{out.depth.shape} do not match the stream "
+                f"{spec.color_shape}/{spec.depth_shape}",
+                "size the buffers from source.spec (color_shape, depth_shape)",
+            )
+        frame = render_frame(self.config, self._index)
+        if out is not None:
+            np.copyto(out.color, frame.color)
+            np.copyto(out.depth, frame.depth)
+            frame.color, frame.depth = out.color, out.depth
+        self._index += 1
+        return frame
+
+    def _wait_for_slot(self, timeout_s: float) -> None:
+        """Sleep until frame ``index`` is due at ``fps``; a due time beyond the timeout is a timeout."""
+        due_ns = self._t0_ns + round(self._index * 1e9 / self.config.fps)
+        wait_s = (due_ns - time.perf_counter_ns()) / 1e9
+        if wait_s > timeout_s:
+            time.sleep(max(timeout_s, 0.0))
+            raise FrameTimeoutError(
+                f"next synthetic frame is due in {wait_s:.3f} s, after the {timeout_s:.3f} s timeout",
+                "read with a timeout of at least one frame period (1/fps)",
+            )
+        if wait_s > 0:
+            time.sleep(wait_s)
+
+    def close(self) -> None:
+        self._spec = None
+
+    @property
+    def spec(self) -> StreamSpec:
+        return require_open(self._spec, "synthetic source")
+
+    @property
+    def ready(self) -> bool:
+        return self._spec is not None

@@ -1,0 +1,202 @@
+"""CUDA ROI crop: RoiCropper's layout and sampling in one fused kernel that can write the engine's input buffers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from calibration.roi import RoiFile
+from edge.core.frame import Frame, StreamSpec
+from edge.core.geometry import ray_table
+from edge.crop import (
+    CropError,
+    CropLayout,
+    CropOutput,
+    CropSpec,
+    RoiTest,
+    check_frame,
+    check_registered,
+    crop_layout,
+    normalisation,
+    roi_ray_table,
+)
+
+KERNEL_SOURCE = Path(__file__).with_name("crop_kernel.cu")
+KERNEL_NAME = "roi_crop"
+BLOCK = (16, 16, 1)
+
+
+def _pycuda() -> ModuleType:
+    """Import pycuda.driver, or explain how to get it (it needs the CUDA toolkit and a GPU)."""
+    try:
+        import pycuda.driver as cuda  # noqa: PLC0415  (optional GPU dependency)
+    except ImportError as e:
+        raise CropError(
+            f"the CUDA crop needs pycuda, which cannot be imported ({e})",
+            "install the GPU extra (pip install 'drumsight-edge[gpu]') on a machine with the CUDA toolkit, "
+            "or use the CPU RoiCropper",
+        ) from None
+    return cuda
+
+
+def kernel_tables(spec: StreamSpec, roi: RoiFile) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel's per-pixel inputs: camera rays H×W×2 (x/z, y/z) and ROI-frame rays H×W×3, float32."""
+    rays = ray_table(spec.color_intrinsics)
+    return np.ascontiguousarray(rays[..., :2]), np.ascontiguousarray(roi_ray_table(rays, roi))
+
+
+def kernel_params(spec: StreamSpec, roi: RoiFile, crop: CropSpec, layout: CropLayout) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel's int32 and float32 parameter blocks, in the IP_* / FP_* order of crop_kernel.cu."""
+    test = RoiTest.from_roi(roi)
+    scale, offset = normalisation(crop)
+    ip = np.array(
+        [
+            layout.width,
+            layout.height,
+            layout.x0,
+            layout.y0,
+            layout.side,
+            layout.size,
+            int(test.kind == "box"),
+            int(crop.mode == "foreground"),
+            int(crop.color_interpolation == "bilinear"),
+            *crop.background_rgb,
+        ],
+        dtype=np.int32,
+    )
+    depth_scale = np.array([spec.depth_scale], dtype=np.float32)
+    fp = np.concatenate([depth_scale, test.offset, test.limits, scale, offset]).astype(np.float32)
+    return ip, fp
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceOutputs:
+    """Device pointers the kernel writes: rgb and xyz 1×3×N×N float32 (NCHW), mask N×N uint8, optional colour."""
+
+    rgb: int
+    xyz: int
+    mask: int
+    color: int = 0  # N×N×3 uint8; 0 skips it
+
+
+class CudaRoiCropper:
+    """GPU crop with RoiCropper's API. Construct it in the thread that uses it; it uses the primary context."""
+
+    def __init__(
+        self,
+        spec: StreamSpec,
+        roi: RoiFile,
+        crop: CropSpec | None = None,
+        *,
+        allow_mismatch: bool = False,
+        device: int = 0,
+        ptx: Path | None = None,
+    ) -> None:
+        cuda = _pycuda()
+        check_registered(spec)
+        roi.check_camera(spec, allow_mismatch=allow_mismatch)
+        self.spec, self.roi, self.crop_spec = spec, roi, crop or CropSpec()
+        self.layout = crop_layout(spec.color_intrinsics, roi, self.crop_spec)
+        self._cuda = cuda
+        try:
+            cuda.init()
+            self._ctx: Any = cuda.Device(device).retain_primary_context()
+        except cuda.Error as e:
+            raise CropError(
+                f"CUDA device {device} is not usable ({e})",
+                "check the driver with nvidia-smi and the device index, or use the CPU RoiCropper",
+            ) from None
+        self._ctx.push()
+        try:
+            self._module = self._load(ptx)  # kept: the function must not outlive its module
+            self._fn = self._module.get_function(KERNEL_NAME)
+            self._fn.prepare("P" * 10)
+            self._upload_tables()
+            self._alloc()
+            self.stream = cuda.Stream()
+        finally:
+            cuda.Context.pop()
+
+    def _load(self, ptx: Path | None) -> Any:
+        """The kernel module: a prebuilt PTX/cubin when given, else compiled from the .cu by pycuda (cached)."""
+        if ptx is not None:
+            return self._cuda.module_from_buffer(ptx.read_bytes())
+        from pycuda.compiler import SourceModule  # noqa: PLC0415  (optional GPU dependency)
+
+        return SourceModule(KERNEL_SOURCE.read_text(), no_extern_c=True, options=["--fmad=false"])
+
+    def _upload_tables(self) -> None:
+        """Ray tables, the ROI test and the normalisation go to the device once."""
+        cuda = self._cuda
+        rays, roi_rays = kernel_tables(self.spec, self.roi)
+        ip, fp = kernel_params(self.spec, self.roi, self.crop_spec, self.layout)
+        self._tables = [cuda.to_device(a) for a in (rays, roi_rays, ip, fp)]
+
+    def _alloc(self) -> None:
+        """Device frame and output buffers, and page-locked host outputs for crop()."""
+        cuda, n, h, w = self._cuda, self.layout.size, self.layout.height, self.layout.width
+        self._d_color = cuda.mem_alloc(h * w * 3)
+        self._d_depth = cuda.mem_alloc(h * w * 2)
+        self._owned = [cuda.mem_alloc(s) for s in (3 * n * n * 4, 3 * n * n * 4, n * n, n * n * 3)]
+        self.device_outputs = DeviceOutputs(*(int(a) for a in self._owned))
+        self.out = CropOutput(
+            rgb=cuda.pagelocked_empty((1, 3, n, n), np.float32),
+            xyz=cuda.pagelocked_empty((1, 3, n, n), np.float32),
+            mask=cuda.pagelocked_empty((n, n), np.uint8).view(np.bool_),
+            color=cuda.pagelocked_empty((n, n, 3), np.uint8),
+        )
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Make this cropper's CUDA context current (for the caller's own pycuda calls on its buffers)."""
+        self._ctx.push()
+        try:
+            yield
+        finally:
+            self._cuda.Context.pop()
+
+    def crop_to_device(self, frame: Frame, outputs: DeviceOutputs | None = None) -> DeviceOutputs:
+        """Upload the frame and queue the kernel on ``self.stream`` writing ``outputs`` (e.g. the engine's bindings).
+
+        Returns before the kernel finishes: enqueue the engine on the same stream, or synchronise it. The
+        frame's host arrays may be reused at once (copies from pageable memory are staged before returning).
+        """
+        check_frame(frame, self.layout)
+        dst = outputs or self.device_outputs
+        cuda, n = self._cuda, self.layout.size
+        grid = ((n + BLOCK[0] - 1) // BLOCK[0], (n + BLOCK[1] - 1) // BLOCK[1])
+        with self.active():
+            cuda.memcpy_htod_async(self._d_color, np.ascontiguousarray(frame.color), self.stream)
+            cuda.memcpy_htod_async(self._d_depth, np.ascontiguousarray(frame.depth), self.stream)
+            args = [int(self._d_color), int(self._d_depth), *(int(t) for t in self._tables)]
+            self._fn.prepared_async_call(grid, BLOCK, self.stream, *args, dst.rgb, dst.xyz, dst.mask, dst.color)
+        return dst
+
+    def crop(self, frame: Frame) -> CropOutput:
+        """Crop on the GPU and copy the results to host buffers (same contract as RoiCropper.crop)."""
+        d = self.crop_to_device(frame)
+        out, cuda = self.out, self._cuda
+        with self.active():
+            cuda.memcpy_dtoh_async(out.rgb, d.rgb, self.stream)
+            cuda.memcpy_dtoh_async(out.xyz, d.xyz, self.stream)
+            cuda.memcpy_dtoh_async(out.mask.view(np.uint8), d.mask, self.stream)
+            cuda.memcpy_dtoh_async(out.color, d.color, self.stream)
+            self.stream.synchronize()
+        return out
+
+    def close(self) -> None:
+        """Free device memory and release the primary context. Safe to call twice."""
+        if self._ctx is None:
+            return
+        with self.active():
+            self.stream.synchronize()
+            for a in [*self._owned, *self._tables, self._d_color, self._d_depth]:
+                a.free()
+        self._ctx.detach()
+        self._ctx = None

@@ -1,0 +1,109 @@
+// Fused ROI crop: deproject → ROI test → mask → crop/resize → normalise, one thread per output pixel.
+//
+// It reproduces edge/crop.py (RoiCropper) bit for bit; the sampling rule is documented there. Every float
+// operation uses the explicitly rounded intrinsics (__fmul_rn, __fadd_rn) so nvcc cannot contract a·z + b into
+// an FMA: the CPU path computes the same products and sums with numpy's separately rounded float32 ops.
+//
+// Inputs (device pointers):
+//   color     H×W×3 uint8 RGB            depth  H×W uint16 (colour-registered, depth_scale metres per unit)
+//   rays      H×W×2 float32 (x/z, y/z) in the colour camera frame, distortion included (edge.core.geometry.ray_table)
+//   roi_rays  H×W×3 float32 Rᵀ·ray: ROI-frame coordinates of a point are l = roi_ray·z + b
+//   ip        int32 parameters  (see the IP_* indices below)
+//   fp        float32 parameters (see the FP_* indices below)
+// Outputs (device pointers, N = output size, batch 1):
+//   out_rgb   3×N×N float32 (value·scale + offset per channel)    out_xyz 3×N×N float32 metres
+//   out_mask  N×N uint8 (1 inside)                                out_color N×N×3 uint8, optional (null: skipped)
+
+enum {
+    IP_WIDTH, IP_HEIGHT, IP_X0, IP_Y0, IP_SIDE, IP_SIZE, IP_BOX, IP_FOREGROUND, IP_BILINEAR,
+    IP_BG_R, IP_BG_G, IP_BG_B, IP_COUNT
+};
+enum {
+    FP_DEPTH_SCALE, FP_B0, FP_B1, FP_B2, FP_LIM0, FP_LIM1, FP_LIM2,
+    FP_SCALE0, FP_SCALE1, FP_SCALE2, FP_OFF0, FP_OFF1, FP_OFF2, FP_COUNT
+};
+
+// ⌊a / b⌋ for b > 0 and any sign of a (C++ division truncates toward zero).
+__device__ __forceinline__ long long floor_div(long long a, long long b) {
+    long long q = a / b;
+    return (q * b > a) ? q - 1 : q;
+}
+
+// Channel c of source pixel (u, v), or the background colour outside the image (OpenCV BORDER_CONSTANT).
+__device__ __forceinline__ int pixel(const unsigned char* color, int w, int h, long long u, long long v, int c,
+                                     int bg) {
+    if (u < 0 || v < 0 || u >= w || v >= h) return bg;
+    return color[(v * w + u) * 3 + c];
+}
+
+// Bilinear colour with 5 fractional bits and 10-bit weights: OpenCV remap INTER_LINEAR on uint8, exactly.
+__device__ __forceinline__ int bilinear(const unsigned char* color, int w, int h, long long qx, long long qy, int c,
+                                        int bg) {
+    long long u = floor_div(qx, 32), v = floor_div(qy, 32);
+    int ax = (int)(qx - u * 32), ay = (int)(qy - v * 32);
+    int acc = (32 - ax) * (32 - ay) * pixel(color, w, h, u, v, c, bg)
+            + ax * (32 - ay) * pixel(color, w, h, u + 1, v, c, bg)
+            + (32 - ax) * ay * pixel(color, w, h, u, v + 1, c, bg)
+            + ax * ay * pixel(color, w, h, u + 1, v + 1, c, bg);
+    return (acc + 512) >> 10;
+}
+
+// The ROI inequality on l = a·z + b, in the same operation order as RoiCropper._roi_mask.
+__device__ __forceinline__ bool inside_roi(const float* a, float z, const float* fp, bool box) {
+    float l0 = __fadd_rn(__fmul_rn(a[0], z), fp[FP_B0]);
+    float l1 = __fadd_rn(__fmul_rn(a[1], z), fp[FP_B1]);
+    float l2 = __fadd_rn(__fmul_rn(a[2], z), fp[FP_B2]);
+    if (box) {
+        return fabsf(l0) <= fp[FP_LIM0] && fabsf(l1) <= fp[FP_LIM1] && fabsf(l2) <= fp[FP_LIM2];
+    }
+    return __fadd_rn(__fmul_rn(l0, l0), __fmul_rn(l1, l1)) <= fp[FP_LIM0] && fabsf(l2) <= fp[FP_LIM1];
+}
+
+extern "C" __global__ void roi_crop(const unsigned char* __restrict__ color, const unsigned short* __restrict__ depth,
+                                    const float* __restrict__ rays, const float* __restrict__ roi_rays,
+                                    const int* __restrict__ ip, const float* __restrict__ fp,
+                                    float* __restrict__ out_rgb, float* __restrict__ out_xyz,
+                                    unsigned char* __restrict__ out_mask, unsigned char* __restrict__ out_color) {
+    const int n = ip[IP_SIZE];
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;  // output column
+    const int i = blockIdx.y * blockDim.y + threadIdx.y;  // output row
+    if (i >= n || j >= n) return;
+    const int w = ip[IP_WIDTH], h = ip[IP_HEIGHT], side = ip[IP_SIDE];
+    const long long nn = (long long)n * n, o = (long long)i * n + j;
+
+    // Nearest source pixel: x0 + ⌊(2j + 1)·side / (2N)⌋ (numerator > 0, so truncation is the floor).
+    const long long u = ip[IP_X0] + ((2LL * j + 1) * side) / (2LL * n);
+    const long long v = ip[IP_Y0] + ((2LL * i + 1) * side) / (2LL * n);
+    float x = 0.0f, y = 0.0f, z = 0.0f;
+    bool m = false;
+    if (u >= 0 && v >= 0 && u < w && v < h) {
+        const long long p = v * w + u;
+        z = __fmul_rn((float)depth[p], fp[FP_DEPTH_SCALE]);
+        x = __fmul_rn(rays[2 * p], z);
+        y = __fmul_rn(rays[2 * p + 1], z);
+        m = z > 0.0f && inside_roi(roi_rays + 3 * p, z, fp, ip[IP_BOX] != 0);
+    }
+    const bool background = ip[IP_FOREGROUND] != 0 && !m;
+    if (background) x = y = z = 0.0f;
+    out_xyz[o] = x;
+    out_xyz[nn + o] = y;
+    out_xyz[2 * nn + o] = z;
+    out_mask[o] = m ? 1 : 0;
+
+    // Colour sample in 1/32 px: ⌊(32·(2j + 1)·side + N) / (2N)⌋ + 32·x0 − 16.
+    const long long qx = (32LL * (2 * j + 1) * side + n) / (2LL * n) + 32LL * ip[IP_X0] - 16;
+    const long long qy = (32LL * (2 * i + 1) * side + n) / (2LL * n) + 32LL * ip[IP_Y0] - 16;
+    for (int c = 0; c < 3; ++c) {
+        const int bg = ip[IP_BG_R + c];
+        int value;
+        if (background) {
+            value = bg;
+        } else if (ip[IP_BILINEAR] != 0) {
+            value = bilinear(color, w, h, qx, qy, c, bg);
+        } else {
+            value = pixel(color, w, h, u, v, c, bg);
+        }
+        out_rgb[c * nn + o] = __fadd_rn(__fmul_rn((float)value, fp[FP_SCALE0 + c]), fp[FP_OFF0 + c]);
+        if (out_color != nullptr) out_color[o * 3 + c] = (unsigned char)value;
+    }
+}

@@ -1,0 +1,261 @@
+"""The CPU ROI crop against an independent per-pixel reference, its geometry, its refusals and its allocations."""
+
+from __future__ import annotations
+
+import tracemalloc
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from calibration.roi import BoxShape, CameraBinding, CylinderShape, RoiError, RoiFile
+from drivers.playback import PlaybackSource, PlaybackSourceConfig
+from edge.core.frame import Extrinsics, Frame, Intrinsics, StreamSpec
+from edge.core.geometry import ray_table, xyz_from_depth
+from edge.crop import CropError, CropSpec, DepthNotRegisteredError, RoiCropper
+
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+BAG = SHARED / "fixtures" / "realsense" / "single_depth_color_640x480.bag"
+
+
+def make_spec(w: int = 64, h: int = 48, *, aligned: bool = True, serial: str = "TEST1") -> StreamSpec:
+    intr = Intrinsics(w, h, 0.9 * w, 0.9 * w, w / 2 - 0.3, h / 2 + 0.2)
+    return StreamSpec(serial, intr, intr, Extrinsics(), 0.001, 30.0, aligned, source="test")
+
+
+def rotation(rvec: tuple[float, float, float]) -> npt.NDArray[np.float64]:
+    R, _ = cv2.Rodrigues(np.asarray(rvec, dtype=np.float64))
+    return R
+
+
+def make_roi(spec: StreamSpec, kind: str, center: tuple[float, float, float] = (0.02, -0.01, 0.8)) -> RoiFile:
+    T = np.eye(4)
+    T[:3, :3] = rotation((0.1, 1.4, 0.05))  # a drum lying roughly along camera x, slightly tilted
+    T[:3, 3] = center
+    shape = CylinderShape(radius_m=0.12, length_m=0.3) if kind == "cylinder" else BoxShape(extents_m=(0.2, 0.15, 0.3))
+    return RoiFile(camera=CameraBinding.from_spec(spec), T_camera_roi=T.tolist(), shape=shape, margin_m=0.01)
+
+
+def make_frame(spec: StreamSpec, seed: int = 0) -> Frame:
+    rng = np.random.default_rng(seed)
+    h, w = spec.depth_shape
+    depth = rng.integers(550, 1050, size=(h, w)).astype(np.uint16)
+    depth[rng.random((h, w)) < 0.1] = 0  # holes, as a real sensor has
+    color = rng.integers(0, 256, size=(h, w, 3)).astype(np.uint8)
+    return Frame(color, depth, spec, 1, 1, 0, 0)
+
+
+def reference_crop(frame: Frame, roi: RoiFile, crop: CropSpec, window: tuple[int, int, int]) -> dict[str, np.ndarray]:
+    """Per-pixel loops straight from the documented formula, with exact rational coordinates."""
+    x0, y0, side = window
+    spec, n = frame.spec, crop.size
+    h, w = frame.depth.shape
+    xyz_full = xyz_from_depth(frame.depth, spec.depth_scale, ray_table(spec.color_intrinsics))
+    bg = np.asarray(crop.background_rgb)
+    mask = np.zeros((n, n), bool)
+    xyz = np.zeros((n, n, 3), np.float32)
+    color = np.zeros((n, n, 3), np.int64)
+
+    def pixel(u: int, v: int) -> np.ndarray:
+        return frame.color[v, u].astype(np.int64) if 0 <= u < w and 0 <= v < h else bg
+
+    for i in range(n):
+        for j in range(n):
+            sx = x0 + (j + Fraction(1, 2)) * Fraction(side, n) - Fraction(1, 2)
+            sy = y0 + (i + Fraction(1, 2)) * Fraction(side, n) - Fraction(1, 2)
+            u, v = int(np.floor(sx + Fraction(1, 2))), int(np.floor(sy + Fraction(1, 2)))
+            if 0 <= u < w and 0 <= v < h and frame.depth[v, u] > 0:
+                xyz[i, j] = xyz_full[v, u]
+                mask[i, j] = bool(roi.contains(xyz_full[v, u][None])[0])
+            if crop.color_interpolation == "nearest":
+                color[i, j] = pixel(u, v)
+                continue
+            qx, qy = int(np.floor(32 * sx + Fraction(1, 2))), int(np.floor(32 * sy + Fraction(1, 2)))
+            u0, ax, v0, ay = qx // 32, qx % 32, qy // 32, qy % 32
+            acc = (
+                (32 - ax) * (32 - ay) * pixel(u0, v0)
+                + ax * (32 - ay) * pixel(u0 + 1, v0)
+                + (32 - ax) * ay * pixel(u0, v0 + 1)
+                + ax * ay * pixel(u0 + 1, v0 + 1)
+            )
+            color[i, j] = (acc + 512) // 1024
+    if crop.mode == "foreground":
+        xyz[~mask] = 0
+        color[~mask] = bg
+    rgb = (color / 255.0 - np.asarray(crop.mean)) / np.asarray(crop.std)
+    return {"mask": mask, "xyz": xyz, "color": color.astype(np.uint8), "rgb": rgb.transpose(2, 0, 1)[None]}
+
+
+@pytest.mark.parametrize(
+    ("kind", "mode", "interp", "size", "z"),
+    [
+        ("cylinder", "foreground", "bilinear", 32, 0.8),
+        ("cylinder", "full", "nearest", 40, 0.8),
+        ("box", "foreground", "nearest", 24, 0.8),
+        ("box", "full", "bilinear", 56, 0.8),
+        ("cylinder", "full", "bilinear", 36, 0.45),  # window taller than the image: padded rows
+    ],
+)
+def test_cpu_crop_matches_slow_reference(kind: str, mode: str, interp: str, size: int, z: float) -> None:
+    spec = make_spec()
+    roi = make_roi(spec, kind, center=(0.02, -0.01, z))
+    crop = CropSpec(mode=mode, size=size, color_interpolation=interp, background_rgb=(10, 200, 30))  # type: ignore[arg-type]
+    cropper = RoiCropper(spec, roi, crop)
+    frame = make_frame(spec)
+    lay = cropper.layout
+    ref = reference_crop(frame, roi, crop, (lay.x0, lay.y0, lay.side))
+    out = cropper.crop(frame)
+    assert 0 < ref["mask"].sum() < size * size, "the scene must put points both inside and outside the ROI"
+    np.testing.assert_array_equal(out.mask, ref["mask"])
+    np.testing.assert_allclose(out.xyz_hwc, ref["xyz"], atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(out.color, ref["color"])
+    np.testing.assert_allclose(out.rgb, ref["rgb"], atol=1e-5, rtol=0)
+
+
+def full_res_mask(frame: Frame, roi: RoiFile) -> npt.NDArray[np.bool_]:
+    xyz = xyz_from_depth(frame.depth, frame.spec.depth_scale, ray_table(frame.spec.color_intrinsics))
+    return roi.contains(xyz) & (frame.depth > 0)
+
+
+@pytest.mark.parametrize("kind", ["cylinder", "box"])
+def test_window_is_square_covers_every_roi_pixel_and_modes_share_geometry(kind: str) -> None:
+    spec = make_spec(160, 120)
+    roi = make_roi(spec, kind, center=(-0.05, 0.03, 1.1))
+    frame = make_frame(spec, seed=3)
+    fg = RoiCropper(spec, roi, CropSpec(mode="foreground", size=64, background_rgb=(1, 2, 3)))
+    full = RoiCropper(spec, roi, CropSpec(mode="full", size=64, background_rgb=(1, 2, 3)))
+    assert fg.layout == full.layout
+    lay = fg.layout
+    assert lay.x0 >= 0 and lay.x0 + lay.side <= 160 and lay.y0 >= 0 and lay.y0 + lay.side <= 120
+    vs, us = np.nonzero(full_res_mask(frame, roi))
+    assert len(us) > 100
+    assert us.min() >= lay.x0 and us.max() < lay.x0 + lay.side
+    assert vs.min() >= lay.y0 and vs.max() < lay.y0 + lay.side
+    a, b = fg.crop(frame), full.crop(frame)
+    assert a.rgb.shape == b.rgb.shape == a.xyz.shape == (1, 3, 64, 64) and a.mask.shape == (64, 64)
+    np.testing.assert_array_equal(a.mask, b.mask)
+    bg = ~a.mask
+    assert bg.any() and a.mask.any()
+    assert np.all(a.color[bg] == (1, 2, 3)) and np.all(a.xyz_hwc[bg] == 0)
+    np.testing.assert_array_equal(a.xyz_hwc[a.mask], b.xyz_hwc[a.mask])
+    np.testing.assert_array_equal(a.color[a.mask], b.color[a.mask])
+    has_depth = b.xyz_hwc[..., 2] > 0
+    assert np.count_nonzero(has_depth & bg) > 100, "full mode keeps the background's geometry"
+    expected_bg = (np.array([1, 2, 3]) / 255 - np.array(CropSpec().mean)) / np.array(CropSpec().std)
+    np.testing.assert_allclose(a.rgb[0].transpose(1, 2, 0)[bg], np.broadcast_to(expected_bg, (bg.sum(), 3)), atol=1e-5)
+
+
+def test_window_larger_than_the_image_is_padded_with_background() -> None:
+    spec = make_spec(64, 48)
+    roi = make_roi(spec, "cylinder", center=(0.0, 0.0, 0.45))  # close: projects wider than the image
+    crop = CropSpec(mode="full", size=32, background_rgb=(7, 8, 9), color_interpolation="nearest")
+    cropper = RoiCropper(spec, roi, crop)
+    lay = cropper.layout
+    assert lay.side > 48 and lay.y0 < 0, lay
+    out = cropper.crop(make_frame(spec))
+    _, iy = lay.nearest()
+    pad_rows = (iy < 0) | (iy >= 48)
+    assert pad_rows.any()
+    assert np.all(out.color[pad_rows] == (7, 8, 9))
+    assert not out.mask[pad_rows].any() and np.all(out.xyz_hwc[pad_rows] == 0)
+
+
+def test_unregistered_depth_is_refused() -> None:
+    spec = make_spec()
+    roi = make_roi(spec, "box")
+    with pytest.raises(DepthNotRegisteredError, match="align_to_color"):
+        RoiCropper(make_spec(aligned=False), roi, allow_mismatch=True)
+    cropper = RoiCropper(spec, roi)
+    frame = make_frame(make_spec(aligned=False))
+    with pytest.raises(DepthNotRegisteredError, match="not aligned"):
+        cropper.crop(frame)
+
+
+def test_roi_of_another_camera_is_refused_unless_allowed() -> None:
+    spec = make_spec()
+    roi = make_roi(make_spec(serial="OTHER"), "box")
+    with pytest.raises(RoiError, match="serial"):
+        RoiCropper(spec, roi)
+    assert RoiCropper(spec, roi, allow_mismatch=True).layout.side > 0
+
+
+def test_roi_behind_the_camera_or_out_of_view_is_refused() -> None:
+    spec = make_spec()
+    with pytest.raises(CropError, match="in front of the camera"):
+        RoiCropper(spec, make_roi(spec, "box", center=(0.0, 0.0, 0.05)))
+    with pytest.raises(CropError, match="outside the"):
+        RoiCropper(spec, make_roi(spec, "box", center=(3.0, 0.0, 1.0)))
+
+
+def test_frame_of_another_size_is_refused() -> None:
+    spec = make_spec()
+    cropper = RoiCropper(spec, make_roi(spec, "box"))
+    with pytest.raises(CropError, match="built for 64×48"):
+        cropper.crop(make_frame(make_spec(80, 60)))
+
+
+def test_crop_spec_validation() -> None:
+    with pytest.raises(ValueError, match="std"):
+        CropSpec(std=(0.2, 0.0, 0.2))
+    with pytest.raises(ValueError, match="background_rgb"):
+        CropSpec(background_rgb=(0, 0, 300))
+    with pytest.raises(ValueError, match="extra"):
+        CropSpec(sise=128)  # type: ignore[call-arg]
+
+
+def test_no_per_frame_allocation() -> None:
+    spec = make_spec(640, 480)
+    cropper = RoiCropper(spec, make_roi(spec, "cylinder"), CropSpec(size=256))
+    frames = [make_frame(spec, seed=s) for s in range(3)]
+    first = cropper.crop(frames[0])
+    buffers = (first.rgb, first.xyz, first.mask, first.color)
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for f in frames:
+            out = cropper.crop(f)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert all(a is b for a, b in zip((out.rgb, out.xyz, out.mask, out.color), buffers, strict=True))
+    assert peak - base < 4096, f"crop allocated {peak - base} bytes per call (a 256² float32 plane is 262144)"
+
+
+def read_bag_frame(path: Path, *, align: bool = True) -> Frame:
+    """The recording's only frameset, through the project's playback source."""
+    with PlaybackSource(PlaybackSourceConfig(path=path, align_to_color=align)) as source:
+        return source.read(5.0)
+
+
+@pytest.mark.skipif(not BAG.exists(), reason=f"real D435 recording not found at {BAG} (../shared is absent)")
+def test_real_d435_bag_without_alignment_is_refused() -> None:
+    frame = read_bag_frame(BAG, align=False)
+    with pytest.raises(DepthNotRegisteredError, match="align_to_color=True"):
+        RoiCropper(frame.spec, make_roi(frame.spec, "box"))
+
+
+@pytest.mark.skipif(not BAG.exists(), reason=f"real D435 recording not found at {BAG} (../shared is absent)")
+def test_real_d435_bag_box_roi_keeps_exactly_the_points_inside() -> None:
+    frame = read_bag_frame(BAG)
+    h, w = frame.depth.shape
+    centre = frame.depth[h // 2 - 40 : h // 2 + 40, w // 2 - 40 : w // 2 + 40]
+    z = float(np.median(centre[centre > 0])) * frame.spec.depth_scale
+    T = np.eye(4)
+    T[:3, 3] = ray_table(frame.spec.color_intrinsics)[h // 2, w // 2] * z
+    roi = RoiFile(
+        camera=CameraBinding.from_spec(frame.spec),
+        T_camera_roi=T.tolist(),
+        shape=BoxShape(extents_m=(0.4, 0.3, 0.3)),
+        margin_m=0.0,
+    )
+    out = RoiCropper(frame.spec, roi, CropSpec(mode="full", size=256)).crop(frame)
+    pts, kept = out.xyz_hwc.reshape(-1, 3), out.mask.reshape(-1)
+    assert kept.sum() > 1000 and (~kept & (pts[:, 2] > 0)).sum() > 1000, "the box must split the scene"
+    loose = roi.model_copy(update={"margin_m": 1e-5})
+    tight = roi.model_copy(update={"margin_m": 0.0, "shape": BoxShape(extents_m=(0.4 - 2e-5, 0.3 - 2e-5, 0.3 - 2e-5))})
+    assert loose.contains(pts[kept]).all(), "a kept point lies outside the box"
+    assert not tight.contains(pts[~kept & (pts[:, 2] > 0)]).any(), "a dropped point lies inside the box"
