@@ -150,12 +150,12 @@ def run(quick: bool) -> BenchSection:
         headers=["measure", "drum pose", "frames", "AUROC full frame", "AUROC drum mask", "drum − full"],
         rows=rows,
         targets={
-            "render >= 10 frames/s at 640x480": fps >= 10.0,
             "fixed pose, clutter 1: drum-mask AUROC >= full-frame + 0.1": (
                 fixed_high.auroc_drum >= fixed_high.auroc_full + 0.1
             ),
         },
         notes=[
+            "rendering speed has no target in the issue; it bounds how fast synthetic data sets and demos are made",
             "detector: per-pixel mean/std of R, G, B, depth over good frames; score = max of the 5×5-smoothed "
             "mean |z| over the region (full frame, or the frame's true drum mask); same frames for both columns",
             "test parts: defect_rate 0.5, all 7 defect types; 'fixed pose' sets pose_jitter=0 to separate the "

@@ -1,0 +1,116 @@
+"""The contract between model families, training, export and the runtimes — importable without torch.
+
+Every model graph takes the crop step's tensors by name and returns raw outputs by name, so the same
+preprocessing feeds training, bench and daemon, and score normalisation and the decision threshold
+live outside the graph (``edge/core/scoring.py``): a threshold change never needs a re-export.
+
+Tensors (batch B; S = the model's input size; all float32, NCHW):
+- inputs  ``rgb``  B×3×S×S  colour normalised with the card's mean/std (``edge.crop.CropOutput.rgb``)
+          ``xyz``  B×3×S×S  organised point cloud in metres, 0 where no depth / background
+          ``mask`` B×1×S×S  1 inside the ROI with depth, else 0 (all ones in ``full`` crop mode if a
+                            model ignores the ROI)
+- outputs ``anomaly_map`` B×1×S×S raw per-pixel anomaly (higher = more anomalous)
+          ``image_score`` B        raw image score (higher = more anomalous)
+Training/validation batches add ``label`` (B, 0 good / 1 defect) and ``gt`` (B×1×S×S, 0/1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+INPUT_NAMES: tuple[str, ...] = ("rgb", "xyz", "mask")
+OUTPUT_NAMES: tuple[str, ...] = ("anomaly_map", "image_score")
+PRESETS: tuple[str, ...] = ("paper", "edge", "tiny")
+CropMode = Literal["foreground", "full"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCard:
+    """What a trained model expects and emits; stored with every checkpoint, ONNX file and engine.
+
+    Loading refuses an artefact whose card does not fit what the caller asks for (family, preset,
+    input size, crop mode, ROI version).
+    """
+
+    family: str
+    preset: str
+    input_size: int
+    inputs: tuple[str, ...]
+    crop_mode: CropMode
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    roi_version: str = ""
+    data_hash: str = ""
+    options: dict[str, Any] = field(default_factory=dict)  # family-specific settings (e.g. AST mode "rgbd")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["inputs"], d["mean"], d["std"] = list(self.inputs), list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelCard:
+        m, s = d["mean"], d["std"]
+        return cls(
+            family=str(d["family"]),
+            preset=str(d["preset"]),
+            input_size=int(d["input_size"]),
+            inputs=tuple(str(x) for x in d["inputs"]),
+            crop_mode=d["crop_mode"],
+            mean=(float(m[0]), float(m[1]), float(m[2])),
+            std=(float(s[0]), float(s[1]), float(s[2])),
+            roi_version=str(d.get("roi_version", "")),
+            data_hash=str(d.get("data_hash", "")),
+            options=dict(d.get("options", {})),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FitSettings:
+    """Knobs every family's training honours; families add their own via ``ModelCard.options``."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+    threads: int = 2
+
+
+class TrainContext(Protocol):
+    """What the training tool gives a family's ``fit``: progress reporting and resumable state."""
+
+    def progress(self, phase: str, done: int, total: int, **metrics: float) -> None:
+        """Report progress of a phase (e.g. "teacher", "student") for the progress bar and logs."""
+
+    def save_state(self, phase: str, epoch: int, state: Mapping[str, Any]) -> None:
+        """Persist resumable state after ``epoch`` of ``phase`` (tensors and plain values; no pickle)."""
+
+    def resume_state(self) -> tuple[str, int, dict[str, Any]] | None:
+        """The last saved (phase, epoch, state), or None for a fresh run."""
+
+
+class ModelFamily(Protocol):
+    """One model family (AST, 3DSR, …): presets, construction and training. Torch types appear as Any."""
+
+    name: str
+    presets: Mapping[str, Mapping[str, Any]]  # preset name → documented constructor settings
+
+    def build(self, card: ModelCard) -> Any:
+        """A ``torch.nn.Module`` whose ``forward(**{name: tensor for name in card.inputs})`` returns
+        ``(anomaly_map, image_score)`` (raw), in eval mode once trained."""
+
+    def card(self, preset: str, crop_mode: CropMode, **options: Any) -> ModelCard:
+        """The card of a new model of this family for ``preset`` (input size, inputs, normalisation)."""
+
+    def fit(
+        self,
+        model: Any,
+        train: Iterable[Mapping[str, Any]],
+        settings: FitSettings,
+        context: TrainContext,
+    ) -> None:
+        """Train ``model`` on batches of normal samples (dicts of tensors named as above).
+
+        ``train`` is re-iterable: each epoch iterates it again (a DataLoader or a list of batches)."""
