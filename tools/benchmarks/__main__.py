@@ -15,6 +15,7 @@ from tools.benchmarks.report import BenchSection, write_page
 SECTIONS = [
     "tools.benchmarks.synthetic",
     "tools.benchmarks.ring",
+    "tools.benchmarks.calibration",
     "tools.benchmarks.crop",
 ]
 
