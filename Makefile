@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-EXTRAS := dev,calibrate
+EXTRAS := dev,calibrate,train
 STAMP := $(VENV)/.installed-$(EXTRAS)
 SYS_PACKAGES := libusb-1.0-0
 

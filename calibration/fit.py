@@ -273,7 +273,8 @@ def cylinder_distance(points: F64, center: F64, axis: F64, radius: float) -> F64
     """Signed distance of points to an infinite cylinder's surface (positive outside)."""
     rel = points - center
     radial = rel - np.outer(rel @ axis, axis)
-    return np.linalg.norm(radial, axis=1) - radius
+    distance: F64 = np.linalg.norm(radial, axis=1) - radius
+    return distance
 
 
 def normal_axis(points: F64, voxel_m: float) -> F64:
@@ -392,7 +393,8 @@ def surface_distance(roi: RoiFile, points: F64) -> F64:
         return np.abs(np.hypot(local[:, 0], local[:, 1]) - roi.shape.radius_m)
     q = np.abs(local) - np.asarray(roi.shape.extents_m) / 2
     outside = np.linalg.norm(np.maximum(q, 0), axis=1)
-    return np.where(np.all(q <= 0, axis=1), -np.max(q, axis=1), outside)
+    distance: F64 = np.where(np.all(q <= 0, axis=1), -np.max(q, axis=1), outside)
+    return distance
 
 
 def shape_outline(roi: RoiFile, n: int = 72) -> F64:

@@ -24,7 +24,7 @@ Image = npt.NDArray[np.uint8]
 def _overlay(result: CalibrationResult) -> Image:
     """Colour image (BGR) with in-ROI pixels tinted and the projected ROI volume outlined."""
     roi, scene = result.roi, result.scene
-    img = cv2.cvtColor(scene.color, cv2.COLOR_RGB2BGR)
+    img = np.asarray(cv2.cvtColor(scene.color, cv2.COLOR_RGB2BGR), dtype=np.uint8)
     inside = roi_mask(roi, scene)
     img[inside] = (0.55 * img[inside] + 0.45 * np.array(ROI_TINT)).astype(np.uint8)
     outline = projection_mask(roi, scene.spec.color_intrinsics).astype(np.uint8)

@@ -12,7 +12,7 @@ import json
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -25,7 +25,7 @@ from edge.core.frame import Extrinsics, Intrinsics, StreamSpec
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 
 class RoiError(EdgeError):
@@ -158,7 +158,8 @@ class RoiFile(EdgeModel):
             )
             return inside
         half_ext = np.asarray(self.shape.extents_m) / 2 + m
-        return np.all(np.abs(local) <= half_ext, axis=-1)
+        in_box: npt.NDArray[np.bool_] = np.all(np.abs(local) <= half_ext, axis=-1)
+        return in_box
 
     def check_camera(self, spec: StreamSpec, *, allow_mismatch: bool = False) -> None:
         """Refuse (or warn, with ``allow_mismatch``) when the running stream is not the calibrated one."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +22,7 @@ from edge.core.geometry import ray_table
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
+Floats = npt.NDArray[np.floating[Any]]  # float32 or float64: box hits are float64 (their half-sizes are float64)
 BoolA = npt.NDArray[np.bool_]
 Rect = tuple[int, int, int, int]  # local v0, v1, u0, u1 inside a G-buffer
 
@@ -156,7 +157,7 @@ class GBuffer:
         o = (self.rig.pos - center) @ rot
         return (float(o[0]), float(o[1]), float(o[2])), dl
 
-    def test(self, r: Rect, t: F32) -> BoolA:
+    def test(self, r: Rect, t: Floats) -> BoolA:
         """Pixels of ``r`` where ``t`` is nearer than what is there; remembered for :meth:`commit`."""
         a, b, c, d = r
         win = t < self.t[a:b, c:d]
@@ -165,7 +166,7 @@ class GBuffer:
         self._win = win
         return win
 
-    def commit(self, r: Rect, t: F32, normal: F32, albedo: F32, *, ks: float | F32, layer: int) -> None:
+    def commit(self, r: Rect, t: Floats, normal: F32, albedo: F32, *, ks: float | F32, layer: int) -> None:
         """Write the winners of the last :meth:`test`; ``normal``/``albedo`` are 3×N over those winners."""
         idx = self.last_idx
         self.t.reshape(-1)[idx] = t[self._win]
@@ -205,10 +206,11 @@ def value_noise(seed: int, size: int = 256) -> F32:
     return out / total
 
 
-def sample(tex: F32, a: F32, b: F32, scale: float) -> F32:
+def sample(tex: F32, a: Floats, b: Floats, scale: float) -> F32:
     """Nearest-neighbour lookup of a tiled texture at world coordinates (a, b) with ``scale`` texels per metre."""
     n = tex.shape[0]
-    return tex[(a * scale).astype(np.int32) & (n - 1), (b * scale).astype(np.int32) & (n - 1)]
+    texels: F32 = tex[(a * scale).astype(np.int32) & (n - 1), (b * scale).astype(np.int32) & (n - 1)]
+    return texels
 
 
 # ---------------------------------------------------------------- primitives
@@ -267,7 +269,7 @@ def _solid(color: tuple[float, float, float], n: int) -> F32:
     return np.repeat(np.asarray(color, dtype=np.float32)[:, None], n, axis=1)
 
 
-def cast_box(gb: GBuffer, box: Box, layer: int, tex: F32) -> tuple[F32, npt.NDArray[np.intp]] | None:
+def cast_box(gb: GBuffer, box: Box, layer: int, tex: F32) -> tuple[F64, npt.NDArray[np.intp]] | None:
     """Slab-method ray/box test in the box's frame; returns the winners' local hit points and faces."""
     r = gb.rect(box.corners())
     if r is None:
@@ -297,7 +299,7 @@ def cast_box(gb: GBuffer, box: Box, layer: int, tex: F32) -> tuple[F32, npt.NDAr
     return pl, face
 
 
-def _box_albedo(box: Box, pl: F32, face: npt.NDArray[np.intp], tex: F32) -> F32:
+def _box_albedo(box: Box, pl: Floats, face: npt.NDArray[np.intp], tex: F32) -> F32:
     """Per-style albedo at local hit points: cartons get tape, the belt moving ribs, the bracket bolt heads."""
     n = sample(tex, pl[0] + box.phase, pl[1] + pl[2], 90.0)
     shade = 0.85 + 0.3 * n
@@ -335,7 +337,8 @@ def cast_rod(gb: GBuffer, rod: Rod, layer: int) -> None:
         return
     tw = t[win]
     nl = np.stack([o[0] + tw * d[0][win], o[1] + tw * d[1][win], np.zeros_like(tw)]) / rod.radius
-    gb.commit(r, t, rot.astype(np.float32) @ nl, _solid(rod.color, tw.size), ks=rod.ks, layer=layer)
+    normal = np.asarray(rot.astype(np.float32) @ nl, dtype=np.float32)
+    gb.commit(r, t, normal, _solid(rod.color, tw.size), ks=rod.ks, layer=layer)
 
 
 def cast_ball(gb: GBuffer, ball: Ball, layer: int) -> None:
@@ -468,7 +471,8 @@ def _surface_offset(dfx: DefectSpec | None, u: F32, s: F32) -> tuple[F32, F32, F
     ds = (s - dfx.s) / rs
     w = np.maximum(1.0 - (du * du + ds * ds), 0.0).astype(np.float32)
     g = -4.0 * dfx.amount * w
-    return dfx.amount * w * w, g * du / ru, g * ds / rs
+    f32 = np.float32  # already float32 (float32 arrays times Python floats): asarray only tells the type checker
+    return np.asarray(dfx.amount * w * w, f32), np.asarray(g * du / ru, f32), np.asarray(g * ds / rs, f32)
 
 
 def _albedo_factor(dfx: DefectSpec | None, u: F32, s: F32, tex: F32) -> F32 | None:
@@ -479,12 +483,14 @@ def _albedo_factor(dfx: DefectSpec | None, u: F32, s: F32, tex: F32) -> F32 | No
     if dfx.kind == "scratch":
         c, sn = math.cos(dfx.angle), math.sin(dfx.angle)
         on = (np.abs(du * c + ds * sn) < dfx.size[1]) & (np.abs(-du * sn + ds * c) < dfx.size[0])
-        return np.repeat(np.where(on, np.float32(dfx.amount), np.float32(1.0))[None], 3, axis=0)
+        factor: F32 = np.repeat(np.where(on, np.float32(dfx.amount), np.float32(1.0))[None], 3, axis=0)
+        return factor
     q = (du / dfx.size[0]) ** 2 + (ds / dfx.size[1]) ** 2
     wobble = 0.75 + 0.5 * sample(tex, du + 3.0, ds + 5.0, 40.0)
     w = np.sqrt(np.clip(1.0 - q / wobble, 0.0, 1.0))
     tint = np.array([1.0, 0.93, 0.8], dtype=np.float32)[:, None] * dfx.amount
-    return (1.0 + w * (tint - 1.0)).astype(np.float32)
+    blend: F32 = (1.0 + w * (tint - 1.0)).astype(np.float32)
+    return blend
 
 
 def _perforated(u: F32, s: F32) -> BoolA:
@@ -494,7 +500,8 @@ def _perforated(u: F32, s: F32) -> BoolA:
     shift = (js % 2) * (p / 2)
     cu = (np.floor((u - shift) / p) + 0.5) * p + shift
     near = (s - (js + 0.5) * p) ** 2 + (u - cu) ** 2 < HOLE_RADIUS_M**2
-    return near & (np.abs(s) < DRUM_LENGTH_M / 2 - PLAIN_END_M)
+    holes: BoolA = near & (np.abs(s) < DRUM_LENGTH_M / 2 - PLAIN_END_M)
+    return holes
 
 
 def _drum_hits(o: tuple[float, float, float], d: list[F32]) -> tuple[F32, npt.NDArray[np.intp], F32, F32]:
@@ -577,7 +584,8 @@ def _drum_surface(pl: F32, kind: npt.NDArray[np.intp], theta: F32, tex: F32) -> 
 
 def _drum_corners(drum: DrumSpec) -> F64:
     half = np.array([DRUM_LENGTH_M / 2 + 0.02, DRUM_RADIUS_M + 0.03, DRUM_RADIUS_M + 0.03])
-    return np.asarray(drum.center_w) + (_CUBE * half) @ drum.rot.T
+    corners: F64 = np.asarray(drum.center_w) + (_CUBE * half) @ drum.rot.T
+    return corners
 
 
 def defect_corners(drum: DrumSpec) -> F64:
@@ -630,7 +638,8 @@ def layer_difference(a: GBuffer, b: GBuffer, light: Lighting) -> BoolA:
     both = hit_a & hit_b
     dt = np.abs(np.where(both, a.t, 0.0) - np.where(both, b.t, 0.0)) >= 5e-4
     dc = np.abs(shade(a, light)[0] - shade(b, light)[0]).max(axis=0) * (255.0 * EXPOSURE) >= 0.5
-    return (hit_a != hit_b) | (both & (dt | dc)) | (a.layer != b.layer)
+    differs: BoolA = (hit_a != hit_b) | (both & (dt | dc)) | (a.layer != b.layer)
+    return differs
 
 
 # ---------------------------------------------------------------- background and lighting
@@ -674,7 +683,7 @@ class StaticBackground:
 
     gb: GBuffer
     belt_idx: npt.NDArray[np.intp]  # flat pixel indices where the belt is visible
-    belt_pl: F32  # the belt's local hit points there, to redraw its moving ribs
+    belt_pl: Floats  # the belt's local hit points there, to redraw its moving ribs
     belt_face: npt.NDArray[np.intp]
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -91,7 +91,7 @@ def _read_mask(path: Path) -> npt.NDArray[np.bool_]:
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise LabelsError(f"cannot read the mask {path}", "the labels sidecar is incomplete: export it again")
-    return cast(npt.NDArray[np.bool_], img > 0)
+    return img > 0
 
 
 class LabelWriter:

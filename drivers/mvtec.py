@@ -183,7 +183,9 @@ class MvtecWriter:
         try:
             for sub in ("rgb", "xyz", "gt") if with_gt else ("rgb", "xyz"):
                 (base / sub).mkdir(parents=True, exist_ok=True)
-            _imwrite(base / "rgb" / f"{name}.png", cv2.cvtColor(frame.color, cv2.COLOR_RGB2BGR))
+            _imwrite(
+                base / "rgb" / f"{name}.png", np.asarray(cv2.cvtColor(frame.color, cv2.COLOR_RGB2BGR), dtype=np.uint8)
+            )
             xyz = xyz_from_depth(frame.depth, frame.spec.depth_scale, self._rays)
             # Three interleaved float32 samples per pixel, read back as H×W×3 (photometric stated: tifffile would
             # otherwise switch to separate pages in a future version).

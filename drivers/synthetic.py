@@ -160,7 +160,7 @@ def _background(config: SyntheticSourceConfig, part: int, index: int) -> scene.G
 
 
 def _defect_pixels(
-    rig: scene.Rig, drum: scene.DrumSpec, layer: scene.GBuffer, tex: npt.NDArray, light: scene.Lighting
+    rig: scene.Rig, drum: scene.DrumSpec, layer: scene.GBuffer, tex: scene.F32, light: scene.Lighting
 ) -> npt.NDArray[np.bool_]:
     """Over the drum layer's rectangle: pixels where it differs from the same drum rendered without the defect.
 

@@ -125,7 +125,8 @@ class CropOutput:
     @property
     def xyz_hwc(self) -> F32:
         """The organised point cloud as N×N×3 (MVTec 3D-AD layout), a view of ``xyz``."""
-        return self.xyz[0].transpose(1, 2, 0)
+        hwc: F32 = self.xyz[0].transpose(1, 2, 0)
+        return hwc
 
 
 def nearest_indices(start: int, side: int, size: int) -> I64:

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -42,7 +42,7 @@ def _pycuda() -> ModuleType:
             "install the GPU extra (pip install 'drumsight-edge[gpu]') on a machine with the CUDA toolkit, "
             "or use the CPU RoiCropper",
         ) from None
-    return cuda
+    return cast(ModuleType, cuda)
 
 
 def kernel_tables(spec: StreamSpec, roi: RoiFile) -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +77,11 @@ def kernel_params(spec: StreamSpec, roi: RoiFile, crop: CropSpec, layout: CropLa
 
 @dataclass(frozen=True, slots=True)
 class DeviceOutputs:
-    """Device pointers the kernel writes: rgb and xyz 1×3×N×N float32 (NCHW), mask N×N uint8, optional colour."""
+    """Device pointers the kernel writes: rgb and xyz 1×3×N×N float32 (NCHW), mask 1×1×N×N float32, optional colour.
+
+    All three are laid out as the engine's ``rgb``/``xyz``/``mask`` inputs (engines/contract.py), so the
+    engine's input bindings can be passed here and the crop feeds inference with no host round trip.
+    """
 
     rgb: int
     xyz: int
@@ -143,14 +147,15 @@ class CudaRoiCropper:
         cuda, n, h, w = self._cuda, self.layout.size, self.layout.height, self.layout.width
         self._d_color = cuda.mem_alloc(h * w * 3)
         self._d_depth = cuda.mem_alloc(h * w * 2)
-        self._owned = [cuda.mem_alloc(s) for s in (3 * n * n * 4, 3 * n * n * 4, n * n, n * n * 3)]
+        self._owned = [cuda.mem_alloc(s) for s in (3 * n * n * 4, 3 * n * n * 4, n * n * 4, n * n * 3)]
         self.device_outputs = DeviceOutputs(*(int(a) for a in self._owned))
         self.out = CropOutput(
             rgb=cuda.pagelocked_empty((1, 3, n, n), np.float32),
             xyz=cuda.pagelocked_empty((1, 3, n, n), np.float32),
-            mask=cuda.pagelocked_empty((n, n), np.uint8).view(np.bool_),
+            mask=np.zeros((n, n), np.bool_),
             color=cuda.pagelocked_empty((n, n, 3), np.uint8),
         )
+        self._mask_f32 = cuda.pagelocked_empty((n, n), np.float32)
 
     @contextmanager
     def active(self) -> Iterator[None]:
@@ -185,9 +190,10 @@ class CudaRoiCropper:
         with self.active():
             cuda.memcpy_dtoh_async(out.rgb, d.rgb, self.stream)
             cuda.memcpy_dtoh_async(out.xyz, d.xyz, self.stream)
-            cuda.memcpy_dtoh_async(out.mask.view(np.uint8), d.mask, self.stream)
+            cuda.memcpy_dtoh_async(self._mask_f32, d.mask, self.stream)
             cuda.memcpy_dtoh_async(out.color, d.color, self.stream)
             self.stream.synchronize()
+        np.greater(self._mask_f32, np.float32(0), out=out.mask)
         return out
 
     def close(self) -> None:

@@ -12,7 +12,7 @@
 //   fp        float32 parameters (see the FP_* indices below)
 // Outputs (device pointers, N = output size, batch 1):
 //   out_rgb   3×N×N float32 (value·scale + offset per channel)    out_xyz 3×N×N float32 metres
-//   out_mask  N×N uint8 (1 inside)                                out_color N×N×3 uint8, optional (null: skipped)
+//   out_mask  1×N×N float32 (1 inside, else 0: the engine's `mask` input)  out_color N×N×3 uint8, optional (null: skipped)
 
 enum {
     IP_WIDTH, IP_HEIGHT, IP_X0, IP_Y0, IP_SIDE, IP_SIZE, IP_BOX, IP_FOREGROUND, IP_BILINEAR,
@@ -63,7 +63,7 @@ extern "C" __global__ void roi_crop(const unsigned char* __restrict__ color, con
                                     const float* __restrict__ rays, const float* __restrict__ roi_rays,
                                     const int* __restrict__ ip, const float* __restrict__ fp,
                                     float* __restrict__ out_rgb, float* __restrict__ out_xyz,
-                                    unsigned char* __restrict__ out_mask, unsigned char* __restrict__ out_color) {
+                                    float* __restrict__ out_mask, unsigned char* __restrict__ out_color) {
     const int n = ip[IP_SIZE];
     const int j = blockIdx.x * blockDim.x + threadIdx.x;  // output column
     const int i = blockIdx.y * blockDim.y + threadIdx.y;  // output row
@@ -88,7 +88,7 @@ extern "C" __global__ void roi_crop(const unsigned char* __restrict__ color, con
     out_xyz[o] = x;
     out_xyz[nn + o] = y;
     out_xyz[2 * nn + o] = z;
-    out_mask[o] = m ? 1 : 0;
+    out_mask[o] = m ? 1.0f : 0.0f;
 
     // Colour sample in 1/32 px: ⌊(32·(2j + 1)·side + N) / (2N)⌋ + 32·x0 − 16.
     const long long qx = (32LL * (2 * j + 1) * side + n) / (2LL * n) + 32LL * ip[IP_X0] - 16;

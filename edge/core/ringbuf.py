@@ -181,7 +181,10 @@ def _futex_wake(addr: int) -> None:
 
 def _tracker_identity() -> tuple[int, int]:
     """(st_dev, st_ino) of this process's resource-tracker pipe: equal in processes that share one tracker."""
-    st = os.fstat(resource_tracker.getfd())
+    fd = resource_tracker.getfd()
+    if fd is None:
+        raise RingError("Python's resource tracker did not start", "check that this process may spawn a helper")
+    st = os.fstat(fd)
     return st.st_dev, st.st_ino
 
 
@@ -213,6 +216,14 @@ def install_signal_cleanup(signums: tuple[int, ...] = (signal.SIGTERM,)) -> None
         signal.signal(signum, handler)
 
 
+def _mapped(shm: SharedMemory) -> memoryview:
+    """The segment's mapping; ``shm.buf`` is None only after ``shm.close()``, which the ring calls last."""
+    buf = shm.buf
+    if buf is None:
+        raise RingError(f"ring segment {shm.name!r} is already unmapped", "create or attach the ring again")
+    return buf
+
+
 class _Segment:
     """Numpy views over a mapped ring segment, shared by FrameRing, RingWriter and RingReader."""
 
@@ -220,7 +231,7 @@ class _Segment:
         self.shm = shm
         self.spec = spec
         self.closed = False
-        self.u8 = np.frombuffer(shm.buf, dtype=np.uint8)
+        self.u8 = np.frombuffer(_mapped(shm), dtype=np.uint8)
         self.header = self.u8[:HEADER_BYTES].view(np.int64)
         self.wake_publish = int(self.u8.ctypes.data) + _WAKE_PUBLISH_OFFSET
         self.wake_release = int(self.u8.ctypes.data) + _WAKE_RELEASE_OFFSET
@@ -267,15 +278,16 @@ class _Segment:
 
 def _header_words(shm: SharedMemory) -> tuple[int, ...]:
     """The header's int64 words, copied out (a numpy view would pin the mapping through error paths)."""
-    return struct.unpack_from(f"<{_H_WORDS}q", shm.buf, 0)
+    return struct.unpack_from(f"<{_H_WORDS}q", _mapped(shm), 0)
 
 
 def _validate_header(shm: SharedMemory, name: str) -> StreamSpec:
     """Check magic, version and sizes of an attached segment and return its StreamSpec."""
     foreign = f"segment {name!r} exists but is not a drumsight frame ring"
     remedy = "check the ring name; another program owns this shared-memory name"
-    if shm.size < HEADER_BYTES or bytes(shm.buf[:8]) != MAGIC:
-        raise RingAttachError(f"{foreign} (size {shm.size} B, magic {bytes(shm.buf[:8])!r})", remedy)
+    buf = _mapped(shm)
+    if shm.size < HEADER_BYTES or bytes(buf[:8]) != MAGIC:
+        raise RingAttachError(f"{foreign} (size {shm.size} B, magic {bytes(buf[:8])!r})", remedy)
     header = _header_words(shm)
     if header[_H_VERSION] != LAYOUT_VERSION:
         raise RingAttachError(
@@ -283,7 +295,7 @@ def _validate_header(shm: SharedMemory, name: str) -> StreamSpec:
             "run producer and consumers from the same drumsight-edge release",
         )
     try:
-        raw = bytes(shm.buf[HEADER_BYTES : HEADER_BYTES + header[_H_SPEC_LEN]])
+        raw = bytes(buf[HEADER_BYTES : HEADER_BYTES + header[_H_SPEC_LEN]])
         spec = StreamSpec.from_dict(json.loads(raw))
     except (ValueError, KeyError, TypeError) as exc:
         raise RingAttachError(f"ring {name!r} has an unreadable stream description: {exc}", remedy) from exc
@@ -341,13 +353,14 @@ class FrameRing:
         except (OSError, ValueError) as exc:
             raise RingError(f"cannot create ring segment {name!r}: {exc}", "use a short name without '/'") from exc
         _register_owned(shm)
-        header = np.frombuffer(shm.buf, dtype=np.int64, count=_H_WORDS)
+        buf = _mapped(shm)
+        header = np.frombuffer(buf, dtype=np.int64, count=_H_WORDS)
         header[_H_VERSION], header[_H_SLOTS], header[_H_SLOT_BYTES] = LAYOUT_VERSION, slots, slot_bytes
         header[_H_SLOTS_OFFSET], header[_H_POLICY], header[_H_SPEC_LEN] = first, _POLICY_CODES[policy], len(spec_json)
         header[_H_TRACKER_DEV], header[_H_TRACKER_INO] = _tracker_identity()
         del header
-        shm.buf[HEADER_BYTES : HEADER_BYTES + len(spec_json)] = spec_json
-        shm.buf[:8] = MAGIC  # last: a half-built segment never validates
+        buf[HEADER_BYTES : HEADER_BYTES + len(spec_json)] = spec_json
+        buf[:8] = MAGIC  # last: a half-built segment never validates
         return cls(_Segment(shm, spec), owner=True)
 
     @classmethod

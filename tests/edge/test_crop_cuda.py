@@ -67,7 +67,7 @@ static inline float __fadd_rn(float a, float b) { return a + b; }
 #include "KERNEL_PATH"
 extern "C" void run_grid(int bx, int by, const unsigned char* color, const unsigned short* depth,
                          const float* rays, const float* roi_rays, const int* ip, const float* fp, float* out_rgb,
-                         float* out_xyz, unsigned char* out_mask, unsigned char* out_color) {
+                         float* out_xyz, float* out_mask, unsigned char* out_color) {
     blockDim = {bx, by, 1};
     const int n = ip[IP_SIZE];
     for (blockIdx.y = 0; blockIdx.y * by < n; ++blockIdx.y)
@@ -115,13 +115,13 @@ def test_kernel_source_run_on_the_host_matches_cpu_exactly(
     ip, fp = kernel_params(spec, roi, crop, cpu.layout)
     n = crop.size
     rgb, xyz = np.full((1, 3, n, n), np.nan, np.float32), np.full((1, 3, n, n), np.nan, np.float32)
-    mask, color = np.full((n, n), 7, np.uint8), np.zeros((n, n, 3), np.uint8)
+    mask, color = np.full((n, n), 7, np.float32), np.zeros((n, n, 3), np.uint8)
     frame = make_frame(spec, seed=11)
     arrays = [frame.color, frame.depth, rays, roi_rays, ip, fp, rgb, xyz, mask, color]
     host_kernel.run_grid(BLOCK[0], BLOCK[1], *(a.ctypes.data for a in arrays))
     ref = cpu.crop(frame)
     assert 0 < ref.mask.sum() < n * n
-    np.testing.assert_array_equal(mask, ref.mask.astype(np.uint8))
+    np.testing.assert_array_equal(mask, ref.mask.astype(np.float32))
     np.testing.assert_array_equal(color, ref.color)
     np.testing.assert_array_equal(xyz, ref.xyz)  # bit-identical: same float32 operations in the same order
     np.testing.assert_array_equal(rgb, ref.rgb)
@@ -183,7 +183,7 @@ def test_cuda_crop_writes_into_caller_device_buffers() -> None:
             dst = gpu.crop_to_device(frame, DeviceOutputs(int(bufs[0]), int(bufs[1]), int(bufs[2])))
             gpu.stream.synchronize()
             rgb, xyz = np.empty((1, 3, n, n), np.float32), np.empty((1, 3, n, n), np.float32)
-            mask = np.empty((n, n), np.uint8)
+            mask = np.empty((n, n), np.float32)
             cuda.memcpy_dtoh(rgb, dst.rgb)
             cuda.memcpy_dtoh(xyz, dst.xyz)
             cuda.memcpy_dtoh(mask, dst.mask)

@@ -17,6 +17,7 @@ SECTIONS = [
     "tools.benchmarks.ring",
     "tools.benchmarks.calibration",
     "tools.benchmarks.crop",
+    "tools.benchmarks.engines",
 ]
 
 

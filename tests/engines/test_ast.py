@@ -1,0 +1,263 @@
+"""AST family on the tiny preset: contract shapes, flow init, masking, losses, fit/resume, score modes, ONNX parity."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from engines.contract import OUTPUT_NAMES, FitSettings, ModelCard
+from engines.models.ast import (
+    AST_FAMILY,
+    MODES,
+    AstConfigError,
+    AstModel,
+    AstTrainError,
+    student_loss,
+    teacher_nll,
+)
+from engines.models.backbones import LITE_MEAN, LITE_STD
+
+S = 128  # the tiny preset's input size
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny graphs run faster on one thread than on two contended ones (the CI machine has 2 shared cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def drum_batch(batch: int, seed: int) -> dict[str, torch.Tensor]:
+    """Smooth drum-like samples: a bulging disc surface ~0.6 m away inside a round mask, with a few depth holes."""
+    gen = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, S), torch.linspace(-1, 1, S), indexing="ij")
+    r2 = xx**2 + yy**2
+    mask = (r2 < 0.6).float().expand(batch, 1, S, S).clone()
+    z = 0.6 - 0.02 * (1 - r2) + 0.002 * torch.randn(batch, 1, S, S, generator=gen)
+    holes = torch.rand(batch, 1, S, S, generator=gen) < 0.02
+    mask[holes] = 0
+    xyz = torch.cat([xx * 0.2 * z / 0.6, yy * 0.2 * z / 0.6, z], 1) * mask
+    rgb = 0.5 * torch.randn(batch, 3, S, S, generator=gen) * mask
+    return {"rgb": rgb, "xyz": xyz, "mask": mask, "label": torch.zeros(batch)}
+
+
+def build(mode: str = "rgbd", seed: int = 0, **options: Any) -> tuple[ModelCard, AstModel]:
+    card = AST_FAMILY.card("tiny", "foreground", mode=mode, **options)
+    torch.manual_seed(seed)
+    return card, AST_FAMILY.build(card)
+
+
+def inputs(card: ModelCard, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {n: batch[n] for n in card.inputs}
+
+
+def perturb_gammas(model: AstModel, value: float) -> None:
+    """Give the flow non-identity couplings (γ = 0 at init makes every block the identity)."""
+    with torch.no_grad():
+        for name, p in model.teacher.named_parameters():
+            if name.endswith("gamma"):
+                p.fill_(value)
+
+
+class RecordingContext:
+    """A real TrainContext that keeps every progress report and saved state in memory."""
+
+    def __init__(self, resume: tuple[str, int, dict[str, Any]] | None = None) -> None:
+        self.resume = resume
+        self.progress_calls: list[tuple[str, int, int]] = []
+        self.saved: list[tuple[str, int, dict[str, Any]]] = []
+
+    def progress(self, phase: str, done: int, total: int, **metrics: float) -> None:
+        assert np.isfinite(metrics["loss"])
+        self.progress_calls.append((phase, done, total))
+
+    def save_state(self, phase: str, epoch: int, state: Mapping[str, Any]) -> None:
+        assert all(isinstance(v, torch.Tensor) for v in state.values())
+        self.saved.append((phase, epoch, dict(state)))
+
+    def resume_state(self) -> tuple[str, int, dict[str, Any]] | None:
+        return self.resume
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_card_and_outputs_follow_the_contract(mode: str) -> None:
+    card, model = build(mode)
+    assert card.inputs == {"rgb": ("rgb", "mask"), "depth": ("xyz", "mask"), "rgbd": ("rgb", "xyz", "mask")}[mode]
+    assert (card.family, card.input_size, card.mean, card.std) == ("ast", S, LITE_MEAN, LITE_STD)
+    assert ModelCard.from_dict(card.to_dict()) == card
+    model.eval()
+    with torch.no_grad():
+        outputs = model(**inputs(card, drum_batch(2, 0)))
+    assert len(outputs) == len(OUTPUT_NAMES)
+    amap, score = outputs
+    assert amap.shape == (2, 1, S, S) and score.shape == (2,)
+    assert amap.dtype == score.dtype == torch.float32
+    assert bool((amap >= 0).all()) and bool((score > 0).all())
+
+
+def test_zero_gamma_makes_the_flow_a_pure_permutation() -> None:
+    _, model = build("rgbd")
+    x = torch.randn(2, model.channels, model.grid, model.grid)
+    cond = model.cond(2)
+    z, logdet = model.teacher(x, cond)
+    expected = x
+    for k in range(len(model.teacher.blocks)):
+        expected = expected[:, getattr(model.teacher, f"perm{k}")]
+    torch.testing.assert_close(z, expected, rtol=0, atol=0)
+    assert torch.equal(logdet, torch.zeros_like(logdet))
+    perturb_gammas(model, 0.1)
+    z2, logdet2 = model.teacher(x, cond)
+    assert not torch.allclose(z2, expected) and float(logdet2.abs().max()) > 0
+
+
+def test_map_is_zero_outside_the_dilated_foreground_only() -> None:
+    card, model = build("rgbd")
+    batch = drum_batch(1, 1)
+    batch["mask"][:, :, 80:, :] = 0  # cut the disc: a straight foreground edge
+    model.eval()
+    with torch.no_grad():
+        amap, _ = model(**inputs(card, batch))
+    mask = batch["mask"][0, 0].numpy() > 0
+    dilated = ndimage.binary_dilation(mask, structure=np.ones((9, 9), bool))  # tiny: radius 4 at full resolution
+    outside = amap[0, 0].numpy()[~dilated]
+    assert outside.size > 0 and np.all(outside == 0)
+    assert np.all(amap[0, 0].numpy()[mask] > 0)
+
+
+def test_teacher_and_student_losses_decrease_on_a_fixed_batch() -> None:
+    card, model = build("rgbd")
+    model.train()
+    with torch.no_grad():
+        inp, fg, _ = model.prepare(**inputs(card, drum_batch(4, 2)))
+    cond = model.cond(4)
+    opt = torch.optim.Adam(model.teacher.parameters(), lr=1e-3)
+    nll = []
+    for _ in range(8):
+        loss = teacher_nll(*model.teacher(inp, cond), fg)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        nll.append(float(loss))
+    assert nll[-1] < nll[0] - 0.05 * abs(nll[0])
+    model.teacher.eval()
+    with torch.no_grad():
+        z_t = model.teacher(inp, cond)[0]
+    opt = torch.optim.Adam(model.student.parameters(), lr=1e-3)
+    st = []
+    for _ in range(8):
+        loss = student_loss(z_t, model.student(torch.cat([cond, inp], 1)), fg)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        st.append(float(loss))
+    assert st[-1] < 0.8 * st[0]
+
+
+SETTINGS = FitSettings(epochs=2, batch_size=4, learning_rate=1e-3, seed=3, threads=1)
+
+
+def test_fit_runs_both_phases_saves_each_epoch_and_resumes_without_redoing_epochs() -> None:
+    data = [drum_batch(4, 10), drum_batch(4, 11)]
+    _, full = build("rgbd", seed=5)
+    ctx = RecordingContext()
+    AST_FAMILY.fit(full, data, SETTINGS, ctx)
+    assert ctx.progress_calls == [("teacher", 1, 2), ("teacher", 2, 2), ("student", 1, 2), ("student", 2, 2)]
+    assert [(p, e) for p, e, _ in ctx.saved] == [("teacher", 1), ("teacher", 2), ("student", 1), ("student", 2)]
+    assert not full.training and not full.student.training
+
+    for resume_at, redone in [(0, [("teacher", 2, 2), ("student", 1, 2), ("student", 2, 2)]), (2, [("student", 2, 2)])]:
+        _, resumed = build("rgbd", seed=99)  # other initial weights: everything must come from the saved state
+        ctx2 = RecordingContext(resume=ctx.saved[resume_at])
+        AST_FAMILY.fit(resumed, data, SETTINGS, ctx2)
+        assert ctx2.progress_calls == redone
+        for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_image_score_max_or_mean() -> None:
+    card_max, model_max = build("rgbd", image_score="max")
+    _, model_mean = build("rgbd", image_score="mean")
+    model_mean.load_state_dict(model_max.state_dict())
+    batch = inputs(card_max, drum_batch(2, 4))
+    model_max.eval()
+    model_mean.eval()
+    with torch.no_grad():
+        amap, s_max = model_max(**batch)
+        amap2, s_mean = model_mean(**batch)
+        inp, soft, _ = model_max.prepare(**batch)
+        cell = model_max.distance(inp)[2] * soft
+    torch.testing.assert_close(amap, amap2)
+    torch.testing.assert_close(s_max, amap.amax((1, 2, 3)))
+    torch.testing.assert_close(s_mean, cell.mean((1, 2, 3)))
+    assert bool((s_max > s_mean).all())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_onnx_export_matches_pytorch(mode: str, tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    card, model = build(mode)
+    perturb_gammas(model, 0.05)
+    model.eval()
+    batch = inputs(card, drum_batch(1, 6))
+    path = tmp_path / f"ast-{mode}.onnx"
+    torch.onnx.export(
+        model, (), str(path), kwargs=batch, input_names=list(card.inputs), output_names=list(OUTPUT_NAMES),
+        opset_version=17, dynamo=False,
+    )  # fmt: skip
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == list(card.inputs)
+    amap_ort, score_ort = session.run(list(OUTPUT_NAMES), {k: v.numpy() for k, v in batch.items()})
+    with torch.no_grad():
+        amap, score = model(**batch)
+    scale = float(amap.abs().max())
+    assert scale > 0
+    np.testing.assert_allclose(amap_ort, amap.numpy(), rtol=0, atol=1e-4 * max(1.0, scale))
+    np.testing.assert_allclose(score_ort, score.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_bad_cards_options_and_data_name_the_problem_and_the_remedy() -> None:
+    with pytest.raises(AstConfigError, match="pick one of"):
+        AST_FAMILY.card("huge", "foreground")
+    with pytest.raises(AstConfigError, match="rgb, depth or rgbd"):
+        AST_FAMILY.card("tiny", "foreground", mode="combi")
+    with pytest.raises(AstConfigError, match="max or mean"):
+        AST_FAMILY.card("tiny", "foreground", image_score="p99")
+    with pytest.raises(AstConfigError, match="only 'mode' and 'image_score'"):
+        AST_FAMILY.card("tiny", "foreground", colour="red")
+    card = AST_FAMILY.card("tiny", "foreground", mode="depth")
+    bad = ModelCard.from_dict(card.to_dict() | {"input_size": 256})
+    with pytest.raises(AstConfigError, match="differs from preset"):
+        AST_FAMILY.build(bad)
+    with pytest.raises(AstConfigError, match="do not fit mode"):
+        AST_FAMILY.build(ModelCard.from_dict(card.to_dict() | {"inputs": ["rgb", "mask"]}))
+    model = AST_FAMILY.build(card)
+    no_xyz = {k: v for k, v in drum_batch(2, 0).items() if k != "xyz"}
+    with pytest.raises(AstTrainError, match="lacks \\['xyz'\\]"):
+        AST_FAMILY.fit(model, [no_xyz], SETTINGS, RecordingContext())
+    with pytest.raises(AstTrainError, match="start a fresh run"):
+        AST_FAMILY.fit(
+            model, [drum_batch(2, 0)], SETTINGS, RecordingContext(("teacher", 1, {"teacher.x": torch.ones(1)}))
+        )
+
+
+def test_depth_mode_trained_on_normal_drums_finds_a_dent() -> None:
+    card, model = build("depth", seed=1)
+    train = [drum_batch(4, 20 + i) for i in range(4)]
+    AST_FAMILY.fit(model, train, FitSettings(3, 4, 1e-3, seed=0, threads=1), RecordingContext())
+    test = drum_batch(4, 99)
+    yy, xx = torch.meshgrid(torch.arange(S), torch.arange(S), indexing="ij")
+    dent = (((yy - 50) ** 2 + (xx - 70) ** 2) < 36).float()
+    test["xyz"][2:, 2] += 0.01 * dent * test["mask"][2:, 0]  # a 1 cm deep, 12 px wide bump on two samples
+    with torch.no_grad():
+        amap, score = model(**inputs(card, test))
+    assert float(score[2:].min()) > 1.3 * float(score[:2].max())
+    for peak in amap[2:, 0].flatten(1).argmax(1).tolist():
+        assert abs(peak // S - 50) <= 8 and abs(peak % S - 70) <= 8

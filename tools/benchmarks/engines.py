@@ -1,0 +1,115 @@
+"""Benchmark: ONNX Runtime (CPU) latency against PyTorch eager on the same model, inputs and machine, batch 1."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.core.errors import EdgeError
+from engines.runtime.base import Runner
+from tools.benchmarks.report import BenchSection, percentiles_us
+
+TARGET = 1.5  # ONNX Runtime p50 at least this many times faster than PyTorch eager
+
+
+def _time(runner: Runner, feed: dict[str, np.ndarray], reps: int) -> list[int]:
+    runner.warmup(2)
+    samples = []
+    for _ in range(reps):
+        runner.infer(feed)
+        samples.append(runner.last_latency_ns)
+    return samples
+
+
+def _conv_net() -> tuple[Any, Any]:
+    """A fixed 3-layer conv net on the contract's tensors (64×64): a small-model row, not a product model."""
+    import torch  # noqa: PLC0415
+
+    from engines.contract import ModelCard  # noqa: PLC0415
+
+    class ConvNet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Sequential(
+                torch.nn.Conv2d(7, 32, 3, padding=1),
+                torch.nn.ReLU(),
+                torch.nn.Conv2d(32, 32, 3, padding=1),
+                torch.nn.ReLU(),
+                torch.nn.Conv2d(32, 1, 3, padding=1),
+            )
+
+        def forward(self, rgb: Any, xyz: Any, mask: Any) -> tuple[Any, Any]:
+            m = self.body(torch.cat([rgb, xyz, mask], 1)) * mask
+            return m, m.flatten(1).amax(1)
+
+    torch.manual_seed(0)
+    card = ModelCard("convnet", "fixed", 64, ("rgb", "xyz", "mask"), "foreground", (0.5,) * 3, (0.5,) * 3)
+    return ConvNet().eval(), card
+
+
+def _ast_edge() -> tuple[Any, Any]:
+    """AST, edge preset, foreground crop, random init (latency does not depend on the weights)."""
+    from engines import get_family  # noqa: PLC0415
+
+    family = get_family("ast")
+    card = family.card(preset="edge", crop_mode="foreground")
+    return family.build(card).eval(), card
+
+
+def _row(label: str, make: Callable[[], tuple[Any, Any]], reps: int, tmp: Path) -> tuple[list[str], float]:
+    """Export, then time PyTorch eager and ONNX Runtime on one seeded feed; returns the row and the p50 ratio."""
+    from engines.export import onnx_from_model  # noqa: PLC0415
+    from engines.parity import random_feeds  # noqa: PLC0415
+    from engines.runtime.ort import OrtRunner  # noqa: PLC0415
+    from engines.runtime.torch_ref import TorchRunner  # noqa: PLC0415
+
+    model, card = make()
+    path = onnx_from_model(model, card, tmp / f"{card.family}.onnx")
+    with OrtRunner(path) as ort_runner, TorchRunner(model, ort_runner.input_specs) as torch_runner:
+        feed = random_feeds(ort_runner.input_specs, 1, seed=0)[0]
+        eager = percentiles_us(_time(torch_runner, feed, reps))
+        ort = percentiles_us(_time(ort_runner, feed, reps))
+    ratio = eager[0] / ort[0]
+    size = f"{card.input_size}×{card.input_size}"
+    cells = [label, size, *(f"{x / 1e3:.1f}" for x in eager[:2]), *(f"{x / 1e3:.1f}" for x in ort[:2]), f"{ratio:.2f}×"]
+    return cells, ratio
+
+
+def run(quick: bool) -> BenchSection:
+    """p50/p99 of PyTorch eager vs ONNX Runtime CPU (default threads for both), per model, in one run."""
+    reps = 10 if quick else 50
+    rows, targets, notes = [], {}, []
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            cells, ratio = _row("AST edge (foreground, random init)", _ast_edge, reps, Path(d))
+            rows.append(cells)
+            targets[f"AST edge: ONNX Runtime ≥ {TARGET}× faster than PyTorch eager (p50)"] = ratio >= TARGET
+        except EdgeError as err:  # the family or its export is not available: say so, invent nothing
+            notes.append(f"AST edge not measured: {err}")
+        cells, _ = _row("fixed 3-layer conv net (not a product model)", _conv_net, reps, Path(d))
+        rows.append(cells)
+    notes += [
+        f"batch 1, one seeded input, {reps} timed runs after 2 warm-up runs per runtime; latency is Runner.infer "
+        "wall time (feed validation and output copy included).",
+        "PyTorch eager: torch.inference_mode, default intra-op threads; ONNX Runtime: CPUExecutionProvider, "
+        "graph optimisation 'all', default threads, IO binding.",
+        f"1-minute load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs "
+        f"(a shared machine inflates p99); run at {time.strftime('%H:%M:%S')}.",
+    ]
+    return BenchSection(
+        title="Model runtimes (CPU): ONNX Runtime vs PyTorch eager",
+        headers=["model", "input", "torch p50 ms", "torch p99 ms", "ORT p50 ms", "ORT p99 ms", "speed-up (p50)"],
+        rows=rows,
+        targets=targets,
+        notes=notes,
+    )
+
+
+if __name__ == "__main__":
+    print(run(quick=True).to_markdown())
