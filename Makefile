@@ -8,7 +8,7 @@ EXTRAS := dev,calibrate,train
 STAMP := $(VENV)/.installed-$(EXTRAS)
 SYS_PACKAGES := libusb-1.0-0
 
-.PHONY: demo test bench lint sysdeps install clean
+.PHONY: demo test bench bench-accuracy lint sysdeps install clean
 
 sysdeps:
 	@missing=""; for p in $(SYS_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -32,14 +32,19 @@ demo: install
 
 test: install
 	$(PY) -m ruff check .
+	$(PY) -m mypy edge drivers engines calibration tools
 	$(PY) -m pytest -q
 
 bench: install
 	$(PY) -m tools.benchmarks
 
+bench-accuracy: install
+	$(PY) -m tools.benchmarks.accuracy
+
 lint: install
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
+	$(PY) -m ruff format --check edge drivers engines calibration tools tests
+	$(PY) -m mypy edge drivers engines calibration tools
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

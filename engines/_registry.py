@@ -6,6 +6,7 @@ Looking a family up never imports torch by itself; only a lazy entry's module (t
 from __future__ import annotations
 
 import importlib
+from typing import cast
 
 from edge.core.errors import EdgeError
 from engines.contract import ModelFamily
@@ -78,4 +79,4 @@ def get_family(name: str) -> ModelFamily:
             "make the family's name match its registry entry",
         )
     _FAMILIES[name] = family
-    return family
+    return cast(ModelFamily, family)  # getattr gives Any; checked above

@@ -173,7 +173,7 @@ def check_engine(
     onnx_sha = sha256_file(onnx)
     if expected_onnx_sha256 is not None and onnx_sha != expected_onnx_sha256:
         return EngineCheck("refuse", (f"ONNX {onnx.name} does not match its pinned sha256 (tampered?)",), engine)
-    stale = "rebuild" if allow_rebuild else "refuse"
+    stale: Action = "rebuild" if allow_rebuild else "refuse"
     if not engine.is_file():
         return EngineCheck(stale, (f"engine file {engine} does not exist",), engine)
     try:

@@ -116,6 +116,7 @@ def random_feeds(specs: Sequence[TensorSpec], n: int, seed: int = 0) -> list[dic
     for _ in range(n):
         feed = {}
         for s in specs:
+            a: np.ndarray
             if s.name == "mask":
                 a = rng.random(s.shape) < 0.7
             elif s.name == "xyz":

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -99,7 +99,7 @@ class Runner(ABC):
         self._require_active()
         return self._outputs
 
-    def activate(self) -> Runner:
+    def activate(self) -> Self:
         """Load the model and allocate buffers; a second call does nothing."""
         if not self._active:
             self._inputs, self._outputs = self._activate_impl()
@@ -132,7 +132,7 @@ class Runner(ABC):
         self._require_active()
         return {"inputs": [s.to_dict() for s in self._inputs], "outputs": [s.to_dict() for s in self._outputs]}
 
-    def __enter__(self) -> Runner:
+    def __enter__(self) -> Self:
         return self.activate()
 
     def __exit__(

@@ -1,0 +1,312 @@
+"""AST accuracy on the synthetic drum line, Original (``full``) against Foreground-Only crops, scored with ONNX Runtime.
+
+The product's path end to end: the line is rendered into an MVTec 3D-AD export, the ROI is calibrated with
+``roi_from_frames`` on frames of one good part, ``edge-train`` trains the AST ``edge`` preset (mode rgbd) once per crop
+mode and exports ONNX, and every validation and test sample is scored by :class:`OrtRunner` (the deployed runtime).
+Metrics come from :mod:`engines.metrics`; the table is the paper's Table I with more rows (Δ and Rel.% of
+foreground against full). A slow study (minutes): ``python -m tools.benchmarks.accuracy`` writes its table into
+``docs/models/ast.md``; it is not part of ``make bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from calibration.fit import FitSettings, compare_with_truth, roi_from_frames
+from calibration.roi import RoiFile, save_roi
+from drivers.mvtec import MvtecExportConfig, MvtecWriter
+from drivers.synthetic import SyntheticSource, SyntheticSourceConfig
+from edge.core.errors import EdgeError
+from edge.core.scoring import Scorer, load_scoring
+from edge.crop import CropSpec
+from engines import get_family
+from engines.datasets import open_dataset
+from engines.export import card_from_onnx
+from engines.metrics import AnomalyMetrics, evaluate
+from engines.runtime.ort import OrtRunner, OrtRunnerConfig
+from tools import train
+from tools.benchmarks.report import BenchSection, machine_block
+
+MODES = ("full", "foreground")
+DOC = Path("docs/models/ast.md")
+FIGURE = Path("docs/models/ast-heatmaps.png")
+BEGIN, END = "<!-- accuracy:begin -->", "<!-- accuracy:end -->"
+TARGET_AUROC = 0.97
+
+
+@dataclass(frozen=True, slots=True)
+class Study:
+    """The data and training settings of one run (the full study, or the quick smoke version)."""
+
+    seed: int
+    frames: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    preset: str = "edge"
+    clutter: str = "high"
+    defect_rate: float = 0.5
+    train_fraction: float = 0.5
+    validation_fraction: float = 0.2
+    calibration_frames: int = 5
+    threads: int = 2
+
+
+FULL_STUDY = Study(seed=7, frames=180, epochs=24, batch_size=8, learning_rate=2e-4)
+QUICK_STUDY = Study(seed=7, frames=40, epochs=3, batch_size=8, learning_rate=2e-4)
+
+
+@dataclass
+class ModeResult:
+    """What one crop mode's model scored on the test split, and what it cost."""
+
+    metrics: AnomalyMetrics
+    false_alarms: int
+    misses: int
+    n_good: int
+    n_defect: int
+    fit_s: float
+    ort_ms: float
+    maps: dict[int, npt.NDArray[np.float32]]  # test index → map, for the figure
+    rgb: dict[int, npt.NDArray[np.float32]]
+    map_scale: float
+
+
+def render_dataset(study: Study, out: Path) -> tuple[Path, dict[str, dict[str, int]]]:
+    """The line (one frame per part, 640×480) as an MVTec 3D-AD export; returns the class folder and its counts."""
+    config = SyntheticSourceConfig(
+        seed=study.seed, n_frames=study.frames, clutter=study.clutter, defect_rate=study.defect_rate
+    )
+    export = MvtecExportConfig(train_fraction=study.train_fraction, validation_fraction=study.validation_fraction)
+    writer = MvtecWriter(out, export, seed=study.seed)
+    with SyntheticSource(config) as source:
+        for frame in source.frames():
+            writer.write(frame)
+    summary = writer.close()
+    return summary.root, summary.counts
+
+
+def calibrate(study: Study, path: Path) -> tuple[RoiFile, str]:
+    """Fit the ROI on frames of one good part of the same line (the product's edge-calibrate path); save it."""
+    config = SyntheticSourceConfig(
+        seed=study.seed,
+        n_frames=study.calibration_frames,
+        clutter=study.clutter,
+        defect_rate=0.0,
+        frames_per_part=study.calibration_frames,
+    )
+    with SyntheticSource(config) as source:
+        frames = list(source.frames())
+    result = roi_from_frames(frames, FitSettings(tool_version="tools.benchmarks.accuracy"))
+    save_roi(result.roi, path)
+    truth = frames[0].truth
+    assert truth is not None and truth.drum is not None and truth.drum_mask is not None
+    cmp = compare_with_truth(result, truth.drum, truth.drum_mask)
+    return result.roi, (
+        f"IoU with the true drum mask {cmp.iou:.3f}, axis error {cmp.axis_error_deg:.2f}°, "
+        f"centre error {cmp.center_error_m * 1000:.1f} mm, radius error {cmp.radius_error_m * 1000:.1f} mm"
+    )
+
+
+def fit_mode(study: Study, mode: str, data: Path, roi_path: Path, out: Path) -> float:
+    """``edge-train`` for one crop mode; returns its wall time (training, ONNX export, parity, scoring fit)."""
+    argv = [
+        "--model", "ast", "--preset", study.preset, "--option", "mode=rgbd", "--crop", mode,
+        "--data", str(data), "--roi", str(roi_path), "--out", str(out),
+        "--epochs", str(study.epochs), "--batch-size", str(study.batch_size), "--lr", str(study.learning_rate),
+        "--seed", str(study.seed), "--threads", str(study.threads),
+    ]  # fmt: skip
+    t0 = time.perf_counter_ns()
+    code = train.main(argv)
+    if code != 0:
+        raise EdgeError(f"edge-train {' '.join(argv)} exited with {code}", "read its message above")
+    return (time.perf_counter_ns() - t0) / 1e9
+
+
+def score_mode(data: Path, roi: RoiFile, run_dir: Path, fit_s: float, figure_ids: list[int]) -> ModeResult:
+    """Score the test split with the exported ONNX file in ONNX Runtime and evaluate maps and image scores."""
+    onnx_path = run_dir / "model.onnx"
+    card = card_from_onnx(onnx_path)
+    crop = CropSpec(mode=card.crop_mode, size=card.input_size, mean=card.mean, std=card.std)
+    test = open_dataset(data, roi, crop).split("test")
+    scorer = Scorer(load_scoring(run_dir / "scoring.yaml"))
+    n = card.input_size
+    maps = np.empty((len(test), n, n), dtype=np.float32)
+    gts = np.empty((len(test), n, n), dtype=bool)
+    scores, kinds, latencies = np.empty(len(test)), [], []
+    keep_maps, keep_rgb = {}, {}
+    with OrtRunner(onnx_path, OrtRunnerConfig(intra_op_threads=2)) as runner:
+        for i in range(len(test)):
+            s = test[i]
+            out = runner.infer({k: s[k][None] for k in card.inputs})
+            latencies.append(runner.last_latency_ns)
+            maps[i], scores[i] = out["anomaly_map"][0, 0], float(out["image_score"][0])
+            gts[i], kinds = s["gt"][0] > 0, [*kinds, s["defect_type"]]
+            if i in figure_ids:
+                keep_maps[i], keep_rgb[i] = maps[i].copy(), s["rgb"] * np.array(card.std)[:, None, None]
+                keep_rgb[i] += np.array(card.mean)[:, None, None]
+    good = np.array([k == "good" for k in kinds])
+    ng = np.array([scorer.score(x)[1] == "NG" for x in scores])
+    return ModeResult(
+        metrics=evaluate(scores, maps, gts, kinds),
+        false_alarms=int((ng & good).sum()),
+        misses=int((~ng & ~good).sum()),
+        n_good=int(good.sum()),
+        n_defect=int((~good).sum()),
+        fit_s=fit_s,
+        ort_ms=float(np.median(latencies)) / 1e6,
+        maps=keep_maps,
+        rgb=keep_rgb,
+        map_scale=float(np.quantile(scores, 0.99)),
+    )
+
+
+def figure_samples(data: Path, roi: RoiFile, size: int, n: int = 2) -> list[int]:
+    """Test indices of the ``n`` defects covering the most crop pixels: chosen from the ground truth, not the model."""
+    test = open_dataset(data, roi, CropSpec(mode="foreground", size=size)).split("test")
+    area = [float(s["gt"].sum()) if s["label"] == 1 else -1.0 for s in test]
+    return sorted(np.argsort(area)[::-1][:n].tolist())
+
+
+def write_figure(results: dict[str, ModeResult], ids: list[int], path: Path) -> None:
+    """Rows: samples; columns: full RGB, full heatmap, foreground RGB, foreground heatmap (the paper's Fig. 3)."""
+    rows = []
+    for i in ids:
+        tiles = []
+        for mode in MODES:
+            r = results[mode]
+            rgb = np.clip(r.rgb[i].transpose(1, 2, 0) * 255, 0, 255).astype(np.uint8)[..., ::-1]
+            heat = np.clip(r.maps[i] / max(r.map_scale, 1e-12), 0, 1)
+            colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)
+            tiles += [rgb, cv2.addWeighted(rgb, 0.45, colour, 0.55, 0.0)]
+        rows.append(cv2.hconcat([cv2.copyMakeBorder(t, 2, 2, 2, 2, cv2.BORDER_CONSTANT, value=255) for t in tiles]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.vconcat(rows)):
+        raise EdgeError(f"cannot write {path}", "choose a writable path")
+
+
+def _row(name: str, full: float, fg: float, digits: int = 3) -> list[str]:
+    delta = fg - full
+    rel = f"{100 * delta / full:+.2f}" if full else "–"
+    return [name, f"{full:.{digits}f}", f"{fg:.{digits}f}", f"{delta:+.{digits}f}", rel]
+
+
+def section(
+    study: Study, counts: dict[str, dict[str, int]], calib: str, results: dict[str, ModeResult]
+) -> BenchSection:
+    full, fg = results["full"], results["foreground"]
+    rows = [
+        _row("image AUROC", full.metrics.image_auroc, fg.metrics.image_auroc),
+        _row("pixel AUROC", full.metrics.pixel_auroc, fg.metrics.pixel_auroc),
+        _row("AU-PRO @ FPR 0.3", full.metrics.au_pro, fg.metrics.au_pro),
+        _row("image F1-max (test-fitted threshold)", full.metrics.f1.f1, fg.metrics.f1.f1),
+    ]
+    test = counts.get("test", {})
+    for kind in sorted(fg.metrics.per_type):
+        rows.append(
+            _row(f"image AUROC, {kind} ({test.get(kind, 0)})", full.metrics.per_type[kind], fg.metrics.per_type[kind])
+        )
+    for name, attr in (
+        ("good flagged NG at the scoring.yaml threshold", "false_alarms"),
+        ("defects passed OK", "misses"),
+    ):
+        a, b = getattr(full, attr), getattr(fg, attr)
+        total = full.n_good if attr == "false_alarms" else full.n_defect
+        rows.append([name, f"{a}/{total}", f"{b}/{total}", f"{b - a:+d}", ""])
+    rows.append(["edge-train wall time (s)", f"{full.fit_s:.0f}", f"{fg.fit_s:.0f}", "", ""])
+    rows.append(["ONNX Runtime CPU latency, median (ms)", f"{full.ort_ms:.0f}", f"{fg.ort_ms:.0f}", "", ""])
+    split_text = "; ".join(f"{s}: " + ", ".join(f"{k} {v}" for k, v in per.items()) for s, per in counts.items())
+    return BenchSection(
+        title=f"AST {study.preset} (rgbd) on the synthetic drum line: Original (full) vs Foreground-Only",
+        headers=["metric (test split)", "full", "foreground", "Δ", "Rel.%"],
+        rows=rows,
+        targets={
+            f"foreground image AUROC ≥ {TARGET_AUROC}": fg.metrics.image_auroc >= TARGET_AUROC,
+            "foreground image AUROC > full": fg.metrics.image_auroc > full.metrics.image_auroc,
+        },
+        notes=[
+            f"data: synthetic line seed {study.seed}, {study.frames} frames 640×480, clutter {study.clutter}, "
+            f"defect_rate {study.defect_rate}, one frame per part, MVTec export; {split_text}",
+            f"ROI: roi_from_frames on {study.calibration_frames} frames of one good part of the same line; {calib}",
+            f"training: edge-train --model ast --preset {study.preset} --option mode=rgbd, {study.epochs} epochs "
+            f"teacher + {study.epochs} student, batch {study.batch_size}, lr {study.learning_rate:g}, seed "
+            f"{study.seed}, {study.threads} torch threads; scoring.yaml fitted on validation/good (false-alarm "
+            "rate 0.01 + 0.5 std margin)",
+            "scored: model.onnx in ONNX Runtime (CPU EP) on every test sample; maps at the crop's 256×256, pixel "
+            "metrics over all crop pixels of all test samples; AU-PRO with 8-connected ground-truth regions",
+            "full: the crop window's original scene (colour and xyz of the clutter kept); the crop's ROI mask still "
+            "reaches AST in both modes (it weights its losses and zeroes its map outside the ROI), so the modes "
+            "differ in what the backbone and depth branch see, not in where the map may respond",
+        ],
+    )
+
+
+def study_run(study: Study, work: Path, figure: Path | None = None) -> BenchSection:
+    """Render, calibrate, train both crop modes, score with ONNX Runtime; returns the paper-style table."""
+    data, counts = render_dataset(study, work / "mvtec")
+    roi_path = work / "roi.yaml"
+    roi, calib = calibrate(study, roi_path)
+    size = get_family("ast").card(study.preset, "foreground").input_size
+    ids = figure_samples(data, roi, size) if figure is not None else []
+    results: dict[str, ModeResult] = {}
+    for mode in MODES:
+        fit_s = fit_mode(study, mode, data, roi_path, work / f"ast-{mode}")
+        results[mode] = score_mode(data, roi, work / f"ast-{mode}", fit_s, ids)
+    if figure is not None:
+        write_figure(results, ids, figure)
+    return section(study, counts, calib, results)
+
+
+def run(quick: bool) -> BenchSection:
+    """The benchmark-section entry point (as the other sections): the whole study in a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="ast-accuracy-") as tmp:
+        return study_run(QUICK_STUDY if quick else FULL_STUDY, Path(tmp))
+
+
+def write_into_doc(doc: Path, text: str) -> None:
+    """Replace the block between the accuracy markers of ``doc`` with ``text``."""
+    page = doc.read_text(encoding="utf-8")
+    if BEGIN not in page or END not in page:
+        raise EdgeError(f"{doc} lacks the markers {BEGIN} … {END}", "add them where the results belong")
+    head, rest = page.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    doc.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.benchmarks.accuracy", description=__doc__)
+    parser.add_argument(
+        "--quick", action="store_true", help="the smoke version (40 frames, 3 epochs; never writes the doc)"
+    )
+    parser.add_argument("--work", type=Path, help="keep data, ROI and models here (default: a temporary folder)")
+    parser.add_argument("--doc", type=Path, default=DOC, help="page whose results block is rewritten")
+    parser.add_argument("--no-doc", action="store_true", help="print the table only")
+    args = parser.parse_args(argv)
+    study = QUICK_STUDY if args.quick else FULL_STUDY
+    t0 = time.perf_counter_ns()
+    write_doc = not (args.no_doc or args.quick)  # a smoke run never replaces the study's numbers
+    figure = args.doc.parent / FIGURE.name if write_doc else None
+    with tempfile.TemporaryDirectory(prefix="ast-accuracy-") as tmp:
+        result = study_run(study, args.work or Path(tmp), figure)
+    wall = (time.perf_counter_ns() - t0) / 1e9
+    command = "python -m tools.benchmarks.accuracy " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = result.to_markdown().replace("## ", "### ", 1)
+    text += f"\n{machine_block(command.strip())}\n- wall time of the whole study: {wall / 60:.1f} min\n"
+    print(text)
+    if write_doc:
+        write_into_doc(args.doc, text)
+        print(f"wrote {args.doc} and {figure}")
+    return 0 if all(result.targets.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
