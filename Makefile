@@ -6,7 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 EXTRAS := dev,calibrate,train
 STAMP := $(VENV)/.installed-$(EXTRAS)
-SYS_PACKAGES := libusb-1.0-0
+# libusb: pyrealsense2; mosquitto: the MQTT broker the verdict-publisher tests talk to.
+SYS_PACKAGES := libusb-1.0-0 mosquitto
 
 .PHONY: demo test bench bench-accuracy lint sysdeps install clean
 

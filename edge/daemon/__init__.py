@@ -1,0 +1,1 @@
+"""The inspection daemon beside the line: capture and inference processes, verdict sinks, operations."""

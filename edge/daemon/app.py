@@ -1,0 +1,364 @@
+"""EdgeApp, the composition root: owns the ring, starts capture and inference, writes every verdict to the sinks.
+
+Start order: results database → evidence → MQTT → metrics → ring → capture → inference. Stop runs in reverse
+and drains: capture stops and closes the ring's stream, inference scores every frame already published and
+says ``done``, and every record on the queue is written before the database is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import queue
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+from pydantic import TypeAdapter
+
+from drivers import SourceConfig, create_source
+from drivers.base import FrameBuffers, FrameSource
+from drivers.errors import EndOfStreamError
+from drivers.realsense import RealSenseSourceConfig
+from edge.capture import check_fits, pump
+from edge.core.frame import Frame, StreamSpec
+from edge.core.metrics import Metrics
+from edge.core.ringbuf import FrameRing
+from edge.daemon.config import EdgeConfig
+from edge.daemon.evidence import EvidenceError, EvidenceStore
+from edge.daemon.health import SdNotifier, Watchdog, status_line
+from edge.daemon.inference import FrameEvent, inference_main
+from edge.daemon.mqtt import MqttPublisher
+from edge.daemon.record import Evidence, VerdictRecord
+from edge.daemon.store import ResultStore
+from edge.daemon.supervisor import (
+    MonitoredProcess,
+    ParentWatch,
+    RestartBudget,
+    SupervisorError,
+    child_init,
+    configure_logging,
+)
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "results.db"
+STATUS_EVERY_S = 2.0
+
+
+class ResumingSource(FrameSource):
+    """The configured source, counting frames read into a shared counter that survives a capture restart.
+
+    A restarted capture of a recording skips the frames earlier captures already read, so no frame is
+    published twice; a live camera's sequence numbers continue from the counter, so they never go backwards.
+    """
+
+    def __init__(self, inner: FrameSource, progress: Any, live: bool) -> None:
+        self.inner, self.progress, self.live = inner, progress, live
+        self.offset = 0
+
+    def open(self) -> StreamSpec:
+        spec = self.inner.open()
+        done = int(self.progress.value)
+        if self.live:
+            self.offset = done
+        else:
+            for _ in range(done):  # raises EndOfStreamError if the file ended meanwhile: a clean end
+                self.inner.read(self.inner.default_timeout_s())
+            if done:
+                log.info("event=capture_resumed skipped_frames=%d", done)
+        return spec
+
+    def read(self, timeout_s: float, out: FrameBuffers | None = None) -> Frame:
+        frame = self.inner.read(timeout_s, out=out)
+        with self.progress.get_lock():
+            self.progress.value += 1
+        return replace(frame, sequence=frame.sequence + self.offset) if self.offset else frame
+
+    def close(self) -> None:
+        self.inner.close()
+
+    @property
+    def spec(self) -> StreamSpec:
+        return self.inner.spec
+
+    @property
+    def ready(self) -> bool:
+        return self.inner.ready
+
+    def default_timeout_s(self) -> float:
+        return self.inner.default_timeout_s()
+
+
+def capture_child(source_json: dict[str, Any], ring_name: str, stop: Any, progress: Any, parent_pid: int) -> None:
+    """Entry point of the capture process (spawn): source → ring until stopped or the recording ends."""
+    child_init()
+    configure_logging(role="capture")
+    config = TypeAdapter(SourceConfig).validate_python(source_json)
+    live = isinstance(config, RealSenseSourceConfig)
+    with FrameRing.attach(ring_name) as ring:
+        source = ResumingSource(create_source(config), progress, live)
+        try:
+            source.open()
+        except EndOfStreamError:
+            ring.writer().close_stream()
+            return
+        try:
+            check_fits(source.spec, ring.spec)
+            summary = pump(source, ring.writer(), ParentWatch(stop, parent_pid))
+        finally:
+            source.close()
+    log.info("event=capture_done published=%d timeouts=%d ended=%s", summary.published, summary.timeouts, summary.ended)
+
+
+COUNTERS = (
+    "scored", "gated", "waiting", "dropped", "torn", "late", "ok", "ng", "error",
+    "evidence_saved", "evidence_skipped", "restarts_capture", "restarts_inference",
+)  # fmt: skip
+
+
+@dataclass
+class RunStats:
+    """What the supervisor counted; every frame read is scored, gated, waiting (per-part) or dropped."""
+
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    totals_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
+    frame_times: deque[float] = field(default_factory=lambda: deque(maxlen=120))
+
+    @property
+    def accounted(self) -> int:
+        c = self.counts
+        return c["scored"] + c["gated"] + c["waiting"] + c["dropped"]
+
+    def fps(self) -> float:
+        t = self.frame_times
+        return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0
+
+    def p95(self) -> float:
+        return float(np.percentile(list(self.totals_ms), 95)) if self.totals_ms else 0.0
+
+
+class EdgeApp:
+    """The daemon: ``run()`` returns the process exit code (0 after an orderly stop or the end of a recording)."""
+
+    def __init__(self, config: EdgeConfig) -> None:
+        self.config = config
+        self.data_dir = config.storage.data_dir
+        self.db_path = self.data_dir / DB_NAME
+        self.stats = RunStats()
+        self.notifier = SdNotifier()
+        self.watchdog = Watchdog(self.notifier)
+        self.metrics = Metrics()
+        self._stop_reason = ""
+        self._reload = False
+        self._ready = False
+        self._done = False
+        self.run_id = 0
+
+    # -- signals ---------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self._reload = True
+        else:
+            self._stop_reason = signal.Signals(signum).name
+
+    def install_signals(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def run(self) -> int:
+        self.install_signals()
+        with create_source(self.config.source) as probe:
+            spec = probe.spec
+        self.store = ResultStore(self.db_path)
+        self.store.open()
+        self.run_id = self.store.start_run(
+            {"source": spec.source, "config": self.config.model_dump(mode="json"), "versions": {"ring": "1"}}
+        )
+        self.evidence = self._open_evidence()
+        self.mqtt = MqttPublisher(self.config.mqtt, serial=spec.serial) if self.config.mqtt.enabled else None
+        server = None
+        if self.config.metrics.enabled:
+            server = self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
+            log.info("event=metrics_serving url=http://%s:%d/metrics", self.config.metrics.host, server.port)
+        policy = self.config.ring_policy()
+        code = 0
+        with FrameRing.create(spec, slots=self.config.ring.slots, policy=policy) as ring:
+            log.info("event=start source=%s ring=%s policy=%s slots=%d db=%s", spec.source, ring.name, policy,
+                     ring.slots, self.db_path)  # fmt: skip
+            self._start_children(ring)
+            try:
+                self._loop(spec.source, ring)
+            except SupervisorError as err:
+                log.error("event=fatal error=%r", str(err))
+                code = 1
+            self._shutdown(ring)
+        if server is not None:
+            server.close()
+        return code
+
+    def _open_evidence(self) -> EvidenceStore | None:
+        s = self.config.storage
+        try:
+            return EvidenceStore(self.data_dir / "evidence", int(s.evidence_quota_mb * 1e6), min(s.sample_ok_every, 1))
+        except EvidenceError as err:  # verdicts never depend on evidence: run on, with the alarm raised
+            log.error("event=evidence_unavailable error=%r", str(err))
+            self.metrics.evidence_alarm.set(1)
+            return None
+
+    def _start_children(self, ring: FrameRing) -> None:
+        ctx = mp.get_context("spawn")
+        self.results: Any = ctx.Queue()
+        self.control: Any = ctx.Queue()
+        self.capture_stop = ctx.Event()
+        progress = ctx.Value("q", 0)
+        source_json = self.config.source.model_dump(mode="json")
+        config_json = self.config.model_dump(mode="json")
+        me = os.getpid()
+        sup = self.config.supervision
+        self.capture = MonitoredProcess(
+            ctx, "capture", target=capture_child,
+            args=lambda _n: (source_json, ring.name, self.capture_stop, progress, me),
+            budget=RestartBudget(sup.max_restarts, sup.window_s), on_restart=self._count_restart,
+        )  # fmt: skip
+        self.inference = MonitoredProcess(
+            ctx, "inference", target=inference_main,
+            args=lambda _n: (config_json, ring.name, self.results, self.control, me),
+            budget=RestartBudget(sup.max_restarts, sup.window_s), on_restart=self._count_restart,
+        )  # fmt: skip
+        self.inference.start()
+        self.capture.start()
+
+    def _count_restart(self, name: str) -> None:
+        self.stats.counts[f"restarts_{name}"] += 1
+        self.metrics.child_restarts.labels(process=name).inc()
+
+    def _loop(self, source: str, ring: FrameRing) -> None:
+        next_status = time.monotonic()
+        while not self._stop_reason and not self._done:
+            if self._reload:
+                self._reload = False
+                log.info("event=reload_requested signal=SIGHUP")
+                self.control.put("reload")
+            self._pump_results(0.2)
+            self.capture.check()
+            self.inference.check()
+            self.watchdog.feed(self.stats.accounted)
+            if time.monotonic() >= next_status:
+                next_status = time.monotonic() + STATUS_EVERY_S
+                self._status(source, ring)
+        if self._stop_reason:
+            log.info("event=stop_requested signal=%s", self._stop_reason)
+
+    def _status(self, source: str, ring: FrameRing) -> None:
+        self.metrics.ring_slots_pending.set(ring.stats().pending)
+        self.metrics.fps.set(self.stats.fps())
+        line = status_line(source, self.stats.fps(), self.stats.p95(), self.stats.counts)
+        self.notifier.notify(f"STATUS={line}")
+        self.store.update_counters(self.run_id, self.counters())
+
+    def _shutdown(self, ring: FrameRing) -> None:
+        """Stop capture, close the stream, let inference drain the ring, write every record, close the sinks."""
+        self.notifier.notify("STOPPING=1")
+        self.capture_stop.set()
+        self.capture.stop(10.0)
+        ring.writer().close_stream()
+        deadline = time.monotonic() + self.config.supervision.drain_timeout_s
+        while not self._done and time.monotonic() < deadline:
+            self._pump_results(0.2)
+            if not self.inference.alive and not self._done:
+                try:
+                    self.inference.check()
+                except SupervisorError as err:
+                    log.error("event=drain_aborted error=%r", str(err))
+                    break
+        self.inference.stop(5.0)
+        self._pump_results(0.0)
+        stats = ring.stats()
+        log.info("event=ring_final written=%d delivered=%d dropped=%d torn=%d", stats.written, stats.delivered,
+                 stats.dropped, stats.torn)  # fmt: skip
+        self.store.finish_run(self.run_id, self.counters())
+        self.store.close()
+        if self.mqtt is not None:
+            self.mqtt.close()
+        self.results.close()
+        self.control.close()
+
+    # -- results ---------------------------------------------------------------------------------
+    def _pump_results(self, timeout_s: float) -> None:
+        """Handle every queued message; wait up to ``timeout_s`` for the first."""
+        block = timeout_s > 0
+        while True:
+            try:
+                kind, payload, extra = self.results.get(block, timeout_s) if block else self.results.get_nowait()
+            except queue.Empty:
+                return
+            block = False
+            if kind == "record":
+                self._on_record(payload, extra)
+            elif kind == "frame":
+                self._on_frame_event(payload)
+            elif kind == "done":
+                self._done = True
+            elif kind == "ready":
+                log.info("event=inference_ready pid=%s models=%s", payload["pid"], payload["models"])
+
+    def _account(self, gap: int) -> None:
+        self.stats.counts["dropped"] += gap
+        if gap:
+            self.metrics.observe_dropped("sequence_gap", gap)
+        self.stats.frame_times.append(time.monotonic())
+        if not self._ready:
+            self._ready = True
+            self.notifier.notify("READY=1")
+            log.info("event=ready")
+
+    def _on_frame_event(self, event: FrameEvent) -> None:
+        outcome = "dropped" if event.outcome == "torn" else event.outcome
+        self.stats.counts[outcome] += 1
+        if event.outcome == "torn":
+            self.stats.counts["torn"] += 1
+            self.metrics.observe_dropped("torn")
+        elif event.outcome == "gated":
+            self.metrics.observe_gated()
+        else:
+            self.metrics.frames.labels(outcome=event.outcome).inc()
+        self._account(event.gap_before)
+
+    def _on_record(self, record: VerdictRecord, evidence: Evidence | None) -> None:
+        self.store.write(record)  # first: the verdict is durable before anything else happens
+        c = self.stats.counts
+        c["scored"] += 1
+        c[record.verdict.lower()] += 1
+        self.stats.totals_ms.append(record.stage_ms.get("total", 0.0))
+        c["late"] += int(record.late)
+        self.metrics.observe(record)
+        self._account(record.gap_before)
+        if self.mqtt is not None:
+            self.mqtt.publish(record)
+        if evidence is not None and self.evidence is not None:
+            was_alarm = self.evidence.alarm
+            saved = self.evidence.save(record, evidence)
+            c["evidence_saved" if saved else "evidence_skipped"] += 1
+            self.metrics.evidence_alarm.set(int(self.evidence.alarm))
+            if self.evidence.alarm != was_alarm:
+                log.warning("event=evidence_alarm state=%s reason=%r", "on" if self.evidence.alarm else "off",
+                            self.evidence.alarm_reason)  # fmt: skip
+        if record.verdict != "OK" or record.late or record.gap_before:
+            log.info("event=verdict sequence=%d part=%s verdict=%s late=%s gap_before=%d total_ms=%.1f",
+                     record.sequence, record.part_id, record.verdict, record.late, record.gap_before,
+                     record.stage_ms.get("total", 0.0))  # fmt: skip
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.stats.counts)
+
+    @property
+    def evidence_dir(self) -> Path:
+        return self.data_dir / "evidence"

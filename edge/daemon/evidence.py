@@ -1,0 +1,217 @@
+"""Evidence folders for NG (and sampled OK) verdicts under a disk quota; a full disk raises an alarm, never an error.
+
+Layout: ``<root>/<YYYYMMDD>/<seq>_<verdict>/{color.png, depth.png, overlay.png, record.json}`` (the day is the
+host's local date of the record). The quota counts file bytes; the oldest folders go first when a new one would
+exceed it. Evidence is best effort: :meth:`EvidenceStore.save` returns ``None`` instead of raising, so a
+failing disk can never hold up or change a verdict.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import shutil
+from collections import deque
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from edge.core.errors import EdgeError
+from edge.daemon.record import Evidence, VerdictRecord
+
+log = logging.getLogger(__name__)
+
+
+class EvidenceError(EdgeError):
+    """The evidence folder cannot be used at all (raised at start-up only)."""
+
+
+def render_overlay(
+    color_crop: npt.NDArray[np.uint8],
+    anomaly_map: npt.NDArray[np.float32],
+    vmax: float,
+    *,
+    alpha: float = 0.5,
+) -> npt.NDArray[np.uint8]:
+    """Blend a turbo heatmap of ``anomaly_map`` (0 … ``vmax`` → blue … red) over an RGB crop; returns RGB.
+
+    A fixed ``vmax`` (the threshold's raw value, say) keeps colours comparable between frames, unlike
+    per-image min–max scaling that paints every OK part red somewhere.
+    """
+    if color_crop.ndim != 3 or color_crop.shape[2] != 3 or color_crop.dtype != np.uint8:
+        raise ValueError(f"color_crop must be H×W×3 uint8 RGB, got {color_crop.shape} {color_crop.dtype}")
+    if anomaly_map.shape != color_crop.shape[:2]:
+        raise ValueError(f"anomaly_map {anomaly_map.shape} must match the crop {color_crop.shape[:2]}")
+    if not vmax > 0:
+        raise ValueError(f"vmax must be positive, got {vmax}")
+    level = np.clip(np.nan_to_num(anomaly_map, nan=0.0) / vmax, 0.0, 1.0)
+    heat_bgr = cv2.applyColorMap((level * 255.0 + 0.5).astype(np.uint8), cv2.COLORMAP_TURBO)
+    heat = cv2.cvtColor(heat_bgr, cv2.COLOR_BGR2RGB)
+    blended = cv2.addWeighted(color_crop, 1.0 - alpha, heat, alpha, 0.0)
+    return blended.astype(np.uint8, copy=False)
+
+
+def _encode_png(image: npt.NDArray[Any], *, rgb: bool) -> bytes:
+    pixels = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if rgb else image
+    ok, buf = cv2.imencode(".png", pixels)
+    if not ok:
+        raise ValueError(f"PNG encoding failed for an image of shape {image.shape} {image.dtype}")
+    return buf.tobytes()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    return str(value)
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+
+
+class EvidenceStore:
+    """Quota-bounded evidence writer. Not thread-safe: one sink thread owns it.
+
+    While the disk is full (``alarm``), saves are skipped; every ``recheck_every``-th skipped save checks the
+    free space and resumes when there is room for the last evidence that failed (plus ``min_free_bytes``).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        quota_bytes: int,
+        sample_ok_every: int = 0,
+        *,
+        recheck_every: int = 10,
+        min_free_bytes: int = 0,
+    ) -> None:
+        if quota_bytes <= 0 or sample_ok_every < 0 or recheck_every < 1:
+            raise EvidenceError(
+                f"bad evidence settings: quota_bytes={quota_bytes}, sample_ok_every={sample_ok_every}",
+                "use a positive quota, sample_ok_every >= 0 (0 = keep no OK frames)",
+            )
+        self.root = Path(root)
+        self.quota_bytes = quota_bytes
+        self.sample_ok_every = sample_ok_every
+        self._recheck_every = recheck_every
+        self._min_free = min_free_bytes
+        self._ok_seen = 0
+        self._skipped = 0
+        self._needed = 0
+        self._alarm_reason = ""
+        self.saved = 0
+        self.deleted = 0
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise EvidenceError(f"cannot create evidence folder {self.root}: {e}", "fix the evidence path") from e
+        self._folders: deque[tuple[Path, int]] = deque(self._scan())
+        self.usage_bytes = sum(size for _, size in self._folders)
+
+    @property
+    def alarm(self) -> bool:
+        """True while evidence is not being written because the disk is full or failing."""
+        return bool(self._alarm_reason)
+
+    @property
+    def alarm_reason(self) -> str:
+        return self._alarm_reason
+
+    def save(self, record: VerdictRecord, evidence: Evidence) -> Path | None:
+        """Write the record's evidence folder when policy says so; ``None`` when skipped or failed."""
+        if not self._wanted(record):
+            return None
+        try:
+            files = {
+                "color.png": _encode_png(evidence.color, rgb=True),
+                "depth.png": _encode_png(evidence.depth, rgb=False),
+                "overlay.png": _encode_png(evidence.overlay, rgb=True),
+                "record.json": json.dumps(
+                    {**record.to_json_dict(), "extra": evidence.extra}, indent=1, default=_json_default
+                ).encode(),
+            }
+        except (ValueError, cv2.error) as e:
+            log.warning("evidence for sequence %d not saved: %s", record.sequence, e)
+            return None
+        size = sum(len(b) for b in files.values())
+        if size > self.quota_bytes:
+            log.warning("evidence of %d bytes exceeds the whole quota of %d bytes; not saved", size, self.quota_bytes)
+            return None
+        if self.alarm and not self._space_returned(size):
+            return None
+        self._make_room(size)
+        return self._write(record, files, size)
+
+    def _wanted(self, record: VerdictRecord) -> bool:
+        if record.verdict == "NG":
+            return True
+        if record.verdict != "OK" or self.sample_ok_every == 0:
+            return False
+        self._ok_seen += 1
+        return self._ok_seen % self.sample_ok_every == 0
+
+    def _space_returned(self, size: int) -> bool:
+        """During an alarm, look at the free space only every ``recheck_every`` skipped saves."""
+        self._skipped += 1
+        if self._skipped % self._recheck_every:
+            return False
+        try:
+            free = shutil.disk_usage(self.root).free
+        except OSError:
+            return False
+        if free < max(size, self._needed) + self._min_free:
+            return False
+        log.warning("evidence resumes: %d bytes free again in %s", free, self.root)
+        self._alarm_reason = ""
+        return True
+
+    def _make_room(self, size: int) -> None:
+        while self._folders and self.usage_bytes + size > self.quota_bytes:
+            folder, folder_size = self._folders.popleft()
+            shutil.rmtree(folder, ignore_errors=True)
+            self.usage_bytes -= folder_size
+            self.deleted += 1
+            if folder.parent != self.root and not any(folder.parent.iterdir()):
+                folder.parent.rmdir()
+
+    def _write(self, record: VerdictRecord, files: dict[str, bytes], size: int) -> Path | None:
+        day = datetime.fromtimestamp(record.host_ts_ns / 1e9).strftime("%Y%m%d")
+        folder = self.root / day / f"{record.sequence:08d}_{record.verdict}"
+        suffix = 1
+        while folder.exists():  # sequence numbers restart with the daemon; never overwrite older evidence
+            folder = folder.with_name(f"{record.sequence:08d}_{record.verdict}.{suffix}")
+            suffix += 1
+        try:
+            folder.mkdir(parents=True)
+            for name, data in files.items():
+                (folder / name).write_bytes(data)
+        except OSError as e:
+            shutil.rmtree(folder, ignore_errors=True)
+            self._raise_alarm(e, size)
+            return None
+        self._folders.append((folder, size))
+        self.usage_bytes += size
+        self.saved += 1
+        return folder
+
+    def _raise_alarm(self, e: OSError, size: int) -> None:
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        self._alarm_reason = f"{'disk full' if full else 'write error'} in {self.root}: {e.strerror or e}"
+        self._needed = size
+        self._skipped = 0
+        log.error("evidence stopped (%s); verdicts continue", self._alarm_reason)
+
+    def _scan(self) -> list[tuple[Path, int]]:
+        """Existing evidence folders, oldest first (day folder, then modification time)."""
+        found: list[tuple[str, int, Path, int]] = []
+        for day in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            for folder in day.iterdir():
+                if folder.is_dir():
+                    found.append((day.name, folder.stat().st_mtime_ns, folder, _folder_bytes(folder)))
+        found.sort(key=lambda t: (t[0], t[1]))
+        return [(folder, size) for _, _, folder, size in found]

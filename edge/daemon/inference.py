@@ -1,0 +1,251 @@
+"""The inference process: ring → ROI crop → part gating → every configured model → verdict records on a queue."""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from calibration.roi import RoiFile, load_roi
+from edge.core.errors import EdgeError
+from edge.core.frame import Frame, StreamSpec
+from edge.core.ringbuf import FrameRing, RingClosedError, RingReader, RingTimeoutError, TornReadError
+from edge.core.scoring import file_sha256, load_scoring
+from edge.daemon.config import EdgeConfig, GatingConfig
+from edge.daemon.evidence import render_overlay
+from edge.daemon.record import Evidence, ModelScore, VerdictRecord
+from edge.daemon.supervisor import child_init, configure_logging
+from edge.inspect import Inspection, Inspector
+from engines.runtime.ort import OrtRunnerConfig
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["gated", "waiting", "torn"]
+
+
+@dataclass(frozen=True, slots=True)
+class FrameEvent:
+    """A frame that produced no verdict record: gated (no drum), waiting (per-part: not its scoring frame), torn.
+
+    ``gap_before`` counts frames missing from the sequence before this one (dropped by the ring or lost).
+    """
+
+    sequence: int
+    outcome: Outcome
+    gap_before: int
+    roi_fill: float
+    total_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Models:
+    """The loaded inspectors and the versions of what they were built from (reloaded together on SIGHUP)."""
+
+    roi: RoiFile
+    inspectors: dict[str, Inspector]
+    model_versions: dict[str, str]
+    scoring_versions: dict[str, str]
+
+    def close(self) -> None:
+        for inspector in self.inspectors.values():
+            inspector.close()
+
+
+def load_models(config: EdgeConfig, frame_spec: StreamSpec) -> Models:
+    """Build one Inspector per configured model; the scoring file must belong to its ONNX (checked by Inspector)."""
+    roi = load_roi(config.roi)
+    ort = OrtRunnerConfig(intra_op_threads=config.runtime.threads, inter_op_threads=1)
+    inspectors: dict[str, Inspector] = {}
+    try:
+        for m in config.models:
+            inspectors[m.name] = Inspector(frame_spec, roi, m.onnx, load_scoring(m.scoring), ort_config=ort)
+    except BaseException:
+        for built in inspectors.values():
+            built.close()
+        raise
+    return Models(
+        roi=roi,
+        inspectors=inspectors,
+        model_versions={m.name: file_sha256(m.onnx)[:12] for m in config.models},
+        scoring_versions={m.name: file_sha256(m.scoring)[:12] for m in config.models},
+    )
+
+
+class PartGate:
+    """Decides per frame: gated (no drum), score it, or wait (per-part mode scores each drum once when stable)."""
+
+    def __init__(self, gating: GatingConfig) -> None:
+        self.gating = gating
+        self.streak = 0
+        self.part_id = 0
+        self._part_scored = False
+
+    def decide(self, roi_fill: float) -> Literal["gated", "score", "waiting"]:
+        if roi_fill < self.gating.min_roi_fill:
+            self.streak, self._part_scored = 0, False
+            return "gated"
+        self.streak += 1
+        if self.streak == 1:
+            self.part_id += 1  # a drum after an empty gap is a new part
+        if self.gating.mode == "per_frame":
+            return "score"
+        if not self._part_scored and self.streak >= self.gating.stable_frames:
+            self._part_scored = True
+            return "score"
+        return "waiting"
+
+
+class InferenceLoop:
+    """State of one inference process: models, gate, sequence tracking, evidence sampling."""
+
+    def __init__(self, config: EdgeConfig, reader: RingReader, frame_spec: StreamSpec, results: Any) -> None:
+        self.config, self.reader, self.spec, self.results = config, reader, frame_spec, results
+        self.models = load_models(config, frame_spec)
+        self.gate = PartGate(config.gating)
+        self.next_sequence = -1
+        self.ok_seen = 0
+        self.budget_ms = config.latency_budget_ms
+
+    def reload(self) -> None:
+        """SIGHUP: reload ROI and scoring files; a bad file keeps the running models and is logged."""
+        try:
+            fresh = load_models(self.config, self.spec)
+        except EdgeError as err:
+            log.error("event=reload_failed error=%r action=keep_previous", str(err))
+            return
+        self.models.close()
+        self.models = fresh
+        log.info(
+            "event=reloaded roi_version=%s scoring=%s", fresh.roi.version, ",".join(fresh.scoring_versions.values())
+        )
+
+    def _gap(self, sequence: int) -> int:
+        gap = sequence - self.next_sequence if self.next_sequence >= 0 else sequence
+        if gap < 0:
+            log.warning("event=sequence_restart sequence=%d expected=%d", sequence, self.next_sequence)
+            gap = 0
+        self.next_sequence = sequence + 1
+        return gap
+
+    def step(self, timeout_s: float) -> None:
+        """Read one frame and send its record or event; RingTimeoutError/RingClosedError propagate."""
+        t_wait = time.perf_counter_ns()
+        out: tuple[str, Any, Any] | None = None
+        try:
+            with self.reader.read(timeout_s) as frame:
+                t_claim = time.perf_counter_ns()
+                out = self._process(frame, (t_claim - t_wait) / 1e6, t_claim)
+        except TornReadError as err:
+            log.warning("event=torn_read error=%r", str(err))
+            if out is None:  # torn before processing finished: _process raised, nothing to replace
+                raise
+            out = ("frame", FrameEvent(out[1].sequence, "torn", out[1].gap_before, 0.0, 0.0), None)
+        if out is not None:
+            self.results.put(out)
+
+    def _process(self, frame: Frame, wait_ms: float, t_claim: int) -> tuple[str, Any, Any]:
+        publish_ns = self.reader.last_publish_ns
+        gap = self._gap(frame.sequence)
+        first = next(iter(self.models.inspectors.values()))
+        t0 = time.perf_counter_ns()
+        fill = float(first.cropper.crop(frame).mask.mean())
+        gate_ms = (time.perf_counter_ns() - t0) / 1e6
+        decision = self.gate.decide(fill)
+        if decision != "score":
+            total = (time.perf_counter_ns() - publish_ns) / 1e6
+            return "frame", FrameEvent(frame.sequence, decision, gap, fill, total), None
+        stages = {"ring_wait": wait_ms, "age": (t_claim - publish_ns) / 1e6, "gate": gate_ms}
+        scores, inspections, error = self._inspect_all(frame, stages)
+        verdict: Literal["OK", "NG", "ERROR"] = (
+            "ERROR" if error else ("NG" if any(s.verdict == "NG" for s in scores) else "OK")
+        )
+        stages["total"] = (time.perf_counter_ns() - publish_ns) / 1e6
+        record = VerdictRecord(
+            sequence=frame.sequence, frame_number=frame.color_frame_number, device_ts_ns=frame.device_ts_ns,
+            host_ts_ns=frame.host_ts_ns, kind="part" if self.config.gating.mode == "per_part" else "frame",
+            part_id=self.gate.part_id, verdict=verdict, late=stages["total"] > self.budget_ms, roi_fill=fill,
+            scores=tuple(scores), stage_ms=stages, roi_version=self.models.roi.version,
+            model_versions=self.models.model_versions, scoring_versions=self.models.scoring_versions,
+            gap_before=gap, error=error,
+        )  # fmt: skip
+        return "record", record, self._evidence(frame, record, inspections)
+
+    def _inspect_all(self, frame: Frame, stages: dict[str, float]) -> tuple[list[ModelScore], list[Inspection], str]:
+        scores: list[ModelScore] = []
+        inspections: list[Inspection] = []
+        score_ms = 0.0
+        for name, inspector in self.models.inspectors.items():
+            t0 = time.perf_counter_ns()
+            try:
+                ins = inspector.inspect(frame)
+            except Exception as err:  # a failing model must yield an ERROR verdict, not stop the line
+                log.error("event=inspect_failed model=%s error=%r", name, str(err))
+                return scores, inspections, f"{name}: {err}"
+            spent = (time.perf_counter_ns() - t0) / 1e6
+            stages[f"crop:{name}"], stages[f"infer:{name}"] = ins.crop_ms, ins.infer_ms
+            score_ms += max(0.0, spent - ins.crop_ms - ins.infer_ms)
+            scores.append(ModelScore(name, ins.raw_score, ins.score, ins.verdict, ins.infer_ms))
+            inspections.append(ins)
+        stages["score"] = score_ms
+        return scores, inspections, ""
+
+    def _evidence(self, frame: Frame, record: VerdictRecord, inspections: list[Inspection]) -> Evidence | None:
+        """Pixels for NG records, and every ``sample_ok_every``-th OK one; nothing for the rest (queue traffic)."""
+        if record.verdict == "OK":
+            self.ok_seen += 1
+            every = self.config.storage.sample_ok_every
+            if every <= 0 or self.ok_seen % every:
+                return None
+        if not inspections:
+            return None
+        worst = max(range(len(inspections)), key=lambda i: inspections[i].score)
+        ins = inspections[worst]
+        scorer = list(self.models.inspectors.values())[worst].scorer
+        norm = scorer.scoring.normalisation
+        vmax = norm.mean + scorer.scoring.threshold.value * norm.std  # the raw score at the NG threshold
+        overlay = render_overlay(ins.crop.color, ins.anomaly_map, vmax)
+        return Evidence(
+            color=frame.color.copy(),
+            depth=frame.depth.copy(),
+            overlay=overlay,
+            extra={"model": record.scores[worst].model},
+        )
+
+
+def inference_main(config_json: dict[str, Any], ring_name: str, results: Any, control: Any, parent_pid: int) -> None:
+    """Entry point of the inference process (spawn): runs until the ring's stream closes, then says ``done``.
+
+    It has no stop event on purpose: the supervisor stops capture and closes the stream, and this process
+    drains every frame published before that, so a shutdown never loses a verdict.
+    """
+    child_init()
+    configure_logging(role="inference")
+    config = EdgeConfig.model_validate(config_json)
+    with FrameRing.attach(ring_name) as ring:
+        loop = InferenceLoop(config, ring.reader(), ring.spec, results)
+        results.put(("ready", {"pid": os.getpid(), "models": loop.models.model_versions}, None))
+        try:
+            while os.getppid() == parent_pid:  # an orphan (supervisor SIGKILLed) exits
+                _handle_control(control, loop)
+                try:
+                    loop.step(0.5)
+                except RingTimeoutError:
+                    continue
+                except RingClosedError:
+                    break
+        finally:
+            loop.models.close()
+    results.put(("done", {"pid": os.getpid()}, None))
+
+
+def _handle_control(control: Any, loop: InferenceLoop) -> None:
+    try:
+        while True:
+            message = control.get_nowait()
+            if message == "reload":
+                loop.reload()
+    except queue.Empty:
+        return

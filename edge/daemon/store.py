@@ -1,0 +1,310 @@
+"""The results database: one SQLite row per verdict, committed with a full fsync so a power cut loses none.
+
+Layout (schema version :data:`SCHEMA_VERSION`, kept in ``PRAGMA user_version``):
+
+- ``runs``: one row per daemon start — start/finish time, source, config summary and versions (JSON),
+  and the run's counters (JSON, rewritten by :meth:`ResultStore.update_counters`).
+- ``verdicts``: one row per scored frame or part. Everything a query filters or aggregates on is a column
+  (time, verdict, late, roi_fill, gap_before, total latency); the per-stage breakdown and the version maps
+  are JSON because their keys depend on the configured models.
+- ``scores``: one row per model per verdict (raw and normalised score, the model's own verdict), so score
+  drift of one model is a plain ``SELECT … WHERE model = ?``.
+
+Concurrency: the database runs in WAL mode, so readers (the CLI, a dashboard) never block the daemon and
+never see a half-written verdict. Two daemons writing the same file are serialised by SQLite's lock (each
+waits up to ``busy_timeout_ms``); rows stay intact and each belongs to its own run. WAL needs a local
+filesystem (shared memory for the ``-shm`` index): never put the database on NFS/SMB.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.core.errors import EdgeError
+from edge.daemon.record import VerdictRecord
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY,
+    started_ns INTEGER NOT NULL,
+    finished_ns INTEGER,
+    source TEXT NOT NULL,
+    config_json TEXT NOT NULL,
+    versions_json TEXT NOT NULL,
+    counters_json TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE verdicts (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    sequence INTEGER NOT NULL,
+    frame_number INTEGER NOT NULL,
+    device_ts_ns INTEGER NOT NULL,
+    host_ts_ns INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    part_id INTEGER,
+    verdict TEXT NOT NULL,
+    late INTEGER NOT NULL,
+    roi_fill REAL NOT NULL,
+    gap_before INTEGER NOT NULL,
+    total_ms REAL,
+    stage_ms_json TEXT NOT NULL,
+    roi_version TEXT NOT NULL,
+    model_versions_json TEXT NOT NULL,
+    scoring_versions_json TEXT NOT NULL,
+    error TEXT NOT NULL
+);
+CREATE INDEX verdicts_by_time ON verdicts(host_ts_ns);
+CREATE INDEX verdicts_by_verdict ON verdicts(verdict, host_ts_ns);
+CREATE INDEX verdicts_by_run ON verdicts(run_id, sequence);
+CREATE TABLE scores (
+    verdict_id INTEGER NOT NULL REFERENCES verdicts(id),
+    model TEXT NOT NULL,
+    raw REAL NOT NULL,
+    score REAL NOT NULL,
+    verdict TEXT NOT NULL,
+    infer_ms REAL NOT NULL,
+    PRIMARY KEY (verdict_id, model)
+) WITHOUT ROWID;
+CREATE INDEX scores_by_model ON scores(model, verdict_id);
+"""
+
+_VERDICT_COLUMNS = (
+    "run_id, sequence, frame_number, device_ts_ns, host_ts_ns, kind, part_id, verdict, late, roi_fill, "
+    "gap_before, total_ms, stage_ms_json, roi_version, model_versions_json, scoring_versions_json, error"
+)
+
+
+class StoreError(EdgeError):
+    """The results database cannot be opened, read or written."""
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+class ResultStore:
+    """Append-only verdict log of one daemon. Every :meth:`write` is one committed transaction.
+
+    ``synchronous`` is ``"FULL"`` by default: each commit waits for the WAL fsync, so a verdict the PLC has
+    seen is on disk. ``"NORMAL"`` is faster but may lose the last commits on a power cut (not on a crash).
+    The connection is guarded by a lock so the app may call it from more than one thread.
+    """
+
+    def __init__(self, path: Path, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000) -> None:
+        if synchronous not in ("FULL", "NORMAL"):
+            raise StoreError(f"synchronous={synchronous!r} is not supported", "use 'FULL' or 'NORMAL'")
+        self.path = Path(path)
+        self._synchronous = synchronous
+        self._busy_timeout_ms = busy_timeout_ms
+        self._conn: sqlite3.Connection | None = None
+        self._run_id: int | None = None
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        """Open (creating the file and schema on first use) and check the schema version."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the folder of results database {self.path}: {e}", _FIX_PATH) from e
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open results database {self.path}: {e}", _FIX_PATH) from e
+        try:
+            _prepare(conn, self.path, self._synchronous, self._busy_timeout_ms)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def start_run(self, info: Mapping[str, Any]) -> int:
+        """Add a ``runs`` row; ``info`` may hold ``source``, ``config`` and ``versions`` (anything JSON-able)."""
+        with self._transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO runs (started_ns, source, config_json, versions_json) VALUES (?, ?, ?, ?)",
+                (
+                    time.time_ns(),
+                    str(info.get("source", "")),
+                    _dumps(info.get("config", {})),
+                    _dumps(info.get("versions", {})),
+                ),
+            )
+        assert cur.lastrowid is not None
+        self._run_id = cur.lastrowid
+        return cur.lastrowid
+
+    def write(self, record: VerdictRecord) -> None:
+        """Store one verdict and its per-model scores in one committed transaction (under the current run)."""
+        if self._run_id is None:
+            raise StoreError("a verdict was written before start_run()", "call start_run() after open()")
+        row = (
+            self._run_id,
+            record.sequence,
+            record.frame_number,
+            record.device_ts_ns,
+            record.host_ts_ns,
+            record.kind,
+            record.part_id,
+            record.verdict,
+            int(record.late),
+            float(record.roi_fill),
+            record.gap_before,
+            record.stage_ms.get("total"),
+            _dumps(record.stage_ms),
+            record.roi_version,
+            _dumps(record.model_versions),
+            _dumps(record.scoring_versions),
+            record.error,
+        )
+        with self._transaction() as conn:
+            cur = conn.execute(f"INSERT INTO verdicts ({_VERDICT_COLUMNS}) VALUES ({', '.join('?' * len(row))})", row)
+            conn.executemany(
+                "INSERT INTO scores (verdict_id, model, raw, score, verdict, infer_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                [(cur.lastrowid, s.model, s.raw, s.score, s.verdict, s.infer_ms) for s in record.scores],
+            )
+
+    def update_counters(self, run_id: int, counters: Mapping[str, int]) -> None:
+        """Replace the run's counters (frames seen, scored, gated, dropped, late, errors …)."""
+        with self._transaction() as conn:
+            conn.execute("UPDATE runs SET counters_json = ? WHERE id = ?", (_dumps(dict(counters)), run_id))
+
+    def finish_run(self, run_id: int, counters: Mapping[str, int]) -> None:
+        """Store the final counters and the finish time."""
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE runs SET counters_json = ?, finished_ns = ? WHERE id = ?",
+                (_dumps(dict(counters)), time.time_ns(), run_id),
+            )
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the main file (so a copied ``.db`` is complete) and close."""
+        with self._lock:
+            if self._conn is None:
+                return
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                self._conn.close()
+                self._conn = None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._conn is None:
+                raise StoreError(f"results database {self.path} is not open", "call open() first")
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                yield conn
+                conn.execute("COMMIT")
+            except sqlite3.Error as e:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StoreError(f"writing results database {self.path} failed: {e}", _FIX_WRITE) from e
+
+
+_FIX_PATH = "check the store path in the daemon config and that the daemon user may write there"
+_FIX_WRITE = "check free disk space and that no other program holds a long write lock on the file"
+_FIX_CORRUPT = "move the file aside (keep it for analysis) and restart the daemon; it creates a new database"
+
+
+def _prepare(conn: sqlite3.Connection, path: Path, synchronous: str, busy_timeout_ms: int) -> None:
+    """Set the pragmas, check the file is ours and of a schema we understand, create the schema if new."""
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"results database {path} has schema version {version}; this daemon understands {SCHEMA_VERSION}",
+                "upgrade the daemon, or point it at a new database file",
+            )
+        if version == 0 and tables:
+            raise StoreError(f"{path} is an SQLite database but not a drumsight results database", _FIX_PATH)
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise StoreError(f"results database {path} cannot use WAL mode (got {mode!r})", _FIX_PATH)
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        if version == 0:
+            conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"results database {path} is unreadable or corrupt: {e}", _FIX_CORRUPT) from e
+
+
+def read_summary(path: Path, run_id: int | None = None) -> dict[str, Any]:
+    """Counts per verdict, the run's counters and total-latency p50/p99 of one run (``None``: the latest run).
+
+    Opens the file read-only, so it is safe while the daemon is writing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"no results database at {path}", "check the path, or run the daemon first to create it")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot open results database {path}: {e}", _FIX_CORRUPT) from e
+    try:
+        return _summarise(conn, path, run_id)
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"results database {path} is unreadable or corrupt: {e}", _FIX_CORRUPT) from e
+    finally:
+        conn.close()
+
+
+def _summarise(conn: sqlite3.Connection, path: Path, run_id: int | None) -> dict[str, Any]:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version != SCHEMA_VERSION:
+        raise StoreError(
+            f"results database {path} has schema version {version}, expected {SCHEMA_VERSION}",
+            "read it with the daemon version that wrote it",
+        )
+    query = "SELECT id, started_ns, finished_ns, source, counters_json FROM runs"
+    run = conn.execute(
+        f"{query} ORDER BY id DESC LIMIT 1" if run_id is None else f"{query} WHERE id = ?",
+        () if run_id is None else (run_id,),
+    ).fetchone()
+    if run is None:
+        raise StoreError(
+            f"results database {path} has no run {run_id if run_id is not None else ''}".rstrip(),
+            "list the runs with: sqlite3 <db> 'SELECT id, started_ns FROM runs'",
+        )
+    rid, started_ns, finished_ns, source, counters_json = run
+    verdicts = {"OK": 0, "NG": 0, "ERROR": 0}
+    for verdict, n in conn.execute("SELECT verdict, COUNT(*) FROM verdicts WHERE run_id = ? GROUP BY verdict", (rid,)):
+        verdicts[verdict] = n
+    late, gaps = conn.execute(
+        "SELECT COALESCE(SUM(late), 0), COALESCE(SUM(gap_before), 0) FROM verdicts WHERE run_id = ?", (rid,)
+    ).fetchone()
+    totals = np.array(
+        [r[0] for r in conn.execute("SELECT total_ms FROM verdicts WHERE run_id = ? AND total_ms IS NOT NULL", (rid,))],
+        dtype=np.float64,
+    )
+    counters: dict[str, int] = json.loads(counters_json)
+    return {
+        "run_id": rid,
+        "source": source,
+        "started_ns": started_ns,
+        "finished_ns": finished_ns,
+        "records": sum(verdicts.values()),
+        "verdicts": verdicts,
+        "late": int(late),
+        "gap_frames": int(gaps),
+        "gated": int(counters.get("gated", 0)),
+        "dropped": int(counters.get("dropped", 0)),
+        "counters": counters,
+        "latency_ms": {
+            "p50": float(np.percentile(totals, 50)) if totals.size else None,
+            "p99": float(np.percentile(totals, 99)) if totals.size else None,
+        },
+    }

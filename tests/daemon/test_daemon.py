@@ -1,0 +1,231 @@
+"""The daemon as a real process tree on a real recording: accounting, SIGTERM drain, sd_notify, metrics, faults."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.daemon.store import read_summary
+
+ROOT = Path(__file__).resolve().parents[2]
+LINE_FRAMES = 30
+
+
+class Daemon:
+    """``python -m edge.daemon.main`` with its stdout collected line by line by a thread."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edge.daemon.main", "--config", str(config)],
+            cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        self._reader = threading.Thread(target=self._collect, daemon=True)
+        self._reader.start()
+
+    def _collect(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, pattern: str, timeout_s: float = 30.0, after: int = 0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for line in self.lines[after:]:
+                if m := re.search(pattern, line):
+                    return m
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no log line matching {pattern!r}; output:\n" + "\n".join(self.lines[-40:]))
+
+    def finish(self, timeout_s: float = 60.0) -> int:
+        code = self.proc.wait(timeout_s)
+        self._reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@contextmanager
+def daemon(config: Path, env: dict[str, str] | None = None) -> Iterator[Daemon]:
+    d = Daemon(config, env)
+    try:
+        yield d
+    finally:
+        d.kill()
+
+
+@contextmanager
+def notify_socket(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
+    """A datagram socket playing systemd: collects every sd_notify message sent to it."""
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.1)
+    messages: list[str] = []
+    stop = threading.Event()
+
+    def collect() -> None:
+        while not stop.is_set():
+            try:
+                messages.append(sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+
+    t = threading.Thread(target=collect, daemon=True)
+    t.start()
+    try:
+        yield str(path), messages
+    finally:
+        stop.set()
+        t.join(2)
+        sock.close()
+
+
+def _db(config: Path) -> Path:
+    return config.parent / "data" / "results.db"
+
+
+def _check_db(db: Path) -> dict[str, Any]:
+    """The database opens, passes integrity_check, and has one verdict row per counted scored frame."""
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = conn.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0]
+    summary = read_summary(db)
+    assert rows == summary["records"] == summary["counters"]["scored"]
+    return summary
+
+
+def _accounted(counters: dict[str, int]) -> int:
+    return counters["scored"] + counters["gated"] + counters["waiting"] + counters["dropped"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def test_recording_fully_accounted_with_sd_notify(make_config: Callable[..., Path], tmp_path: Path) -> None:
+    """Every frame of the recording is scored, gated or dropped; READY, WATCHDOG and STOPPING reach systemd."""
+    config = make_config()
+    with (
+        notify_socket(tmp_path) as (address, messages),
+        daemon(config, {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "100000"}) as d,
+    ):
+        assert d.finish() == 0, "\n".join(d.lines[-30:])
+        time.sleep(0.2)
+    summary = _check_db(_db(config))
+    counters = summary["counters"]
+    assert _accounted(counters) == LINE_FRAMES, counters
+    assert counters["dropped"] == 0, "a lossless ring on a recording drops nothing"
+    assert counters["gated"] > 0 and counters["scored"] > 0, "the line has empty gaps and drums"
+    assert messages.count("READY=1") == 1
+    assert "WATCHDOG=1" in messages
+    assert messages.index("READY=1") < messages.index("WATCHDOG=1")
+    assert messages[-1] == "STOPPING=1" or "STOPPING=1" in messages
+    assert any(m.startswith("STATUS=source=") for m in messages)
+    assert any("database:" in line for line in d.lines), "the exit summary names the database"
+
+
+def test_sigterm_drains_every_read_frame_and_metrics_answer(make_config: Callable[..., Path]) -> None:
+    """An endless synthetic line: metrics answer, SIGHUP reloads, SIGTERM exits 0 with every frame read accounted."""
+    port = _free_port()
+    source = {"type": "synthetic", "seed": 0, "width": 320, "height": 240, "frames_per_part": 3, "gap_frames": 2}
+    config = make_config(source=source, metrics={"enabled": True, "port": port})
+    with daemon(config) as d:
+        d.wait_for(r"event=ready")
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert _metric(body, "edge_frames_total") > 0, "frames are counted on the endpoint"
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_for(r"role=inference .*event=reloaded roi_version=\w+")
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.finish() == 0, "\n".join(d.lines[-30:])
+    final = d.wait_for(r"event=ring_final written=(\d+) delivered=(\d+)")
+    summary = _check_db(_db(config))
+    c = summary["counters"]
+    delivered = int(final.group(2))
+    assert c["scored"] + c["gated"] + c["waiting"] == delivered, "every frame the inference read is in the DB counts"
+    assert c["dropped"] == 0 and delivered == int(final.group(1)), "lossless: every published frame was read"
+    assert summary["finished_ns"] is not None
+
+
+def test_capture_killed_is_restarted_counted_and_frames_continue(make_config: Callable[..., Path]) -> None:
+    """SIGKILL the capture child mid-stream: it is restarted, counted, resumes the line; no frame goes missing."""
+    frames = 60  # paced at 20 fps, so the kill always lands mid-stream
+    source = {"type": "synthetic", "seed": 0, "width": 320, "height": 240, "frames_per_part": 3, "gap_frames": 2,
+              "n_frames": frames, "fps": 20, "realtime": True}  # fmt: skip
+    config = make_config(source=source)
+    with daemon(config) as d:
+        pid = int(d.wait_for(r"event=child_started process=capture pid=(\d+)").group(1))
+        d.wait_for(r"event=ready")
+        os.kill(pid, signal.SIGKILL)
+        d.wait_for(r"event=child_crashed process=capture cause='signal SIGKILL' action=restart")
+        d.wait_for(r"event=capture_resumed skipped_frames=\d+")
+        assert d.finish() == 0, "\n".join(d.lines[-30:])
+    c = _check_db(_db(config))["counters"]
+    assert c["restarts_capture"] == 1
+    assert _accounted(c) == frames, c
+    assert c["dropped"] <= 1, "at most the frame in flight when the child died"
+
+
+def test_bad_config_names_the_key(make_config: Callable[..., Path]) -> None:
+    config = make_config(gating={"min_roi_fill": 1.5, "mode": "per_frame"})
+    run = subprocess.run(
+        [sys.executable, "-m", "edge.daemon.main", "--config", str(config), "--check-config"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert "gating.min_roi_fill" in lines[0] and "1.5" in lines[0] and "less than or equal to 1" in lines[0]
+    assert re.search(rf"{re.escape(str(config))}:\d+:", lines[0]), "the YAML line is named"
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs: too small for one evidence folder, so every evidence write fails with ENOSPC."""
+    mount = tmp_path / "data" / "evidence"
+    mount.mkdir(parents=True)
+    run = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True, check=False
+    )
+    if run.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root/CAP_SYS_ADMIN): {run.stderr.decode().strip()}")
+    try:
+        (mount / "filler").write_bytes(b"\0" * 60_000)
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_evidence_disk_keeps_verdicts_flowing(make_config: Callable[..., Path], full_disk: Path) -> None:
+    config = make_config(storage={"data_dir": str(full_disk.parent), "evidence_quota_mb": 100, "sample_ok_every": 1})
+    with daemon(config) as d:
+        assert d.finish() == 0, "\n".join(d.lines[-30:])
+    d.wait_for(r"event=evidence_alarm state=on")
+    c = _check_db(_db(config))["counters"]
+    assert _accounted(c) == LINE_FRAMES
+    assert c["scored"] > 0 and c["evidence_saved"] == 0 and c["evidence_skipped"] == c["scored"]
