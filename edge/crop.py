@@ -74,6 +74,11 @@ class CropSpec(EdgeModel):
     color_interpolation: Literal["bilinear", "nearest"] = Field(
         default="bilinear", description="colour resize rule; mask and xyz are always nearest"
     )
+    keep_depthless: bool = Field(
+        default=True,
+        description="a pixel without depth counts as foreground when it lies inside the ROI's projected silhouette "
+        "(specular spots and edge dropout on the drum keep their colour); False: only pixels with depth inside the ROI",
+    )
     pad_px: int = Field(default=2, ge=0, le=256, description="grown on every side of the ROI's projected box")
     surface_samples: int = Field(default=64, ge=8, le=1024, description="samples per ROI edge when projecting it")
 
@@ -206,6 +211,28 @@ def crop_layout(intr: Intrinsics, roi: RoiFile, crop: CropSpec) -> CropLayout:
     )
 
 
+def roi_silhouette(intr: Intrinsics, roi: RoiFile, crop: CropSpec) -> npt.NDArray[np.bool_]:
+    """H×W image of the ROI's projected silhouette: the filled convex hull of its projected surface.
+
+    The projection of a convex body (cylinder, box) is convex, so the hull is the silhouette. It decides the
+    pixels whose 3D position is unknown (no depth): inside it they belong to the part (a specular spot on the
+    drum), outside to the background. Computed once at start-up.
+    """
+    uv = project_points(roi_surface_points(roi, crop.surface_samples), intr)
+    hull = cv2.convexHull(np.round(uv).astype(np.int32))
+    image = np.zeros((intr.height, intr.width), dtype=np.uint8)
+    cv2.fillConvexPoly(image, hull, 1)
+    return image.astype(bool)
+
+
+def sample_nearest(image: npt.NDArray[np.bool_], layout: CropLayout) -> npt.NDArray[np.bool_]:
+    """An H×W table sampled at the crop's nearest pixels (False outside the image): N×N."""
+    ix, iy = layout.nearest()
+    inside = ((ix >= 0) & (ix < layout.width))[None, :] & ((iy >= 0) & (iy < layout.height))[:, None]
+    values = image[np.clip(iy, 0, layout.height - 1)[:, None], np.clip(ix, 0, layout.width - 1)[None, :]]
+    return values & inside
+
+
 def check_registered(spec: StreamSpec) -> None:
     """Refuse depth that is not pixel-registered to colour: the crop reads both at the same (u, v)."""
     if not spec.depth_aligned_to_color:
@@ -284,6 +311,11 @@ class RoiCropper:
         self._bg_value = tuple(float(c) for c in self.crop_spec.background_rgb)
         self._build_tables()
         self._alloc()
+        self.silhouette: npt.NDArray[np.bool_] | None = (
+            sample_nearest(roi_silhouette(intr, roi, self.crop_spec), self.layout).reshape(-1)
+            if self.crop_spec.keep_depthless
+            else None
+        )
 
     def _build_tables(self) -> None:
         """Gather the ray tables at the N×N sample pixels once; out-of-image samples get scale 0 (no depth)."""
@@ -351,7 +383,18 @@ class RoiCropper:
         return out
 
     def _roi_mask(self, z: F32, mask: npt.NDArray[np.bool_]) -> None:
-        """mask = (z > 0) and ROI inequality on ``l = a·z + b`` (same float32 operations as the kernel)."""
+        """mask = (z > 0 and the ROI inequality on ``l = a·z + b``) or (z == 0 and inside the silhouette).
+
+        The inequality uses the same float32 operations as the kernel.
+        """
+        self._roi_test(z, mask)
+        if self.silhouette is not None:
+            np.equal(z, np.float32(0), out=self._tmp)
+            self._tmp &= self.silhouette
+            mask |= self._tmp
+
+    def _roi_test(self, z: F32, mask: npt.NDArray[np.bool_]) -> None:
+        """(z > 0) and the ROI inequality."""
         l0, l1, l2 = self._l
         tmp, b, lim = self._tmp, self.test.offset, self.test.limits
         for k, lk in enumerate(self._l):
@@ -408,5 +451,7 @@ __all__ = [
     "nearest_indices",
     "normalisation",
     "roi_ray_table",
+    "roi_silhouette",
     "roi_surface_points",
+    "sample_nearest",
 ]

@@ -25,6 +25,8 @@ from edge.crop import (
     crop_layout,
     normalisation,
     roi_ray_table,
+    roi_silhouette,
+    sample_nearest,
 )
 
 KERNEL_SOURCE = Path(__file__).with_name("crop_kernel.cu")
@@ -49,6 +51,13 @@ def kernel_tables(spec: StreamSpec, roi: RoiFile) -> tuple[np.ndarray, np.ndarra
     """The kernel's per-pixel inputs: camera rays H×W×2 (x/z, y/z) and ROI-frame rays H×W×3, float32."""
     rays = ray_table(spec.color_intrinsics)
     return np.ascontiguousarray(rays[..., :2]), np.ascontiguousarray(roi_ray_table(rays, roi))
+
+
+def kernel_silhouette(spec: StreamSpec, roi: RoiFile, crop: CropSpec, layout: CropLayout) -> np.ndarray | None:
+    """The N×N uint8 silhouette table (None when ``crop.keep_depthless`` is off: the kernel gets a null pointer)."""
+    if not crop.keep_depthless:
+        return None
+    return sample_nearest(roi_silhouette(spec.color_intrinsics, roi, crop), layout).astype(np.uint8)
 
 
 def kernel_params(spec: StreamSpec, roi: RoiFile, crop: CropSpec, layout: CropLayout) -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +129,7 @@ class CudaRoiCropper:
         try:
             self._module = self._load(ptx)  # kept: the function must not outlive its module
             self._fn = self._module.get_function(KERNEL_NAME)
-            self._fn.prepare("P" * 10)
+            self._fn.prepare("P" * 11)
             self._upload_tables()
             self._alloc()
             self.stream = cuda.Stream()
@@ -141,6 +150,8 @@ class CudaRoiCropper:
         rays, roi_rays = kernel_tables(self.spec, self.roi)
         ip, fp = kernel_params(self.spec, self.roi, self.crop_spec, self.layout)
         self._tables = [cuda.to_device(a) for a in (rays, roi_rays, ip, fp)]
+        silhouette = kernel_silhouette(self.spec, self.roi, self.crop_spec, self.layout)
+        self._silhouette = None if silhouette is None else cuda.to_device(silhouette)
 
     def _alloc(self) -> None:
         """Device frame and output buffers, and page-locked host outputs for crop()."""
@@ -179,7 +190,8 @@ class CudaRoiCropper:
         with self.active():
             cuda.memcpy_htod_async(self._d_color, np.ascontiguousarray(frame.color), self.stream)
             cuda.memcpy_htod_async(self._d_depth, np.ascontiguousarray(frame.depth), self.stream)
-            args = [int(self._d_color), int(self._d_depth), *(int(t) for t in self._tables)]
+            silhouette = 0 if self._silhouette is None else int(self._silhouette)
+            args = [int(self._d_color), int(self._d_depth), *(int(t) for t in self._tables), silhouette]
             self._fn.prepared_async_call(grid, BLOCK, self.stream, *args, dst.rgb, dst.xyz, dst.mask, dst.color)
         return dst
 
@@ -204,5 +216,7 @@ class CudaRoiCropper:
             self.stream.synchronize()
             for a in [*self._owned, *self._tables, self._d_color, self._d_depth]:
                 a.free()
+            if self._silhouette is not None:
+                self._silhouette.free()
         self._ctx.detach()
         self._ctx = None

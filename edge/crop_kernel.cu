@@ -10,6 +10,8 @@
 //   roi_rays  H×W×3 float32 Rᵀ·ray: ROI-frame coordinates of a point are l = roi_ray·z + b
 //   ip        int32 parameters  (see the IP_* indices below)
 //   fp        float32 parameters (see the FP_* indices below)
+//   silhouette N×N uint8: 1 where the output pixel lies inside the ROI's projected silhouette (edge.crop.roi_silhouette
+//             sampled at the nearest pixels); a pixel without depth there is foreground. Null: only depth decides.
 // Outputs (device pointers, N = output size, batch 1):
 //   out_rgb   3×N×N float32 (value·scale + offset per channel)    out_xyz 3×N×N float32 metres
 //   out_mask  1×N×N float32 (1 inside, else 0: the engine's `mask` input)  out_color N×N×3 uint8, optional (null: skipped)
@@ -62,7 +64,7 @@ __device__ __forceinline__ bool inside_roi(const float* a, float z, const float*
 extern "C" __global__ void roi_crop(const unsigned char* __restrict__ color, const unsigned short* __restrict__ depth,
                                     const float* __restrict__ rays, const float* __restrict__ roi_rays,
                                     const int* __restrict__ ip, const float* __restrict__ fp,
-                                    float* __restrict__ out_rgb, float* __restrict__ out_xyz,
+                                    const unsigned char* __restrict__ silhouette, float* __restrict__ out_rgb, float* __restrict__ out_xyz,
                                     float* __restrict__ out_mask, unsigned char* __restrict__ out_color) {
     const int n = ip[IP_SIZE];
     const int j = blockIdx.x * blockDim.x + threadIdx.x;  // output column
@@ -83,6 +85,7 @@ extern "C" __global__ void roi_crop(const unsigned char* __restrict__ color, con
         y = __fmul_rn(rays[2 * p + 1], z);
         m = z > 0.0f && inside_roi(roi_rays + 3 * p, z, fp, ip[IP_BOX] != 0);
     }
+    if (!m && z == 0.0f && silhouette != nullptr) m = silhouette[o] != 0;
     const bool background = ip[IP_FOREGROUND] != 0 && !m;
     if (background) x = y = z = 0.0f;
     out_xyz[o] = x;

@@ -15,7 +15,7 @@ from calibration.roi import BoxShape, CameraBinding, CylinderShape, RoiError, Ro
 from drivers.playback import PlaybackSource, PlaybackSourceConfig
 from edge.core.frame import Extrinsics, Frame, Intrinsics, StreamSpec
 from edge.core.geometry import ray_table, xyz_from_depth
-from edge.crop import CropError, CropSpec, DepthNotRegisteredError, RoiCropper
+from edge.crop import CropError, CropSpec, DepthNotRegisteredError, RoiCropper, roi_silhouette
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 BAG = SHARED / "fixtures" / "realsense" / "single_depth_color_640x480.bag"
@@ -48,8 +48,17 @@ def make_frame(spec: StreamSpec, seed: int = 0) -> Frame:
     return Frame(color, depth, spec, 1, 1, 0, 0)
 
 
-def reference_crop(frame: Frame, roi: RoiFile, crop: CropSpec, window: tuple[int, int, int]) -> dict[str, np.ndarray]:
-    """Per-pixel loops straight from the documented formula, with exact rational coordinates."""
+def reference_crop(
+    frame: Frame,
+    roi: RoiFile,
+    crop: CropSpec,
+    window: tuple[int, int, int],
+    silhouette: npt.NDArray[np.bool_],
+) -> dict[str, np.ndarray]:
+    """Per-pixel loops straight from the documented formula, with exact rational coordinates.
+
+    ``silhouette`` (H×W) decides pixels without depth when ``crop.keep_depthless`` is set.
+    """
     x0, y0, side = window
     spec, n = frame.spec, crop.size
     h, w = frame.depth.shape
@@ -70,6 +79,8 @@ def reference_crop(frame: Frame, roi: RoiFile, crop: CropSpec, window: tuple[int
             if 0 <= u < w and 0 <= v < h and frame.depth[v, u] > 0:
                 xyz[i, j] = xyz_full[v, u]
                 mask[i, j] = bool(roi.contains(xyz_full[v, u][None])[0])
+            elif 0 <= u < w and 0 <= v < h and crop.keep_depthless:
+                mask[i, j] = bool(silhouette[v, u])
             if crop.color_interpolation == "nearest":
                 color[i, j] = pixel(u, v)
                 continue
@@ -90,28 +101,38 @@ def reference_crop(frame: Frame, roi: RoiFile, crop: CropSpec, window: tuple[int
 
 
 @pytest.mark.parametrize(
-    ("kind", "mode", "interp", "size", "z"),
+    ("kind", "mode", "interp", "size", "z", "keep"),
     [
-        ("cylinder", "foreground", "bilinear", 32, 0.8),
-        ("cylinder", "full", "nearest", 40, 0.8),
-        ("box", "foreground", "nearest", 24, 0.8),
-        ("box", "full", "bilinear", 56, 0.8),
-        ("cylinder", "full", "bilinear", 36, 0.45),  # window taller than the image: padded rows
+        ("cylinder", "foreground", "bilinear", 32, 0.8, True),
+        ("cylinder", "foreground", "bilinear", 32, 0.8, False),
+        ("cylinder", "full", "nearest", 40, 0.8, True),
+        ("box", "foreground", "nearest", 24, 0.8, True),
+        ("box", "full", "bilinear", 56, 0.8, False),
+        ("cylinder", "full", "bilinear", 36, 0.45, True),  # window taller than the image: padded rows
     ],
 )
-def test_cpu_crop_matches_slow_reference(kind: str, mode: str, interp: str, size: int, z: float) -> None:
+def test_cpu_crop_matches_slow_reference(kind: str, mode: str, interp: str, size: int, z: float, keep: bool) -> None:
     spec = make_spec()
     roi = make_roi(spec, kind, center=(0.02, -0.01, z))
-    crop = CropSpec(mode=mode, size=size, color_interpolation=interp, background_rgb=(10, 200, 30))  # type: ignore[arg-type]
+    crop = CropSpec(
+        mode=mode,  # type: ignore[arg-type]
+        size=size,
+        color_interpolation=interp,  # type: ignore[arg-type]
+        background_rgb=(10, 200, 30),
+        keep_depthless=keep,
+    )
     cropper = RoiCropper(spec, roi, crop)
     frame = make_frame(spec)
     lay = cropper.layout
-    ref = reference_crop(frame, roi, crop, (lay.x0, lay.y0, lay.side))
+    silhouette = roi_silhouette(spec.color_intrinsics, roi, crop)
+    ref = reference_crop(frame, roi, crop, (lay.x0, lay.y0, lay.side), silhouette)
     out = cropper.crop(frame)
     assert 0 < ref["mask"].sum() < size * size, "the scene must put points both inside and outside the ROI"
     np.testing.assert_array_equal(out.mask, ref["mask"])
     np.testing.assert_allclose(out.xyz_hwc, ref["xyz"], atol=1e-5, rtol=0)
     np.testing.assert_array_equal(out.color, ref["color"])
+    holes_kept = out.mask & (out.xyz_hwc[..., 2] == 0)
+    assert holes_kept.any() == keep, "depthless pixels inside the silhouette are foreground exactly when asked"
     np.testing.assert_allclose(out.rgb, ref["rgb"], atol=1e-5, rtol=0)
 
 
@@ -253,9 +274,22 @@ def test_real_d435_bag_box_roi_keeps_exactly_the_points_inside() -> None:
         margin_m=0.0,
     )
     out = RoiCropper(frame.spec, roi, CropSpec(mode="full", size=256)).crop(frame)
-    pts, kept = out.xyz_hwc.reshape(-1, 3), out.mask.reshape(-1)
-    assert kept.sum() > 1000 and (~kept & (pts[:, 2] > 0)).sum() > 1000, "the box must split the scene"
+    pts, mask = out.xyz_hwc.reshape(-1, 3), out.mask.reshape(-1)
+    kept = mask & (pts[:, 2] > 0)  # kept pixels without depth are the silhouette's (keep_depthless): no point
+    assert kept.sum() > 1000 and (~mask & (pts[:, 2] > 0)).sum() > 1000, "the box must split the scene"
     loose = roi.model_copy(update={"margin_m": 1e-5})
     tight = roi.model_copy(update={"margin_m": 0.0, "shape": BoxShape(extents_m=(0.4 - 2e-5, 0.3 - 2e-5, 0.3 - 2e-5))})
     assert loose.contains(pts[kept]).all(), "a kept point lies outside the box"
-    assert not tight.contains(pts[~kept & (pts[:, 2] > 0)]).any(), "a dropped point lies inside the box"
+    assert not tight.contains(pts[~mask & (pts[:, 2] > 0)]).any(), "a dropped point lies inside the box"
+
+
+def test_silhouette_covers_the_projected_roi_and_nothing_far_from_it() -> None:
+    spec = make_spec(320, 240)
+    roi = make_roi(spec, "cylinder", center=(0.02, -0.01, 0.8))
+    crop = CropSpec()
+    sil = roi_silhouette(spec.color_intrinsics, roi, crop)
+    full = full_res_mask(make_frame(spec), roi)  # pixels whose deprojected point is inside the ROI
+    assert sil[full].all(), "every pixel with a point inside the ROI lies in its silhouette"
+    vs, us = np.nonzero(sil)
+    assert us.min() > 0 and vs.min() > 0 and us.max() < 319 and vs.max() < 239  # the ROI is inside the view
+    assert sil.sum() < 1.3 * (us.max() - us.min() + 1) * (vs.max() - vs.min() + 1)

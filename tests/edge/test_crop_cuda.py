@@ -14,7 +14,15 @@ import pytest
 from test_crop import make_frame, make_roi, make_spec
 
 from edge.crop import CropError, CropSpec, RoiCropper
-from edge.crop_cuda import BLOCK, KERNEL_SOURCE, CudaRoiCropper, DeviceOutputs, kernel_params, kernel_tables
+from edge.crop_cuda import (
+    BLOCK,
+    KERNEL_SOURCE,
+    CudaRoiCropper,
+    DeviceOutputs,
+    kernel_params,
+    kernel_silhouette,
+    kernel_tables,
+)
 
 
 def find_nvcc() -> str | None:
@@ -66,7 +74,8 @@ static inline float __fmul_rn(float a, float b) { return a * b; }
 static inline float __fadd_rn(float a, float b) { return a + b; }
 #include "KERNEL_PATH"
 extern "C" void run_grid(int bx, int by, const unsigned char* color, const unsigned short* depth,
-                         const float* rays, const float* roi_rays, const int* ip, const float* fp, float* out_rgb,
+                         const float* rays, const float* roi_rays, const int* ip, const float* fp,
+                         const unsigned char* silhouette, float* out_rgb,
                          float* out_xyz, float* out_mask, unsigned char* out_color) {
     blockDim = {bx, by, 1};
     const int n = ip[IP_SIZE];
@@ -74,7 +83,7 @@ extern "C" void run_grid(int bx, int by, const unsigned char* color, const unsig
         for (blockIdx.x = 0; blockIdx.x * bx < n; ++blockIdx.x)
             for (threadIdx.y = 0; threadIdx.y < by; ++threadIdx.y)
                 for (threadIdx.x = 0; threadIdx.x < bx; ++threadIdx.x)
-                    roi_crop(color, depth, rays, roi_rays, ip, fp, out_rgb, out_xyz, out_mask, out_color);
+                    roi_crop(color, depth, rays, roi_rays, ip, fp, silhouette, out_rgb, out_xyz, out_mask, out_color);
 }
 """
 
@@ -91,25 +100,32 @@ def host_kernel(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
     build = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert build.returncode == 0, build.stderr
     dll = ctypes.CDLL(str(lib))
-    dll.run_grid.argtypes = [ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 10
+    dll.run_grid.argtypes = [ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 11
     return dll
 
 
 @pytest.mark.parametrize(
-    ("kind", "mode", "interp", "z"),
+    ("kind", "mode", "interp", "z", "keep"),
     [
-        ("cylinder", "foreground", "bilinear", 0.8),
-        ("box", "full", "nearest", 0.8),
-        ("box", "foreground", "bilinear", 0.8),
-        ("cylinder", "full", "bilinear", 0.45),  # padded window
+        ("cylinder", "foreground", "bilinear", 0.8, True),
+        ("cylinder", "foreground", "nearest", 0.8, False),  # no silhouette table: a null pointer
+        ("box", "full", "nearest", 0.8, True),
+        ("box", "foreground", "bilinear", 0.8, True),
+        ("cylinder", "full", "bilinear", 0.45, True),  # padded window
     ],
 )
 def test_kernel_source_run_on_the_host_matches_cpu_exactly(
-    host_kernel: ctypes.CDLL, kind: str, mode: str, interp: str, z: float
+    host_kernel: ctypes.CDLL, kind: str, mode: str, interp: str, z: float, keep: bool
 ) -> None:
     spec = make_spec(640, 480)
     roi = make_roi(spec, kind, center=(0.02, -0.01, z))
-    crop = CropSpec(mode=mode, size=200, color_interpolation=interp, background_rgb=(10, 200, 30))  # type: ignore[arg-type]
+    crop = CropSpec(
+        mode=mode,  # type: ignore[arg-type]
+        size=200,
+        color_interpolation=interp,  # type: ignore[arg-type]
+        background_rgb=(10, 200, 30),
+        keep_depthless=keep,
+    )
     cpu = RoiCropper(spec, roi, crop)
     rays, roi_rays = kernel_tables(spec, roi)
     ip, fp = kernel_params(spec, roi, crop, cpu.layout)
@@ -117,8 +133,11 @@ def test_kernel_source_run_on_the_host_matches_cpu_exactly(
     rgb, xyz = np.full((1, 3, n, n), np.nan, np.float32), np.full((1, 3, n, n), np.nan, np.float32)
     mask, color = np.full((n, n), 7, np.float32), np.zeros((n, n, 3), np.uint8)
     frame = make_frame(spec, seed=11)
-    arrays = [frame.color, frame.depth, rays, roi_rays, ip, fp, rgb, xyz, mask, color]
-    host_kernel.run_grid(BLOCK[0], BLOCK[1], *(a.ctypes.data for a in arrays))
+    silhouette = kernel_silhouette(spec, roi, crop, cpu.layout)
+    pointers = [a.ctypes.data for a in (frame.color, frame.depth, rays, roi_rays, ip, fp)]
+    pointers += [None if silhouette is None else silhouette.ctypes.data]
+    pointers += [a.ctypes.data for a in (rgb, xyz, mask, color)]
+    host_kernel.run_grid(BLOCK[0], BLOCK[1], *pointers)
     ref = cpu.crop(frame)
     assert 0 < ref.mask.sum() < n * n
     np.testing.assert_array_equal(mask, ref.mask.astype(np.float32))
