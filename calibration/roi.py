@@ -17,9 +17,9 @@ from typing import Annotated, Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from edge.core.config import EdgeModel
+from edge.core.config import EdgeModel, load_versioned_yaml
 from edge.core.errors import EdgeError
 from edge.core.frame import Extrinsics, Intrinsics, StreamSpec
 
@@ -186,23 +186,12 @@ def save_roi(roi: RoiFile, path: Path) -> None:
 
 def load_roi(path: Path) -> RoiFile:
     """Read and validate ``roi.yaml``; every failure names the file and the bad key."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise RoiError(f"ROI file {path} not found", "run edge-calibrate to create it") from None
-    except yaml.YAMLError as e:
-        raise RoiError(f"ROI file {path} is not valid YAML: {e}", "fix the syntax or recalibrate") from None
-    if not isinstance(data, dict):
-        raise RoiError(f"ROI file {path} is empty or not a mapping", "recalibrate with edge-calibrate")
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise RoiError(
-            f"ROI file {path} has schema_version {data.get('schema_version')!r}, this build reads {SCHEMA_VERSION}",
-            "recalibrate with this version of edge-calibrate",
-        )
-    try:
-        return RoiFile.model_validate(data)
-    except ValidationError as e:
-        details = "; ".join(
-            f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']} (got {err.get('input')!r})" for err in e.errors()
-        )
-        raise RoiError(f"ROI file {path} is invalid: {details}", "fix the named key or recalibrate") from None
+    return load_versioned_yaml(
+        Path(path),
+        RoiFile,
+        what="ROI file",
+        version=SCHEMA_VERSION,
+        error=RoiError,
+        create="run edge-calibrate to create it",
+        recreate="recalibrate with edge-calibrate",
+    )

@@ -26,9 +26,9 @@ from typing import Final, Literal
 
 import numpy as np
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from edge.core.config import EdgeModel
+from edge.core.config import EdgeModel, load_versioned_yaml
 from edge.core.errors import EdgeError
 
 SCHEMA_VERSION: Final = 1
@@ -216,26 +216,12 @@ def save_scoring(scoring: ScoringFile, path: Path) -> None:
 
 def load_scoring(path: Path) -> ScoringFile:
     """Read and validate ``scoring.yaml``; every failure names the file and the bad key."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ScoringError(
-            f"scoring file {path} not found", "edge-train writes scoring.yaml beside the model"
-        ) from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ScoringError(f"scoring file {path} cannot be read: {err}", "fix the syntax or refit it") from None
-    if not isinstance(data, dict):
-        raise ScoringError(f"scoring file {path} is empty or not a mapping", "refit it with edge-train")
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise ScoringError(
-            f"scoring file {path} has schema_version {data.get('schema_version')!r}, this build reads {SCHEMA_VERSION}",
-            "refit it with this version of edge-train",
-        )
-    try:
-        return ScoringFile.model_validate(data)
-    except ValidationError as e:
-        details = "; ".join(
-            f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']} (got {err.get('input')!r})" for err in e.errors()
-        )
-        raise ScoringError(f"scoring file {path} is invalid: {details}", "fix the named key or refit it") from None
+    return load_versioned_yaml(
+        Path(path),
+        ScoringFile,
+        what="scoring file",
+        version=SCHEMA_VERSION,
+        error=ScoringError,
+        create="edge-train writes scoring.yaml beside the model",
+        recreate="refit it with edge-train",
+    )
