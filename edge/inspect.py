@@ -68,14 +68,24 @@ class Inspector:
         n = self.card.input_size
         self._mask = np.zeros((1, 1, n, n), dtype=np.float32)
 
-    def inspect(self, frame: Frame) -> Inspection:
+    def prepare(self, frame: Frame) -> float:
+        """Crop ``frame`` into this model's input buffers; returns the crop time in ms.
+
+        The frame's arrays may be ring-slot views: after ``prepare`` the slot is no longer needed, so a slow
+        engine never holds it (under backlog the ring's writer would tear it).
+        """
         t0 = time.perf_counter_ns()
         out = self.cropper.crop(frame)
         np.copyto(self._mask[0, 0], out.mask)
+        return (time.perf_counter_ns() - t0) / 1e6
+
+    def infer_prepared(self, crop_ms: float) -> Inspection:
+        """Run the engine on the prepared inputs and score the result."""
+        out = self.cropper.out
         feed = {"rgb": out.rgb, "xyz": out.xyz, "mask": self._mask}
         t1 = time.perf_counter_ns()
         result = self.runner.infer({k: feed[k] for k in self.card.inputs})
-        t2 = time.perf_counter_ns()
+        infer_ms = (time.perf_counter_ns() - t1) / 1e6
         raw = float(result["image_score"].reshape(-1)[0])
         z, verdict = self.scorer.score(raw)
         return Inspection(
@@ -83,11 +93,15 @@ class Inspector:
             score=z,
             verdict=verdict,
             roi_fill=float(out.mask.mean()),
-            crop_ms=(t1 - t0) / 1e6,
-            infer_ms=(t2 - t1) / 1e6,
+            crop_ms=crop_ms,
+            infer_ms=infer_ms,
             anomaly_map=result["anomaly_map"][0, 0],
             crop=out,
         )
+
+    def inspect(self, frame: Frame) -> Inspection:
+        """Crop, infer and score one frame."""
+        return self.infer_prepared(self.prepare(frame))
 
     def close(self) -> None:
         self.runner.deactivate()

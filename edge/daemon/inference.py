@@ -6,8 +6,10 @@ import logging
 import os
 import queue
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import numpy as np
 
 from calibration.roi import RoiFile, load_roi
 from edge.core.errors import EdgeError
@@ -98,6 +100,23 @@ class PartGate:
         return "waiting"
 
 
+@dataclass(slots=True)
+class _Claimed:
+    """What was taken from a ring slot before releasing it: the frame's metadata, gating, crop times."""
+
+    frame: Frame  # metadata only after the slot is released: its arrays must not be read any more
+    gap: int
+    fill: float
+    decision: Literal["score", "gated", "waiting"]
+    publish_ns: int
+    stages: dict[str, float]
+    crop_ms: list[float] = field(default_factory=list)
+
+    @property
+    def sequence(self) -> int:
+        return self.frame.sequence
+
+
 class InferenceLoop:
     """State of one inference process: models, gate, sequence tracking, evidence sampling."""
 
@@ -108,6 +127,8 @@ class InferenceLoop:
         self.next_sequence = -1
         self.ok_seen = 0
         self.budget_ms = config.latency_budget_ms
+        self._color = np.empty(frame_spec.color_shape, dtype=np.uint8)  # the last scored frame, for evidence
+        self._depth = np.empty(frame_spec.depth_shape, dtype=np.uint16)
 
     def reload(self) -> None:
         """SIGHUP: reload ROI and scoring files; a bad file keeps the running models and is logged."""
@@ -131,68 +152,85 @@ class InferenceLoop:
         return gap
 
     def step(self, timeout_s: float) -> None:
-        """Read one frame and send its record or event; RingTimeoutError/RingClosedError propagate."""
+        """Read one frame and send its record or event; RingTimeoutError/RingClosedError propagate.
+
+        Only the crop reads the ring slot (zero-copy); the engines then run on the crops' own buffers, so a
+        slow model never holds the slot and a backlog drops whole frames instead of tearing half-read ones.
+        """
         t_wait = time.perf_counter_ns()
-        out: tuple[str, Any, Any] | None = None
+        claimed: _Claimed | None = None
         try:
             with self.reader.read(timeout_s) as frame:
                 t_claim = time.perf_counter_ns()
-                out = self._process(frame, (t_claim - t_wait) / 1e6, t_claim)
+                claimed = self._claim(frame, (t_claim - t_wait) / 1e6, t_claim)
         except TornReadError as err:
             log.warning("event=torn_read error=%r", str(err))
-            if out is None:  # torn before processing finished: _process raised, nothing to replace
+            if claimed is None:  # torn before the crop finished: _claim raised, nothing to replace
                 raise
-            out = ("frame", FrameEvent(out[1].sequence, "torn", out[1].gap_before, 0.0, 0.0), None)
-        if out is not None:
-            self.results.put(out)
+            self.results.put(("frame", FrameEvent(claimed.sequence, "torn", claimed.gap, 0.0, 0.0), None))
+            return
+        self.results.put(self._finish(claimed))
 
-    def _process(self, frame: Frame, wait_ms: float, t_claim: int) -> tuple[str, Any, Any]:
+    def _claim(self, frame: Frame, wait_ms: float, t_claim: int) -> _Claimed:
+        """Everything that needs the slot: gap, gating, every model's crop, and pixels kept for evidence."""
         publish_ns = self.reader.last_publish_ns
         gap = self._gap(frame.sequence)
-        first = next(iter(self.models.inspectors.values()))
-        t0 = time.perf_counter_ns()
-        fill = float(first.cropper.crop(frame).mask.mean())
-        gate_ms = (time.perf_counter_ns() - t0) / 1e6
+        inspectors = list(self.models.inspectors.values())
+        gate_ms = inspectors[0].prepare(frame)
+        fill = float(inspectors[0].cropper.out.mask.mean())
         decision = self.gate.decide(fill)
+        claimed = _Claimed(frame, gap, fill, decision, publish_ns, {"ring_wait": wait_ms, "age": 0.0})
+        claimed.stages["age"] = (t_claim - publish_ns) / 1e6
         if decision != "score":
-            total = (time.perf_counter_ns() - publish_ns) / 1e6
-            return "frame", FrameEvent(frame.sequence, decision, gap, fill, total), None
-        stages = {"ring_wait": wait_ms, "age": (t_claim - publish_ns) / 1e6, "gate": gate_ms}
-        scores, inspections, error = self._inspect_all(frame, stages)
+            return claimed
+        claimed.stages["gate"] = gate_ms
+        claimed.crop_ms = [gate_ms] + [ins.prepare(frame) for ins in inspectors[1:]]
+        np.copyto(self._color, frame.color)  # NG evidence needs the pixels after the slot is released
+        np.copyto(self._depth, frame.depth)
+        return claimed
+
+    def _finish(self, c: _Claimed) -> tuple[str, Any, Any]:
+        frame = c.frame
+        if c.decision != "score":
+            total = (time.perf_counter_ns() - c.publish_ns) / 1e6
+            return "frame", FrameEvent(c.sequence, c.decision, c.gap, c.fill, total), None
+        scores, inspections, error = self._infer_all(c.crop_ms, c.stages)
         verdict: Literal["OK", "NG", "ERROR"] = (
             "ERROR" if error else ("NG" if any(s.verdict == "NG" for s in scores) else "OK")
         )
-        stages["total"] = (time.perf_counter_ns() - publish_ns) / 1e6
+        c.stages["total"] = (time.perf_counter_ns() - c.publish_ns) / 1e6
         record = VerdictRecord(
-            sequence=frame.sequence, frame_number=frame.color_frame_number, device_ts_ns=frame.device_ts_ns,
+            sequence=c.sequence, frame_number=frame.color_frame_number, device_ts_ns=frame.device_ts_ns,
             host_ts_ns=frame.host_ts_ns, kind="part" if self.config.gating.mode == "per_part" else "frame",
-            part_id=self.gate.part_id, verdict=verdict, late=stages["total"] > self.budget_ms, roi_fill=fill,
-            scores=tuple(scores), stage_ms=stages, roi_version=self.models.roi.version,
+            part_id=self.gate.part_id, verdict=verdict, late=c.stages["total"] > self.budget_ms, roi_fill=c.fill,
+            scores=tuple(scores), stage_ms=c.stages, roi_version=self.models.roi.version,
             model_versions=self.models.model_versions, scoring_versions=self.models.scoring_versions,
-            gap_before=gap, error=error,
+            gap_before=c.gap, error=error,
         )  # fmt: skip
-        return "record", record, self._evidence(frame, record, inspections)
+        return "record", record, self._evidence(record, inspections)
 
-    def _inspect_all(self, frame: Frame, stages: dict[str, float]) -> tuple[list[ModelScore], list[Inspection], str]:
+    def _infer_all(
+        self, crop_ms: list[float], stages: dict[str, float]
+    ) -> tuple[list[ModelScore], list[Inspection], str]:
         scores: list[ModelScore] = []
         inspections: list[Inspection] = []
         score_ms = 0.0
-        for name, inspector in self.models.inspectors.items():
+        for (name, inspector), c_ms in zip(self.models.inspectors.items(), crop_ms, strict=True):
             t0 = time.perf_counter_ns()
             try:
-                ins = inspector.inspect(frame)
+                ins = inspector.infer_prepared(c_ms)
             except Exception as err:  # a failing model must yield an ERROR verdict, not stop the line
                 log.error("event=inspect_failed model=%s error=%r", name, str(err))
                 return scores, inspections, f"{name}: {err}"
             spent = (time.perf_counter_ns() - t0) / 1e6
             stages[f"crop:{name}"], stages[f"infer:{name}"] = ins.crop_ms, ins.infer_ms
-            score_ms += max(0.0, spent - ins.crop_ms - ins.infer_ms)
+            score_ms += max(0.0, spent - ins.infer_ms)
             scores.append(ModelScore(name, ins.raw_score, ins.score, ins.verdict, ins.infer_ms))
             inspections.append(ins)
         stages["score"] = score_ms
         return scores, inspections, ""
 
-    def _evidence(self, frame: Frame, record: VerdictRecord, inspections: list[Inspection]) -> Evidence | None:
+    def _evidence(self, record: VerdictRecord, inspections: list[Inspection]) -> Evidence | None:
         """Pixels for NG records, and every ``sample_ok_every``-th OK one; nothing for the rest (queue traffic)."""
         if record.verdict == "OK":
             self.ok_seen += 1
@@ -208,8 +246,8 @@ class InferenceLoop:
         vmax = norm.mean + scorer.scoring.threshold.value * norm.std  # the raw score at the NG threshold
         overlay = render_overlay(ins.crop.color, ins.anomaly_map, vmax)
         return Evidence(
-            color=frame.color.copy(),
-            depth=frame.depth.copy(),
+            color=self._color.copy(),
+            depth=self._depth.copy(),
             overlay=overlay,
             extra={"model": record.scores[worst].model},
         )

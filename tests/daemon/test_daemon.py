@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from drivers.synthetic import SyntheticSourceConfig, plan
 from edge.daemon.store import read_summary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -229,3 +231,60 @@ def test_full_evidence_disk_keeps_verdicts_flowing(make_config: Callable[..., Pa
     c = _check_db(_db(config))["counters"]
     assert _accounted(c) == LINE_FRAMES
     assert c["scored"] > 0 and c["evidence_saved"] == 0 and c["evidence_skipped"] == c["scored"]
+
+
+def test_per_part_scores_each_drum_once_on_its_nth_frame(make_config: Callable[..., Path]) -> None:
+    """per_part, stable_frames 3 on 4-frame parts with 1-frame gaps: one 'part' row per drum, on its 3rd frame."""
+    stable = 3
+    source = {"type": "synthetic", "seed": 0, "width": 320, "height": 240, "frames_per_part": 4, "gap_frames": 1,
+              "n_frames": 20, "defect_rate": 0.5}  # fmt: skip
+    config = make_config(source=source, gating={"min_roi_fill": 0.2, "mode": "per_part", "stable_frames": stable})
+    with daemon(config) as d:
+        assert d.finish() == 0, "\n".join(d.lines[-30:])
+    truth = SyntheticSourceConfig.model_validate(source)
+    plans = [plan(truth, i) for i in range(20)]
+    parts = sorted({p.part for p in plans if p.drum is not None})
+    expected = [min(i for i, p in enumerate(plans) if p.part == part) + stable - 1 for part in parts]
+    c = _check_db(_db(config))["counters"]
+    with sqlite3.connect(_db(config)) as conn:
+        rows = conn.execute("SELECT sequence, kind, part_id FROM verdicts ORDER BY sequence").fetchall()
+    assert [r[0] for r in rows] == expected, "each part is scored on its stable_frames-th frame, once"
+    assert {r[1] for r in rows} == {"part"}
+    assert len({r[2] for r in rows}) == len(parts), "a distinct part_id per drum"
+    assert _accounted(c) == 20, c
+    assert c["dropped"] == 0 and c["scored"] == len(parts)
+    assert c["gated"] == sum(p.drum is None for p in plans)
+    assert c["waiting"] == 20 - c["gated"] - c["scored"]
+
+
+def test_latest_ring_under_backlog_drops_oldest_and_records_gaps(make_config: Callable[..., Path]) -> None:
+    """A 120 fps live-paced source, a 2-slot latest ring, two models: the backlog's losses are counted exactly.
+
+    The code's relation: ring ``dropped`` (overwritten before claim) is the sum of gap_before over every frame the
+    inference read, recorded or not; a torn read is counted once more. With nothing gated, every frame missing from
+    the database is one of those, so the sequence gaps between verdict rows add up to the ``dropped`` counter.
+    """
+    frames = 60
+    source = {"type": "synthetic", "seed": 0, "width": 320, "height": 240, "frames_per_part": 1, "gap_frames": 0,
+              "n_frames": frames, "fps": 120, "realtime": True}  # fmt: skip
+    model = yaml.safe_load(make_config().read_text(encoding="utf-8"))["models"][0]
+    models = [{**model, "name": f"ast-{i}"} for i in range(2)]  # twice the work per frame: a sure backlog
+    config = make_config(source=source, models=models, ring={"slots": 2, "policy": "latest"},
+                         gating={"min_roi_fill": 0.0, "mode": "per_frame"})  # fmt: skip
+    with daemon(config) as d:
+        assert d.finish() == 0, "\n".join(d.lines[-30:])
+    final = d.wait_for(r"event=ring_final written=(\d+) delivered=(\d+) dropped=(\d+) torn=(\d+)")
+    written, delivered, ring_dropped, ring_torn = map(int, final.groups())
+    c = _check_db(_db(config))["counters"]
+    with sqlite3.connect(_db(config)) as conn:
+        rows = conn.execute("SELECT sequence, gap_before FROM verdicts ORDER BY sequence").fetchall()
+    assert c["dropped"] > 0, c
+    assert _accounted(c) == frames == written, c
+    assert c["gated"] == c["waiting"] == 0 and c["scored"] == delivered == len(rows)
+    assert c["torn"] == ring_torn and c["dropped"] == ring_dropped + ring_torn, (final.groups(), c)
+    assert rows[-1][0] == frames - 1, "the newest frame is never overwritten: the last one is always scored"
+    seqs = [seq for seq, _ in rows]
+    missing = [seq - prev - 1 for prev, seq in zip([-1, *seqs[:-1]], seqs, strict=True)]
+    assert sum(missing) == c["dropped"], "every frame absent from the database is counted dropped"
+    assert all(gap <= miss for (_, gap), miss in zip(rows, missing, strict=True)), "gap_before never overstates"
+    assert sum(gap for _, gap in rows) <= ring_dropped, "a torn frame's gap_before is counted but not recorded"
