@@ -258,18 +258,16 @@ def test_per_part_scores_each_drum_once_on_its_nth_frame(make_config: Callable[.
 
 
 def test_latest_ring_under_backlog_drops_oldest_and_records_gaps(make_config: Callable[..., Path]) -> None:
-    """A 120 fps live-paced source, a 2-slot latest ring, two models: the backlog's losses are counted exactly.
+    """The recording read as fast as the file allows into a 2-slot latest ring, two models: a sure backlog (the
+    reader is far faster than inference on any machine), whose losses are counted exactly.
 
     The code's relation: ring ``dropped`` (overwritten before claim) is the sum of gap_before over every frame the
     inference read, recorded or not; a torn read is counted once more. With nothing gated, every frame missing from
     the database is one of those, so the sequence gaps between verdict rows add up to the ``dropped`` counter.
     """
-    frames = 60
-    source = {"type": "synthetic", "seed": 0, "width": 320, "height": 240, "frames_per_part": 1, "gap_frames": 0,
-              "n_frames": frames, "fps": 120, "realtime": True}  # fmt: skip
     model = yaml.safe_load(make_config().read_text(encoding="utf-8"))["models"][0]
-    models = [{**model, "name": f"ast-{i}"} for i in range(2)]  # twice the work per frame: a sure backlog
-    config = make_config(source=source, models=models, ring={"slots": 2, "policy": "latest"},
+    models = [{**model, "name": f"ast-{i}"} for i in range(2)]  # twice the work per frame
+    config = make_config(models=models, ring={"slots": 2, "policy": "latest"},
                          gating={"min_roi_fill": 0.0, "mode": "per_frame"})  # fmt: skip
     with daemon(config) as d:
         assert d.finish() == 0, "\n".join(d.lines[-30:])
@@ -278,8 +276,9 @@ def test_latest_ring_under_backlog_drops_oldest_and_records_gaps(make_config: Ca
     c = _check_db(_db(config))["counters"]
     with sqlite3.connect(_db(config)) as conn:
         rows = conn.execute("SELECT sequence, gap_before FROM verdicts ORDER BY sequence").fetchall()
-    assert c["dropped"] > 0, c
-    assert _accounted(c) == frames == written, c
+    frames = written
+    assert c["dropped"] > 0 and frames >= 20, (c, written)
+    assert _accounted(c) == frames, c
     assert c["gated"] == c["waiting"] == 0 and c["scored"] == delivered == len(rows)
     assert c["torn"] == ring_torn and c["dropped"] == ring_dropped + ring_torn, (final.groups(), c)
     assert rows[-1][0] == frames - 1, "the newest frame is never overwritten: the last one is always scored"
