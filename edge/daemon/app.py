@@ -77,8 +77,7 @@ class ResumingSource(FrameSource):
 
     def read(self, timeout_s: float, out: FrameBuffers | None = None) -> Frame:
         frame = self.inner.read(timeout_s, out=out)
-        with self.progress.get_lock():
-            self.progress.value += 1
+        self.progress.value += 1  # lock-free: one capture process at a time writes it
         return replace(frame, sequence=frame.sequence + self.offset) if self.offset else frame
 
     def close(self) -> None:
@@ -206,8 +205,11 @@ class EdgeApp:
 
     def _open_evidence(self) -> EvidenceStore | None:
         s = self.config.storage
+        # The inference process already samples OK frames (it sends pixels for every Nth OK only), so the store
+        # keeps every OK record that arrives with evidence (1), or none when sampling is off (0).
+        keep_ok = min(s.sample_ok_every, 1)
         try:
-            return EvidenceStore(self.data_dir / "evidence", int(s.evidence_quota_mb * 1e6), min(s.sample_ok_every, 1))
+            return EvidenceStore(self.data_dir / "evidence", int(s.evidence_quota_mb * 1e6), keep_ok)
         except EvidenceError as err:  # verdicts never depend on evidence: run on, with the alarm raised
             log.error("event=evidence_unavailable error=%r", str(err))
             self.metrics.evidence_alarm.set(1)
@@ -217,8 +219,10 @@ class EdgeApp:
         ctx = mp.get_context("spawn")
         self.results: Any = ctx.Queue()
         self.control: Any = ctx.Queue()
-        self.capture_stop = ctx.Event()
-        progress = ctx.Value("q", 0)
+        self.capture_stop = ctx.Value("b", 0, lock=False)
+        # Lock-free shared values: a capture child SIGKILLed while holding a lock (an mp.Value's or an mp.Event's)
+        # would leave it held forever and hang the restarted child. One writer each: capture / the supervisor.
+        progress = ctx.Value("q", 0, lock=False)
         source_json = self.config.source.model_dump(mode="json")
         config_json = self.config.model_dump(mode="json")
         me = os.getpid()
@@ -267,7 +271,7 @@ class EdgeApp:
     def _shutdown(self, ring: FrameRing) -> None:
         """Stop capture, close the stream, let inference drain the ring, write every record, close the sinks."""
         self.notifier.notify("STOPPING=1")
-        self.capture_stop.set()
+        self.capture_stop.value = 1
         self.capture.stop(10.0)
         ring.writer().close_stream()
         deadline = time.monotonic() + self.config.supervision.drain_timeout_s

@@ -78,14 +78,18 @@ def child_init() -> None:
 
 
 class ParentWatch:
-    """A stop flag that is also set when the parent died (a SIGKILLed supervisor must not leave orphans)."""
+    """A stop flag that is also set when the parent died (a SIGKILLed supervisor must not leave orphans).
 
-    def __init__(self, event: Any, parent_pid: int) -> None:
-        self.event = event
+    ``flag`` is a lock-free shared value (``ctx.Value(..., lock=False)``): an ``mp.Event`` takes a shared lock
+    on every ``is_set()``, and a child killed inside it would leave that lock held for the next child.
+    """
+
+    def __init__(self, flag: Any, parent_pid: int) -> None:
+        self.flag = flag
         self.parent_pid = parent_pid
 
     def is_set(self) -> bool:
-        return bool(self.event.is_set()) or os.getppid() != self.parent_pid
+        return bool(self.flag.value) or os.getppid() != self.parent_pid
 
 
 class MonitoredProcess:
