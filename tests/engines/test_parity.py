@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,8 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from engines.contract import INPUT_NAMES, OUTPUT_NAMES
+from engines.contract import INPUT_NAMES, OUTPUT_NAMES, ModelCard
+from engines.export import onnx_from_model
 from engines.parity import ParityBudget, compare_runners, feeds_from_npz, random_feeds, verdict_function
 from engines.runtime import EngineError, OrtRunner
 from engines.runtime.torch_ref import TorchRunner
@@ -24,6 +24,7 @@ from tools.parity import main
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 16
+TINY_CARD = ModelCard("tiny", "test", SIZE, INPUT_NAMES, "foreground", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 FACTORY = """
 import torch
 
@@ -60,18 +61,7 @@ def models(factory_module: Path) -> tuple[torch.nn.Module, Path, Path]:
         sys.path.remove(str(factory_module))
     net = tiny_factory.build().eval()
     path = factory_module / "tiny.onnx"
-    args = tuple(torch.zeros(1, c, SIZE, SIZE) for c in (3, 3, 1))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
-        torch.onnx.export(
-            net,
-            args,
-            str(path),
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
-            opset_version=17,
-            dynamo=False,
-        )
+    onnx_from_model(net, TINY_CARD, path)  # the project's exporter, as every model is exported
     model = onnx.load(str(path))
     bias = next(t for t in model.graph.initializer if t.name.endswith("bias"))
     bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + np.float32(0.5), bias.name))

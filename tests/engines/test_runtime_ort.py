@@ -3,7 +3,6 @@ buffers, rejects bad feeds and missing execution providers with clear errors."""
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from engines.contract import INPUT_NAMES, OUTPUT_NAMES
+from engines.contract import INPUT_NAMES, OUTPUT_NAMES, ModelCard
+from engines.export import onnx_from_model
 from engines.runtime import EngineError, FeedError, OrtRunner, OrtRunnerConfig
 from engines.runtime.ort import resolve_providers
 from engines.runtime.torch_ref import TorchRunner
@@ -31,20 +31,12 @@ class TinyNet(torch.nn.Module):
         return m, m.flatten(1).amax(1)
 
 
+TINY_CARD = ModelCard("tiny", "test", SIZE, INPUT_NAMES, "foreground", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
 def export(module: torch.nn.Module, path: Path) -> Path:
-    args = tuple(torch.zeros(1, c, SIZE, SIZE) for c in (3, 3, 1))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
-        torch.onnx.export(
-            module,
-            args,
-            str(path),
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
-            opset_version=17,
-            dynamo=False,
-        )
-    return path
+    """The project's exporter (fixed shapes, opset 17, contract names), as every model is exported."""
+    return onnx_from_model(module, TINY_CARD, path)
 
 
 @pytest.fixture(scope="module")
