@@ -22,7 +22,9 @@ after resizing; a kept pixel at the ROI's edge may blend in up to one source pix
 depth; both modes share the window, so their outputs are pixel-aligned.
 
 Only the N×N sampled pixels are deprojected and tested against the ROI (never the full frame): with nearest
-sampling that is the same answer as testing at full resolution and resizing, at a fraction of the work.
+sampling that is the same answer as testing at full resolution and resizing, at a fraction of the work. The test is
+the kernel's float32 inequality; at start-up it is solved once per sample pixel for every raw depth value
+(``depth_runs``), so per frame it is two integer comparisons giving the very same answers.
 """
 
 from __future__ import annotations
@@ -233,6 +235,25 @@ def sample_nearest(image: npt.NDArray[np.bool_], layout: CropLayout) -> npt.NDAr
     return values & inside
 
 
+def nearest_window(layout: CropLayout) -> tuple[slice, slice] | None:
+    """Rows and columns of the window when ``cv2.resize(INTER_NEAREST_EXACT)`` of it picks exactly ``nearest()``.
+
+    That resize is the cheapest nearest gather (it reads the window, not a 65 536-entry index table). It needs
+    the window inside the image, and its 16.16 fixed-point stepping is checked once against the exact integer
+    rule: it is off by a pixel for some sizes (mostly when upscaling). None: use the indexed gather.
+    """
+    x0, y0, side, n = layout.x0, layout.y0, layout.side, layout.size
+    if x0 < 0 or y0 < 0 or x0 + side > layout.width or y0 + side > layout.height:
+        return None
+    ramp = np.tile(np.arange(side, dtype=np.uint16), (side, 1))  # ramp[r, c] = c: a pixel's value is its column
+    columns = cv2.resize(ramp, (n, n), interpolation=cv2.INTER_NEAREST_EXACT)[0]
+    rows = cv2.resize(np.ascontiguousarray(ramp.T), (n, n), interpolation=cv2.INTER_NEAREST_EXACT)[:, 0]
+    expected = nearest_indices(0, side, n)
+    if not (np.array_equal(columns, expected) and np.array_equal(rows, expected)):
+        return None
+    return slice(y0, y0 + side), slice(x0, x0 + side)
+
+
 def check_registered(spec: StreamSpec) -> None:
     """Refuse depth that is not pixel-registered to colour: the crop reads both at the same (u, v)."""
     if not spec.depth_aligned_to_color:
@@ -284,6 +305,146 @@ class RoiTest:
         return cls(b, "box", (np.asarray(roi.shape.extents_m) / 2 + m).astype(np.float32))
 
 
+DEPTH_CODES = 1 << 16  # raw depth is uint16
+RUN_CHECK_BUDGET = 1 << 26  # most inequality evaluations depth_runs may spend at start-up (about 1 s)
+
+
+def roi_inequality(coords: F32, test: RoiTest, out: npt.NDArray[np.bool_], scratch: npt.NDArray[np.bool_]) -> None:
+    """The ROI inequality on ROI-frame coordinates ``coords`` (3×P, overwritten) into ``out``, as the kernel does."""
+    lim = test.limits
+    if test.kind == "cylinder":
+        np.multiply(coords[:2], coords[:2], out=coords[:2])
+        np.add(coords[0], coords[1], out=coords[0])
+        np.less_equal(coords[0], lim[0], out=out)
+        np.abs(coords[2], out=coords[2])
+        np.less_equal(coords[2], lim[1], out=scratch)
+        out &= scratch
+        return
+    np.abs(coords, out=coords)
+    np.less_equal(coords[0], lim[0], out=out)
+    for k in (1, 2):
+        np.less_equal(coords[k], lim[k], out=scratch)
+        out &= scratch
+
+
+def _single_bound(test: RoiTest, k: int, c: F32) -> npt.NDArray[np.bool_]:
+    """The bound on coordinate k alone that the inequality implies: ``|l_k| ≤ limit``, or ``l_k² ≤ r²`` (cylinder)."""
+    lim = test.limits
+    if test.kind == "cylinder" and k < 2:
+        inside: npt.NDArray[np.bool_] = np.multiply(c, c) <= lim[0]
+    else:
+        inside = np.abs(c) <= lim[1 if test.kind == "cylinder" else k]
+    return inside
+
+
+def _run_edge(a_k: F32, test: RoiTest, k: int, zs: F32, *, end: bool) -> I64:
+    """Per pixel, the first d ≥ 1 of coordinate k's run (``end``: the first d after it; 65536 if none), by bisection.
+
+    ``u = ±l_k`` rises with d. "u ≥ 0 or bound" is False then True along d (below zero |u| falls, so once the
+    bound holds it keeps holding); "u ≤ 0 or bound" is True then False, and its negation marks the run's end.
+    """
+    sign = np.where(a_k >= 0, np.float32(1), np.float32(-1))
+    lo, hi = np.ones(len(a_k), dtype=np.int64), np.full(len(a_k), DEPTH_CODES, dtype=np.int64)
+    while (open_ := lo < hi).any():
+        mid = (lo + hi) // 2
+        u = sign * np.add(np.multiply(a_k, zs[np.minimum(mid, DEPTH_CODES - 1)]), test.offset[k])
+        inside = _single_bound(test, k, u)
+        ok = ~((u <= 0) | inside) if end else (u >= 0) | inside
+        hi = np.where(open_ & ok, mid, hi)
+        lo = np.where(open_ & ~ok, mid + 1, lo)
+    return lo
+
+
+def _coordinate_runs(a: F32, test: RoiTest, zs: F32) -> tuple[I64, I64]:
+    """Per pixel, the run of d ≥ 1 where all three single-coordinate bounds hold (empty: lo > hi)."""
+    lo, hi = np.ones(a.shape[1], dtype=np.int64), np.full(a.shape[1], DEPTH_CODES - 1, dtype=np.int64)
+    for k in range(3):
+        lo = np.maximum(lo, _run_edge(a[k], test, k, zs, end=False))
+        hi = np.minimum(hi, _run_edge(a[k], test, k, zs, end=True) - 1)
+    return lo, hi
+
+
+def _passing_span(a: F32, test: RoiTest, zs: F32, lo: I64, hi: I64) -> tuple[I64, I64, I64]:
+    """First and last passing d and the number passing, per pixel, evaluating every d of [lo, hi].
+
+    Offset by offset along the runs, longest runs first, so the pixels still running are always a prefix.
+    """
+    lengths = np.maximum(hi - lo + 1, 0)
+    order = np.argsort(-lengths, kind="stable")
+    a_s, lo_s, neg_len = a[:, order], lo[order], -lengths[order]
+    count = len(order)
+    first, last, passed = np.ones(count, np.int64), np.zeros(count, np.int64), np.zeros(count, np.int64)  # none: 1 > 0
+    coords = np.empty((3, count), dtype=np.float32)
+    ok, scratch = np.empty(count, dtype=np.bool_), np.empty(count, dtype=np.bool_)
+    for offset in range(int(-neg_len.min(initial=0))):
+        n = int(np.searchsorted(neg_len, -offset, side="left"))  # runs longer than offset
+        d = lo_s[:n] + offset
+        c = coords[:, :n]
+        np.add(np.multiply(a_s[:, :n], zs[d], out=c), test.offset[:, None], out=c)
+        roi_inequality(c, test, ok[:n], scratch[:n])
+        first[:n] = np.where(ok[:n] & (passed[:n] == 0), d, first[:n])
+        last[:n] = np.where(ok[:n], d, last[:n])
+        passed[:n] += ok[:n]
+    unsorted = np.empty_like(order)
+    unsorted[order] = np.arange(count)
+    return first[unsorted], last[unsorted], passed[unsorted]
+
+
+def depth_runs(
+    a: F32, test: RoiTest, depth_scale: float, valid: npt.NDArray[np.bool_]
+) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.uint16]] | None:
+    """Per sample pixel, the raw depths d ≥ 1 whose point passes the ROI inequality, when they are one run [lo, hi].
+
+    Then the per-frame test is two uint16 comparisons, with the very answers of the float32 inequality: z(d) =
+    d·scale never decreases with d, and rounding is monotone, so every l_k(d) = a_k·z + b_k is monotone and each
+    single-coordinate bound holds on one run of d, found by binary search. The box is exactly the intersection of
+    its three runs. The cylinder's l0² + l1² ≤ r² implies l0² ≤ r² and l1² ≤ r² (a rounded sum of non-negative
+    terms is ≥ each term), so its passing depths lie in the runs' intersection, where every d is evaluated once.
+    None (the crop evaluates the inequality every frame) when some pixel's passing depths are not one run or the
+    check would exceed ``RUN_CHECK_BUDGET`` evaluations. Pixels marked invalid (outside the image) get an empty run.
+    """
+    zs = np.multiply(np.arange(DEPTH_CODES, dtype=np.float32), np.float32(depth_scale))  # crop()'s z for every d
+    lo, hi = _coordinate_runs(a, test, zs)
+    if test.kind == "cylinder":
+        if int(np.maximum(hi - lo + 1, 0).sum()) > RUN_CHECK_BUDGET:
+            return None
+        lo, hi, passed = _passing_span(a, test, zs, lo, hi)
+        if np.any((passed > 0) & (hi - lo + 1 != passed)):
+            return None
+    empty = (hi < lo) | ~valid
+    return np.where(empty, 1, lo).astype(np.uint16), np.where(empty, 0, hi).astype(np.uint16)
+
+
+def depthless_rule(inside_at_zero: bool, silhouette: npt.NDArray[np.bool_] | None) -> tuple[bool, F32] | None:
+    """How the ROI test's answer becomes the mask, as one comparison of z with a per-pixel bound and one AND/OR.
+
+    The mask is the test where z > 0 and the silhouette (or False) where z == 0; z is never negative. At
+    z = 0 every pixel's ROI coordinates are ``l = b``, so the test gives one constant there,
+    ``inside_at_zero`` (False unless the camera sits inside the ROI):
+    False: mask = test OR (z ≤ bound), bound 0 inside the silhouette, −1 outside (None: nothing to add);
+    True:  mask = test AND (z > bound), bound −1 inside the silhouette, 0 outside.
+    Returns ``(use_and, bound)``.
+    """
+    if silhouette is None and not inside_at_zero:
+        return None
+    inside = np.zeros(1, dtype=np.bool_) if silhouette is None else silhouette
+    bound = np.where(inside, -1.0, 0.0) if inside_at_zero else np.where(inside, 0.0, -1.0)
+    return inside_at_zero, bound.astype(np.float32)
+
+
+def apply_depthless_rule(
+    rule: tuple[bool, F32], z: F32, mask: npt.NDArray[np.bool_], tmp: npt.NDArray[np.bool_]
+) -> None:
+    """Apply ``depthless_rule``'s answer in place (``tmp``: a scratch buffer of the mask's shape)."""
+    use_and, bound = rule
+    if use_and:
+        np.greater(z, bound, out=tmp)
+        mask &= tmp
+    else:
+        np.less_equal(z, bound, out=tmp)
+        mask |= tmp
+
+
 def normalisation(crop: CropSpec) -> tuple[F32, F32]:
     """float32 scale and offset per channel: ``value·scale + offset == (value/255 − mean)/std``."""
     std = np.asarray(crop.std, dtype=np.float64)
@@ -306,8 +467,10 @@ class RoiCropper:
         self.roi_rays = roi_ray_table(self.rays, roi)
         self.test = RoiTest.from_roi(roi)
         self.scale, self.offset = normalisation(self.crop_spec)
-        # value·scale + offset, rounded after each step exactly as the kernel does, for all 256 byte values
-        self._lut = (np.arange(256, dtype=np.float32)[:, None] * self.scale + self.offset)[None].astype(np.float32)
+        # value·scale + offset, rounded after each step exactly as the kernel does, for all 256 byte values: one
+        # 1×256 table per channel, so each colour plane is normalised straight into its NCHW plane (no transpose)
+        table = np.arange(256, dtype=np.float32)[:, None] * self.scale + self.offset
+        self._luts = [np.ascontiguousarray(table[None, :, c], dtype=np.float32) for c in range(3)]
         self._bg_value = tuple(float(c) for c in self.crop_spec.background_rgb)
         self._build_tables()
         self._alloc()
@@ -316,19 +479,31 @@ class RoiCropper:
             if self.crop_spec.keep_depthless
             else None
         )
+        inside_at_zero = False  # the depth runs hold only d ≥ 1: with them the test is False where z == 0
+        if self._runs is None:
+            self._float_test(self._zeros.reshape(-1), self._mask_flat)  # at z = 0 every pixel's l is b
+            inside_at_zero = bool(self._mask_flat[0])
+        self._depthless = depthless_rule(inside_at_zero, self.silhouette)
 
     def _build_tables(self) -> None:
-        """Gather the ray tables at the N×N sample pixels once; out-of-image samples get scale 0 (no depth)."""
+        """Gather the ray tables at the N×N sample pixels once (out-of-image samples: no depth), solve the runs."""
         lay, w = self.layout, self.spec.color_intrinsics.width
         ix, iy = lay.nearest()
         valid = ((ix >= 0) & (ix < lay.width))[None, :] & ((iy >= 0) & (iy < lay.height))[:, None]
         idx = np.where(valid, iy[:, None] * w + ix[None, :], 0).ravel()
         self._idx = idx.astype(np.intp)
-        self._scale_s = np.where(valid.ravel(), np.float32(self.spec.depth_scale), np.float32(0)).astype(np.float32)
+        self._depth_window = nearest_window(lay)
+        # z = depth·scale; samples outside the image (only the indexed gather has any) get scale 0: no depth
+        self._scale_s: F32 | np.float32 = (
+            np.float32(self.spec.depth_scale)
+            if self._depth_window is not None
+            else np.where(valid.ravel(), np.float32(self.spec.depth_scale), np.float32(0)).astype(np.float32)
+        )
         flat = self.rays.reshape(-1, 3)
-        self._rx, self._ry = flat[idx, 0].copy(), flat[idx, 1].copy()
-        roi_flat = self.roi_rays.reshape(-1, 3)
-        self._a = [roi_flat[idx, k].copy() for k in range(3)]
+        self._rxy = np.ascontiguousarray(flat[idx, :2].T)  # 2×N²: x = rx·z and y = ry·z in one broadcast multiply
+        self._a = np.ascontiguousarray(self.roi_rays.reshape(-1, 3)[idx].T)  # 3×N², likewise for l = a·z + b
+        self._b = self.test.offset[:, None]
+        self._runs = depth_runs(self._a, self.test, self.spec.depth_scale, valid.ravel())
         if self.crop_spec.color_interpolation == "bilinear":
             qx, qy = lay.bilinear_q()
             fx, fy = (qx / Q).astype(np.float32), (qy / Q).astype(np.float32)
@@ -346,6 +521,7 @@ class RoiCropper:
         self._interp = interp
 
     def _alloc(self) -> None:
+        """Outputs, scratch buffers and the flat/planar views of them that crop() writes through."""
         n = self.layout.size
         self.out = CropOutput(
             rgb=np.zeros((1, 3, n, n), dtype=np.float32),
@@ -353,10 +529,14 @@ class RoiCropper:
             mask=np.zeros((n, n), dtype=np.bool_),
             color=np.zeros((n, n, 3), dtype=np.uint8),
         )
-        self._d16 = np.empty(n * n, dtype=np.uint16)
-        self._l = [np.empty(n * n, dtype=np.float32) for _ in range(3)]
+        self._xyz_flat = self.out.xyz[0].reshape(3, n * n)
+        self._rgb_planes = [self.out.rgb[0, k] for k in range(3)]
+        self._mask_flat = self.out.mask.reshape(n * n)
+        self._d16 = np.empty((n, n), dtype=np.uint16)
+        self._d16_flat = self._d16.reshape(n * n)
+        self._roi_coords = np.empty((3, n * n), dtype=np.float32)  # l, the ROI-frame coordinates
         self._inv = np.empty((n, n), dtype=np.bool_)
-        self._rgb_hwc = np.empty((n, n, 3), dtype=np.float32)
+        self._planes = [np.empty((n, n), dtype=np.uint8) for _ in range(3)]
         self._zeros = np.zeros((n, n), dtype=np.float32)
         self._bg_image = np.empty((n, n, 3), dtype=np.uint8)
         self._bg_image[:] = self.crop_spec.background_rgb
@@ -365,14 +545,12 @@ class RoiCropper:
     def crop(self, frame: Frame) -> CropOutput:
         """Crop one frame into the preallocated outputs (returned; overwritten by the next call)."""
         check_frame(frame, self.layout)
-        out, n2 = self.out, self.layout.size**2
-        mask = out.mask.reshape(n2)
-        x, y, z = (out.xyz[0, k].reshape(n2) for k in range(3))
-        np.take(frame.depth.reshape(-1), self._idx, out=self._d16, mode="clip")  # 'raise' buffers
-        np.copyto(z, self._d16)  # cast first: a casting multiply would allocate numpy's 32 KB ufunc buffer
+        out, mask, xyz = self.out, self._mask_flat, self._xyz_flat
+        z = xyz[2]
+        self._gather_depth(frame.depth)
+        np.copyto(z, self._d16_flat)  # cast first: a casting multiply would allocate numpy's 32 KB ufunc buffer
         np.multiply(z, self._scale_s, out=z)
-        np.multiply(self._rx, z, out=x)
-        np.multiply(self._ry, z, out=y)
+        np.multiply(self._rxy, z, out=xyz[:2])
         self._roi_mask(z, mask)
         np.logical_not(out.mask, out=self._inv)
         if self.crop_spec.mode == "foreground":
@@ -382,61 +560,78 @@ class RoiCropper:
         self._colour(frame.color)
         return out
 
-    def _roi_mask(self, z: F32, mask: npt.NDArray[np.bool_]) -> None:
-        """mask = (z > 0 and the ROI inequality on ``l = a·z + b``) or (z == 0 and inside the silhouette).
+    def _gather_depth(self, depth: npt.NDArray[np.uint16]) -> None:
+        """The raw depth at the N×N nearest sample pixels, into ``_d16`` (resize when exact, else indexed)."""
+        if self._depth_window is not None:
+            n = self.layout.size
+            cv2.resize(depth[self._depth_window], (n, n), dst=self._d16, interpolation=cv2.INTER_NEAREST_EXACT)
+            return
+        np.take(depth.reshape(-1), self._idx, out=self._d16_flat, mode="clip")  # 'raise' buffers
 
-        The inequality uses the same float32 operations as the kernel.
-        """
+    def _roi_mask(self, z: F32, mask: npt.NDArray[np.bool_]) -> None:
+        """mask = (z > 0 and the ROI inequality on ``l = a·z + b``) or (z == 0 and inside the silhouette)."""
         self._roi_test(z, mask)
-        if self.silhouette is not None:
-            np.equal(z, np.float32(0), out=self._tmp)
-            self._tmp &= self.silhouette
-            mask |= self._tmp
+        if self._depthless is not None:
+            apply_depthless_rule(self._depthless, z, mask, self._tmp)
 
     def _roi_test(self, z: F32, mask: npt.NDArray[np.bool_]) -> None:
-        """(z > 0) and the ROI inequality."""
-        l0, l1, l2 = self._l
-        tmp, b, lim = self._tmp, self.test.offset, self.test.limits
-        for k, lk in enumerate(self._l):
-            np.multiply(self._a[k], z, out=lk)
-            np.add(lk, b[k], out=lk)
-        np.greater(z, np.float32(0), out=mask)
-        if self.test.kind == "cylinder":
-            np.multiply(l0, l0, out=l0)
-            np.multiply(l1, l1, out=l1)
-            np.add(l0, l1, out=l0)
-            np.less_equal(l0, lim[0], out=tmp)
-            mask &= tmp
-            np.abs(l2, out=l2)
-            np.less_equal(l2, lim[1], out=tmp)
-            mask &= tmp
+        """The ROI inequality at every sample: the raw depth against its run when known, else the float32 maths."""
+        if self._runs is None:
+            self._float_test(z, mask)
             return
-        for k, lk in enumerate(self._l):
-            np.abs(lk, out=lk)
-            np.less_equal(lk, lim[k], out=tmp)
-            mask &= tmp
+        lo, hi = self._runs
+        np.greater_equal(self._d16_flat, lo, out=mask)
+        np.less_equal(self._d16_flat, hi, out=self._tmp)
+        mask &= self._tmp
+
+    def _float_test(self, z: F32, mask: npt.NDArray[np.bool_]) -> None:
+        """The ROI inequality on ``l = a·z + b`` with the kernel's float32 operations."""
+        roi = self._roi_coords
+        np.multiply(self._a, z, out=roi)
+        np.add(roi, self._b, out=roi)
+        roi_inequality(roi, self.test, mask, self._tmp)
+
+    def _foreground_box(self) -> tuple[slice, slice]:
+        """Output rows and columns holding every foreground pixel (all of them in full mode).
+
+        In foreground mode every pixel outside this box is painted the background colour, so only the box
+        is resampled; the pixels inside it come out exactly as a whole-window remap would give them.
+        """
+        if self.crop_spec.mode == "full":
+            return slice(None), slice(None)
+        x, y, w, h = cv2.boundingRect(self.out.mask.view(np.uint8))
+        return slice(y, y + h), slice(x, x + w)
 
     def _colour(self, color: npt.NDArray[np.uint8]) -> None:
-        """Resize (background outside the image), paint the background, normalise through a LUT, go planar."""
+        """Resize (background outside the image), paint the background, split, normalise each plane by a LUT.
+
+        Splitting the uint8 crop and normalising plane by plane writes NCHW directly: cheaper than a
+        3-channel float LUT followed by an HWC→CHW transpose copy (4 bytes a sample moved twice).
+        """
         out = self.out
-        cv2.remap(
-            color,
-            self._map1,
-            self._map2,
-            self._interp,
-            dst=out.color,
-            borderMode=cv2.BORDER_CONSTANT,
-            borderValue=self._bg_value,
-        )
+        rows, cols = self._foreground_box()
+        if out.color[rows, cols].size:
+            cv2.remap(
+                color,
+                self._map1[rows, cols],
+                None if self._map2 is None else self._map2[rows, cols],
+                self._interp,
+                dst=out.color[rows, cols],
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=self._bg_value,
+            )
         if self.crop_spec.mode == "foreground":
             cv2.copyTo(self._bg_image, self._inv.view(np.uint8), dst=out.color)
-        cv2.LUT(out.color, self._lut, dst=self._rgb_hwc)
-        np.copyto(out.rgb[0], self._rgb_hwc.transpose(2, 0, 1))
+        cv2.split(out.color, self._planes)
+        for plane, lut, dst in zip(self._planes, self._luts, self._rgb_planes, strict=True):
+            cv2.LUT(plane, lut, dst=dst)
 
 
 __all__ = [
+    "DEPTH_CODES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "RUN_CHECK_BUDGET",
     "CropError",
     "CropLayout",
     "CropOutput",
@@ -444,12 +639,17 @@ __all__ = [
     "DepthNotRegisteredError",
     "RoiCropper",
     "RoiTest",
+    "apply_depthless_rule",
     "bilinear_indices_q",
     "check_frame",
     "check_registered",
     "crop_layout",
+    "depth_runs",
+    "depthless_rule",
     "nearest_indices",
+    "nearest_window",
     "normalisation",
+    "roi_inequality",
     "roi_ray_table",
     "roi_silhouette",
     "roi_surface_points",

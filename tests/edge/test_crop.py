@@ -11,11 +11,26 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+import edge.crop
 from calibration.roi import BoxShape, CameraBinding, CylinderShape, RoiError, RoiFile
 from drivers.playback import PlaybackSource, PlaybackSourceConfig
 from edge.core.frame import Extrinsics, Frame, Intrinsics, StreamSpec
 from edge.core.geometry import ray_table, xyz_from_depth
-from edge.crop import CropError, CropSpec, DepthNotRegisteredError, RoiCropper, roi_silhouette
+from edge.crop import (
+    CropError,
+    CropLayout,
+    CropSpec,
+    DepthNotRegisteredError,
+    RoiCropper,
+    RoiTest,
+    apply_depthless_rule,
+    depth_runs,
+    depthless_rule,
+    nearest_window,
+    roi_inequality,
+    roi_ray_table,
+    roi_silhouette,
+)
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 BAG = SHARED / "fixtures" / "realsense" / "single_depth_color_640x480.bag"
@@ -182,6 +197,121 @@ def test_window_larger_than_the_image_is_padded_with_background() -> None:
     assert pad_rows.any()
     assert np.all(out.color[pad_rows] == (7, 8, 9))
     assert not out.mask[pad_rows].any() and np.all(out.xyz_hwc[pad_rows] == 0)
+
+
+def test_foreground_colour_stays_exact_when_the_foreground_shrinks_between_frames() -> None:
+    """Only the foreground's bounding box is resampled: what an earlier, larger box left must be repainted."""
+    spec = make_spec()
+    roi = make_roi(spec, "cylinder")
+    crop = CropSpec(size=32, background_rgb=(10, 200, 30), keep_depthless=False)
+    cropper = RoiCropper(spec, roi, crop)
+    lay = cropper.layout
+    silhouette = roi_silhouette(spec.color_intrinsics, roi, crop)
+    whole, half, empty = (make_frame(spec, seed) for seed in (5, 6, 7))
+    half.depth[:, :32] = 3000  # the left half lies far behind the ROI
+    empty.depth[:] = 3000
+    kept = []
+    for frame in (whole, half, empty, whole):
+        out = cropper.crop(frame)
+        ref = reference_crop(frame, roi, crop, (lay.x0, lay.y0, lay.side), silhouette)
+        np.testing.assert_array_equal(out.mask, ref["mask"])
+        np.testing.assert_array_equal(out.color, ref["color"])
+        np.testing.assert_allclose(out.rgb, ref["rgb"], atol=1e-5, rtol=0)
+        kept.append(int(out.mask.sum()))
+    assert kept[0] > kept[1] > kept[2] == 0 and kept[3] == kept[0]
+
+
+def test_depth_is_gathered_by_resize_only_where_resize_picks_exactly_the_nearest_pixels() -> None:
+    depth = np.random.default_rng(2).integers(0, 65535, size=(480, 640), dtype=np.uint16)
+    inside = CropLayout(x0=154, y0=86, side=332, size=256, width=640, height=480, bbox=(154, 86, 485, 417))
+    window = nearest_window(inside)
+    assert window is not None
+    ix, iy = inside.nearest()
+    resized = cv2.resize(depth[window], (256, 256), interpolation=cv2.INTER_NEAREST_EXACT)
+    np.testing.assert_array_equal(resized, depth[iy[:, None], ix[None, :]])
+    upscaled = CropLayout(x0=10, y0=10, side=16, size=200, width=640, height=480, bbox=(10, 10, 25, 25))
+    ix, iy = upscaled.nearest()
+    resized = cv2.resize(depth[10:26, 10:26], (200, 200), interpolation=cv2.INTER_NEAREST_EXACT)
+    assert not np.array_equal(resized, depth[iy[:, None], ix[None, :]]), "resize's stepping is off by a pixel here"
+    assert nearest_window(upscaled) is None
+    overhang = CropLayout(x0=-3, y0=0, side=100, size=64, width=640, height=480, bbox=(0, 0, 96, 99))
+    assert nearest_window(overhang) is None
+
+
+@pytest.mark.parametrize("inside_at_zero", [False, True])
+@pytest.mark.parametrize("with_silhouette", [False, True])
+def test_depthless_rule_keeps_the_test_where_there_is_depth_and_the_silhouette_where_none(
+    inside_at_zero: bool, with_silhouette: bool
+) -> None:
+    rng = np.random.default_rng(4)
+    n = 1000
+    z = np.where(rng.random(n) < 0.3, 0.0, rng.uniform(0.001, 65.0, n)).astype(np.float32)
+    z[:2] = (0.0, 0.001)  # no depth, and the nearest depth a D4xx reports
+    test = rng.random(n) < 0.5
+    test[z == 0] = inside_at_zero  # at z = 0 the ROI test reads the same l = b for every pixel
+    silhouette = rng.random(n) < 0.5 if with_silhouette else None
+    expected = np.where(z > 0, test, False if silhouette is None else silhouette)
+    mask = test.copy()
+    rule = depthless_rule(inside_at_zero, silhouette)
+    assert (rule is None) == (silhouette is None and not inside_at_zero)
+    if rule is not None:
+        apply_depthless_rule(rule, z, mask, np.empty(n, dtype=np.bool_))
+    np.testing.assert_array_equal(mask, expected)
+
+
+def sampled_roi_rays(spec: StreamSpec, roi: RoiFile, layout: CropLayout) -> npt.NDArray[np.float32]:
+    """The ROI-frame rays at the crop's N×N nearest sample pixels, 3×N² (every sample inside the image here)."""
+    ix, iy = layout.nearest()
+    assert ix.min() >= 0 and iy.min() >= 0 and ix.max() < spec.color_intrinsics.width
+    rays = roi_ray_table(ray_table(spec.color_intrinsics), roi)[iy[:, None], ix[None, :]]
+    return np.ascontiguousarray(rays.reshape(-1, 3).T)
+
+
+@pytest.mark.parametrize("kind", ["cylinder", "box"])
+def test_depth_runs_hold_exactly_the_depths_that_pass_the_float32_inequality(kind: str) -> None:
+    """Every raw depth 1..65535 at the shortest runs (rays grazing the ROI), random runs and empty pixels."""
+    spec = make_spec(640, 480)
+    roi = make_roi(spec, kind)
+    layout = RoiCropper(spec, roi, CropSpec(size=64)).layout
+    a, test = sampled_roi_rays(spec, roi, layout), RoiTest.from_roi(roi)
+    runs = depth_runs(a, test, spec.depth_scale, np.ones(a.shape[1], dtype=np.bool_))
+    assert runs is not None
+    lo, hi = runs[0].astype(np.int64), runs[1].astype(np.int64)
+    hit = np.flatnonzero(hi >= lo)
+    assert 100 < len(hit) < a.shape[1], "the window must hold pixels whose rays cross the ROI and pixels whose miss"
+    rng = np.random.default_rng(8)
+    shortest = hit[np.argsort(hi[hit] - lo[hit])[:24]]
+    picked = np.concatenate([shortest, rng.choice(hit, 24), rng.choice(np.flatnonzero(hi < lo), 8)])
+    zs = np.arange(65536, dtype=np.float32) * np.float32(spec.depth_scale)
+    for p in picked:
+        coords = a[:, p : p + 1] * zs[None, :] + test.offset[:, None]
+        passed = np.empty(65536, dtype=np.bool_)
+        roi_inequality(coords, test, passed, np.empty_like(passed))
+        expected = np.zeros(65536, dtype=np.bool_)
+        expected[lo[p] : hi[p] + 1] = True
+        np.testing.assert_array_equal(passed[1:], expected[1:], err_msg=f"sample pixel {p}")
+
+
+def test_cylinder_over_the_run_budget_evaluates_the_inequality_every_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = make_spec()
+    roi = make_roi(spec, "cylinder")
+    crop = CropSpec(size=32, background_rgb=(10, 200, 30))
+    with_runs = RoiCropper(spec, roi, crop)
+    monkeypatch.setattr(edge.crop, "RUN_CHECK_BUDGET", 0)
+    per_frame = RoiCropper(spec, roi, crop)
+    lay = per_frame.layout
+    a, valid = sampled_roi_rays(spec, roi, lay), np.ones(lay.size**2, dtype=np.bool_)
+    assert depth_runs(a, RoiTest.from_roi(roi), spec.depth_scale, valid) is None
+    silhouette = roi_silhouette(spec.color_intrinsics, roi, crop)
+    for seed in range(3):
+        frame = make_frame(spec, seed)
+        ref = reference_crop(frame, roi, crop, (lay.x0, lay.y0, lay.side), silhouette)
+        out = per_frame.crop(frame)
+        np.testing.assert_array_equal(out.mask, ref["mask"])
+        np.testing.assert_array_equal(out.color, ref["color"])
+        fast = with_runs.crop(frame)
+        for name in ("mask", "color", "xyz", "rgb"):
+            np.testing.assert_array_equal(getattr(fast, name), getattr(out, name))
 
 
 def test_unregistered_depth_is_refused() -> None:
