@@ -37,9 +37,11 @@ Deviations from the paper's code, and why:
   carries other mean/std (e.g. ImageNet's) the model converts exactly with a per-channel scale and shift.
 - ``edge`` taps stride 16 (Lite2 block 14) at 256² so the grid stays 16×16; at stride 32 it would be 8×8, too coarse
   to localise drum defects. The depth branch follows (pooled to 128², unshuffled to 16×16).
-- Foreground: the crop's ROI mask replaces AST's corner-plane heuristic (the drum line's clutter breaks the plane
-  assumption — this product's foreground extraction). It weights the losses and masks the map in every mode,
-  including ``rgb`` (AST masks only modes with depth), because this product always has the ROI.
+- Foreground: in ``foreground`` crop mode the crop's ROI mask replaces AST's corner-plane heuristic (the drum line's
+  clutter breaks the plane assumption — this product's foreground extraction). It weights the losses, sets the
+  depth background and masks the map in every feature mode, including ``rgb`` (AST masks only modes with depth).
+  In ``full`` crop mode (the paper's Original, which has no ROI) the model takes the mask input but uses an all-ones
+  foreground: depth, losses and map cover the whole crop window, as 3DSR's ``full`` map does.
 - Gap filling runs 3 passes of a 3×3 mean of valid neighbours where valid starts as "in the mask with depth"; it
   fills holes and continues the surface ≤ 3 px past the mask edge, instead of filling every zero before the plane
   fit. Pixels still invalid take the foreground mean (AST's background rule).
@@ -268,9 +270,12 @@ class AstModel(nn.Module):
         image_score: str,
         mean: tuple[float, float, float],
         std: tuple[float, float, float],
+        *,
+        roi_mask: bool = True,
     ) -> None:
         super().__init__()
         self.settings, self.mode, self.image_score = settings, mode, image_score
+        self.roi_mask = roi_mask  # False in ``full`` crop mode: the Original sees no ROI
         c_feat, _, grid = settings.geometry()
         self.grid, self.depth_len = grid, grid * UNSHUFFLE
         self.reduce = settings.input_size // self.depth_len  # input pixels per depth pixel
@@ -324,7 +329,9 @@ class AstModel(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """The frozen part: (teacher/student input, soft grid foreground, dilated S×S foreground)."""
         if mask is None:
-            raise AstConfigError("AST needs the 'mask' input", "feed the crop's mask (all ones in full mode)")
+            raise AstConfigError("AST needs the 'mask' input", "feed the crop's mask")
+        if not self.roi_mask:
+            mask = mask.clamp(1.0, 1.0)  # all ones computed from the input (ones_like would fold it out of the graph)
         parts = []
         if self.backbone is not None:
             if rgb is None:
@@ -509,7 +516,7 @@ def fit_ast(model: AstModel, train: Iterable[Mapping[str, Any]], settings: FitSe
 
 
 def card_inputs(mode: str) -> tuple[str, ...]:
-    """The named graph inputs of a mode; the mask is always one (losses and map are foreground-weighted)."""
+    """The named graph inputs of a mode; the mask is always one (``full`` crop mode takes it and ignores it)."""
     return {"rgb": ("rgb", "mask"), "depth": ("xyz", "mask"), "rgbd": ("rgb", "xyz", "mask")}[mode]
 
 
@@ -565,7 +572,7 @@ class AstFamily:
         mode, score = _check_options(card.options)
         if tuple(card.inputs) != card_inputs(mode):
             raise AstConfigError(f"card inputs {card.inputs} do not fit mode {mode!r}", f"use {card_inputs(mode)}")
-        return AstModel(settings, mode, score, card.mean, card.std)
+        return AstModel(settings, mode, score, card.mean, card.std, roi_mask=card.crop_mode == "foreground")
 
     def fit(self, model: Any, train: Iterable[Mapping[str, Any]], settings: FitSettings, context: TrainContext) -> None:
         """Train teacher then student on cached frozen features (see ``fit_ast``)."""

@@ -12,6 +12,7 @@ import torch
 from scipy import ndimage
 
 from engines.contract import OUTPUT_NAMES, FitSettings, ModelCard
+from engines.export import check_onnx, example_feeds, onnx_from_model
 from engines.models.ast import (
     AST_FAMILY,
     MODES,
@@ -261,3 +262,22 @@ def test_depth_mode_trained_on_normal_drums_finds_a_dent() -> None:
     assert float(score[2:].min()) > 1.3 * float(score[:2].max())
     for peak in amap[2:, 0].flatten(1).argmax(1).tolist():
         assert abs(peak // S - 50) <= 8 and abs(peak % S - 70) <= 8
+
+
+@pytest.mark.parametrize("crop_mode", ["full", "foreground"])
+def test_ast_uses_the_roi_mask_in_foreground_mode_only(crop_mode: str, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    card = AST_FAMILY.card("tiny", crop_mode, mode="rgbd")  # type: ignore[arg-type]
+    torch.manual_seed(0)
+    model = AST_FAMILY.build(card).eval()
+    feeds = example_feeds(card, seed=3)
+    feeds["mask"][:] = 0
+    feeds["mask"][..., 40:90, 40:90] = 1  # a square ROI; the map may respond outside it only in full mode
+    outside = np.ones(feeds["mask"].shape[-2:], dtype=bool)
+    outside[30:100, 30:100] = False  # beyond the 9×9 dilation
+    with torch.no_grad():
+        amap, _ = model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+    responds = float(amap[0, 0].numpy()[outside].max())
+    assert responds > 0 if crop_mode == "full" else responds == 0
+    path = onnx_from_model(model, card, tmp_path / "ast.onnx")  # the mask stays a graph input in both modes
+    assert check_onnx(model, path, feeds).ok
