@@ -34,6 +34,7 @@ class Inspection:
     roi_fill: float  # share of the crop inside the ROI with depth (part gating reads it)
     crop_ms: float
     infer_ms: float
+    score_ms: float  # reading the raw score and applying the scoring file
     anomaly_map: npt.NDArray[np.float32]  # S×S raw map
     crop: CropOutput
 
@@ -79,22 +80,30 @@ class Inspector:
         np.copyto(self._mask[0, 0], out.mask)
         return (time.perf_counter_ns() - t0) / 1e6
 
+    def inputs(self) -> dict[str, npt.NDArray[np.float32]]:
+        """The engine's inputs as prepared by the last :meth:`prepare` (views of reused buffers)."""
+        out = self.cropper.out
+        feed = {"rgb": out.rgb, "xyz": out.xyz, "mask": self._mask}
+        return {k: feed[k] for k in self.card.inputs}
+
     def infer_prepared(self, crop_ms: float) -> Inspection:
         """Run the engine on the prepared inputs and score the result."""
         out = self.cropper.out
-        feed = {"rgb": out.rgb, "xyz": out.xyz, "mask": self._mask}
+        feed = self.inputs()
         t1 = time.perf_counter_ns()
-        result = self.runner.infer({k: feed[k] for k in self.card.inputs})
-        infer_ms = (time.perf_counter_ns() - t1) / 1e6
+        result = self.runner.infer(feed)
+        t2 = time.perf_counter_ns()
         raw = float(result["image_score"].reshape(-1)[0])
         z, verdict = self.scorer.score(raw)
+        t3 = time.perf_counter_ns()
         return Inspection(
             raw_score=raw,
             score=z,
             verdict=verdict,
             roi_fill=float(out.mask.mean()),
             crop_ms=crop_ms,
-            infer_ms=infer_ms,
+            infer_ms=(t2 - t1) / 1e6,
+            score_ms=(t3 - t2) / 1e6,
             anomaly_map=result["anomaly_map"][0, 0],
             crop=out,
         )

@@ -221,7 +221,7 @@ def load_mvtec(root: Path, roi: RoiFile, crop: CropSpec, *, allow_mismatch: bool
     return Dataset(splits, folder.data_hash(), f"mvtec:{folder.root}", kinds)
 
 
-def _recording_frames(path: Path, labels: LabelSet) -> Iterator[Frame]:
+def recording_frames(path: Path, labels: LabelSet) -> Iterator[Frame]:
     """Every frame of a recording (depth aligned to colour) with its ground truth attached."""
     source = PlaybackSource(PlaybackSourceConfig(path=path, align_to_color=True))
     source.open()
@@ -239,24 +239,52 @@ def _recording_frames(path: Path, labels: LabelSet) -> Iterator[Frame]:
         source.close()
 
 
-def _split_parts(
-    parts: list[list[Sample]], train_fraction: float, validation_fraction: float
-) -> dict[str, list[Sample]]:
-    """Good parts spread over the splits by largest deficit (deterministic, as drivers.mvtec); defects → test."""
+def recording_parts(labels: LabelSet) -> list[tuple[str, list[int]]]:
+    """The labelled frames cut into parts (defect type or "good", frame numbers), in recording order.
+
+    A part is a run of one label, cut every ``frames_per_part`` frames (from the sidecar's meta.json, else 1), as
+    ``drivers.mvtec`` cuts them; "empty" frames (no drum at the station) end a part and belong to none.
+    """
+    per_part = max(int(labels.meta.get("frames_per_part", 1)), 1)
+    parts: list[tuple[str, list[int]]] = []
+    prev: tuple[str, str | None] | None = None
+    for number, lab in labels.by_frame_number.items():
+        if lab.label == "empty":
+            prev = None
+            continue
+        kind = "good" if lab.label == "good" else lab.defect_type or "defect"
+        if prev != (lab.label, lab.defect_type) or len(parts[-1][1]) >= per_part:
+            parts.append((kind, []))
+        prev = (lab.label, lab.defect_type)
+        parts[-1][1].append(number)
+    return parts
+
+
+def recording_splits(labels: LabelSet, train_fraction: float = 0.6, validation_fraction: float = 0.2) -> dict[int, str]:
+    """Frame number → split: good parts spread by largest deficit (deterministic, as drivers.mvtec); defects → test.
+
+    Computed from the labels alone, so the bench knows which frames a model trained on a recording never saw.
+    """
     targets = {"train": train_fraction, "validation": validation_fraction}
     targets["test"] = 1.0 - train_fraction - validation_fraction
-    splits: dict[str, list[Sample]] = {s: [] for s in SPLITS}
     placed = dict.fromkeys(SPLITS, 0)
     n_good = 0
-    for part in parts:
-        if part[0]["label"] == 1:
-            splits["test"] += part
-            continue
-        n_good += 1
-        split = max(SPLITS, key=lambda s: targets[s] * n_good - placed[s])
-        placed[split] += 1
-        splits[split] += part
-    return splits
+    out: dict[int, str] = {}
+    for kind, numbers in recording_parts(labels):
+        split = "test"
+        if kind == "good":
+            n_good += 1
+            split = max(SPLITS, key=lambda s: targets[s] * n_good - placed[s])
+            placed[split] += 1
+        out.update(dict.fromkeys(numbers, split))
+    return out
+
+
+def recording_hash(path: Path, labels_dir: Path) -> str:
+    """The data hash of a labelled recording (file name and size, and the labels), as model cards record it."""
+    h = hashlib.sha256(f"{path.name}\0{path.stat().st_size}\n".encode())
+    h.update((labels_dir / "labels.jsonl").read_bytes())
+    return h.hexdigest()
 
 
 def load_recording(
@@ -269,11 +297,7 @@ def load_recording(
     validation_fraction: float = 0.2,
     allow_mismatch: bool = False,
 ) -> Dataset:
-    """Crop every labelled, non-empty frame of a recording; a part goes whole into one split.
-
-    Parts are runs of one label cut every ``frames_per_part`` frames (from the sidecar's meta.json, else 1), as
-    ``drivers.mvtec`` cuts them.
-    """
+    """Crop every labelled, non-empty frame of a recording; a part goes whole into one split (``recording_splits``)."""
     path = Path(path)
     labels_dir = Path(labels_dir) if labels_dir is not None else labels_dir_for(path)
     if not (labels_dir / "labels.jsonl").is_file():
@@ -281,28 +305,20 @@ def load_recording(
             f"{path} has no labels sidecar at {labels_dir}", "pass --labels DIR (the <recording>.labels folder)"
         )
     labels = read_labels(labels_dir)
-    per_part = max(int(labels.meta.get("frames_per_part", 1)), 1)
-    parts: list[list[Sample]] = []
+    split_of = recording_splits(labels, train_fraction, validation_fraction)
+    splits: dict[str, list[Sample]] = {s: [] for s in SPLITS}
     cropper: FrameCropper | None = None
-    prev: tuple[str, str | None] | None = None
-    for frame in _recording_frames(path, labels):
+    for frame in recording_frames(path, labels):
         truth = frame.truth
         assert truth is not None
         if truth.label == "empty":
-            prev = None
             continue
         cropper = cropper or FrameCropper(frame.spec, roi, crop, allow_mismatch=allow_mismatch)
         kind = "good" if truth.label == "good" else truth.defect_type or "defect"
         sample = cropper.sample(frame, truth.defect_mask, kind, f"{path.name}#{frame.color_frame_number}")
-        if prev != (truth.label, truth.defect_type) or len(parts[-1]) >= per_part:
-            parts.append([])
-        prev = (truth.label, truth.defect_type)
-        parts[-1].append(sample)
-    splits = _split_parts(parts, train_fraction, validation_fraction)
-    h = hashlib.sha256(f"{path.name}\0{path.stat().st_size}\n".encode())
-    h.update((labels_dir / "labels.jsonl").read_bytes())
+        splits[split_of[frame.color_frame_number]].append(sample)
     kinds = {s: _kinds(v) for s, v in splits.items() if v}
-    return Dataset(dict(splits), h.hexdigest(), f"recording:{path}", kinds)
+    return Dataset(dict(splits), recording_hash(path, labels_dir), f"recording:{path}", kinds)
 
 
 def _kinds(samples: Sequence[Sample]) -> dict[str, int]:

@@ -15,3 +15,15 @@ def test_top_level_package_resolves_inside_repo(name: str) -> None:
     module = importlib.import_module(name)
     assert module.__file__ is not None
     assert Path(module.__file__).resolve().is_relative_to(REPO), module.__file__
+
+
+def test_every_console_script_points_at_a_main_in_this_repo() -> None:
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {"edge-record", "edge-calibrate", "edge-train", "edge-build", "edge-parity", "edge-bench"} <= set(scripts)
+    for name, target in scripts.items():
+        module_name, _, attr = target.partition(":")
+        module = importlib.import_module(module_name)
+        assert callable(getattr(module, attr)), name
+        assert module.__file__ is not None and Path(module.__file__).resolve().is_relative_to(REPO), name

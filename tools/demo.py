@@ -7,7 +7,9 @@
 4. ``edge-daemon`` runs over the line as a real child process — capture process → shared-memory ring →
    inference process (gate empty stations, crop, ONNX Runtime, scoring) → SQLite and evidence — and the demo
    prints the stored verdicts beside the known labels, their AUROC, and the daemon's own summary (counts,
-   latency p50/p99, where the database and evidence are).
+   latency p50/p99, where the database and evidence are);
+5. ``edge-bench`` scores the line's test parts (frames the model never trained on) with the same model: per-stage
+   latency, accuracy, ONNX Runtime vs PyTorch parity on real crops, and a self-contained HTML report with figures.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from drivers.labels import LabelSet, labels_dir_for, read_labels
 from edge.daemon.main import format_summary
 from edge.daemon.store import read_summary
 from tools import calibrate, record, train
+from tools.bench import cli as bench
 
 console = Console(width=max(Console().width, 110))
 
@@ -164,10 +167,18 @@ def main(argv: list[str] | None = None) -> int:
         return rc or 1
     print_rows(stored_verdicts(db, read_labels(labels_dir_for(line))))
     console.print(format_summary(read_summary(db), db, out / "daemon" / "evidence"))
+    _step(5, "bench the model on the line's test parts (edge-bench): latency per stage, accuracy, parity, figures")
+    report = out / "bench"
+    bench_rc = bench.main(
+        ["--data", str(line), "--roi", str(roi), "--models", str(model_dir), "--report", str(report), "--parity"]
+    )
+    if bench_rc == 2:
+        return bench_rc
     console.print(f"\nrecordings: {clip}, {line} (labels: {labels_dir_for(line)})")
     console.print(f"ROI:        {roi}\npreview:    {preview}  (color image with the ROI, and a top view of the fit)")
     console.print(f"model:      {model_dir}/model.onnx, scoring {model_dir}/scoring.yaml")
     console.print(f"daemon:     config {config}, log {log}")
+    console.print(f"bench:      {report / 'report.html'} (self-contained; report.json and PNGs beside it)")
     return 0
 
 
