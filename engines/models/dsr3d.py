@@ -106,16 +106,30 @@ def _settings(preset: str) -> Dsr3dSettings:
 
 
 class VectorQuantizerEMA(nn.Module):
-    """Codebook updated by exponential moving averages (VQ-VAE-2), looked up by argmin + Gather."""
+    """Codebook updated by exponential moving averages (VQ-VAE-2), looked up by argmin + Gather.
+
+    A code whose EMA count falls below ``restart_below`` vectors per batch is restarted on a random vector of the
+    current batch (the usual dead-code restart of VQ-VAE training). Without it the DADA pretrained on this CPU
+    collapsed to one code for every position of every frame (docs/models/dsr3d.md).
+    """
 
     codebook: Tensor
     cluster_size: Tensor
     ema_sum: Tensor
     seeded: Tensor
 
-    def __init__(self, codes: int, dim: int, commitment: float = 0.25, decay: float = 0.99, eps: float = 1e-5):
+    def __init__(
+        self,
+        codes: int,
+        dim: int,
+        *,
+        commitment: float = 0.25,
+        decay: float = 0.99,
+        eps: float = 1e-5,
+        restart_below: float = 0.5,
+    ):
         super().__init__()
-        self.commitment, self.decay, self.eps = commitment, decay, eps
+        self.commitment, self.decay, self.eps, self.restart_below = commitment, decay, eps, restart_below
         init = torch.randn(codes, dim)
         self.register_buffer("codebook", init.clone())
         self.register_buffer("cluster_size", torch.zeros(codes))
@@ -165,6 +179,11 @@ class VectorQuantizerEMA(nn.Module):
         onehot = nnf.one_hot(idx.reshape(-1), self.codebook.shape[0]).to(flat.dtype)
         self.cluster_size.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
         self.ema_sum.mul_(self.decay).add_(onehot.t() @ flat, alpha=1 - self.decay)
+        dead = self.cluster_size < self.restart_below
+        if bool(dead.any()):  # restart unused codes on this batch's vectors, or the codebook collapses to one code
+            pick = flat[torch.randint(flat.shape[0], (int(dead.sum()),), device=flat.device)]
+            self.ema_sum[dead] = pick
+            self.cluster_size[dead] = 1.0
         n = self.cluster_size.sum()
         smoothed = (self.cluster_size + self.eps) / (n + self.codebook.shape[0] * self.eps) * n
         self.codebook.copy_(self.ema_sum / smoothed[:, None])

@@ -119,8 +119,8 @@ def test_lookup_is_the_brute_force_nearest_codeword() -> None:
 
 def test_ema_update_moves_assigned_codewords_toward_their_features() -> None:
     torch.manual_seed(0)
-    vq = VectorQuantizerEMA(8, 4, decay=0.5).train()
-    vq.seeded.fill_(1.0)  # keep the N(0, 1) codebook: this test is about the EMA step alone
+    vq = VectorQuantizerEMA(8, 4, decay=0.5, restart_below=0.0).train()
+    vq.seeded.fill_(1.0)  # keep the N(0, 1) codebook: this test is about the EMA step alone (no restarts)
     x = torch.randn(1, 4, 4, 4) + 3.0  # far from the N(0, 1) codebook
     before = vq.codebook.clone()
     _, idx = vq.lookup(x)
@@ -138,6 +138,24 @@ def test_ema_update_moves_assigned_codewords_toward_their_features() -> None:
     frozen = vq.codebook.clone()
     vq(x)
     assert torch.equal(vq.codebook, frozen)
+
+
+def test_unused_codes_restart_on_the_batch_and_used_ones_do_not() -> None:
+    torch.manual_seed(0)
+    vq = VectorQuantizerEMA(8, 4, decay=0.5).train()
+    vq.seeded.fill_(1.0)
+    vq.cluster_size.fill_(4.0)  # every code in use so far
+    const = torch.full((1, 4, 4, 4), 3.0)  # every vector takes the same code
+    (kept,) = torch.unique(vq.lookup(const)[1])
+    # an unused code's count halves per step: 2, 1, 0.5 — not below restart_below (0.5) yet
+    for _ in range(3):
+        vq(const)
+    assert not bool((vq.cluster_size < vq.restart_below).any())
+    vq(const)  # 0.25 < 0.5: every code but the used one restarts on this batch's vectors
+    restarted = torch.arange(8) != kept
+    assert torch.equal(vq.cluster_size[restarted], torch.ones(7))
+    assert torch.equal(vq.ema_sum[restarted], torch.full((7, 4), 3.0))
+    assert float(vq.cluster_size[kept]) > 4.0  # the used code keeps its statistics
 
 
 def test_commitment_loss_and_straight_through_gradient() -> None:

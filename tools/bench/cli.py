@@ -13,7 +13,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -95,7 +95,6 @@ class Plan:
     recipe: TrainRecipe
     modes: tuple[str, ...]
     backend: BackendSettings
-    notes: list[str] = field(default_factory=list)
 
 
 def _options(items: Sequence[str]) -> dict[str, list[str]]:
