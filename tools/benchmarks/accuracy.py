@@ -81,9 +81,10 @@ FULL_STUDIES = {
     # 480 parts give 119 good training parts (180 gave 46: image AUROC 0.71–0.80, too little data for a 3.3 M student)
     "ast": Study(seed=7, frames=480, epochs=24, batch_size=8, learning_rate=2e-4),
     # edge (256², 2.7 s per forward on this CPU) would take days; tiny (64²) at 480 parts took 60 s per 3DSR epoch on
-    # the shared CPU, so the CPU study is tiny on 180 parts with a short schedule (a GPU run passes larger values)
+    # the shared CPU, so the CPU study is tiny on 180 parts with a short schedule (a GPU run passes larger values);
+    # DADA needs its 400 epochs (800 corpus batches): at 100 its encoder had not left the one-code collapse
     "dsr3d": Study(
-        seed=7, frames=180, epochs=10, batch_size=4, learning_rate=1e-3, model="dsr3d", preset="tiny", dada_epochs=100
+        seed=7, frames=180, epochs=10, batch_size=4, learning_rate=1e-3, model="dsr3d", preset="tiny", dada_epochs=400
     ),
 }
 QUICK_STUDIES = {
