@@ -187,3 +187,16 @@ def test_argument_errors_exit_2_before_reading_frames(
     code, report = bench(assets, tmp_path / "r", *extra)
     assert code == 2 and not report
     assert message in capsys.readouterr().err
+
+
+def test_study_over_two_recordings_has_a_row_per_data_set_and_the_average(assets: Assets, tmp_path: Path) -> None:
+    copy = tmp_path / "line-copy.db3"
+    shutil.copy(assets.line, copy)
+    shutil.copytree(labels_dir_for(assets.line), labels_dir_for(copy))
+    code, report = bench(assets, tmp_path / "r", "--models", "toy", "--crop", "both", "--preset", "tiny",
+                         data=[assets.line, copy])  # fmt: skip
+    assert code == 0 and len(report["models"]) == 4
+    *rows, average = report["study"]
+    assert len(rows) == 2 and all(" · data " in r["model"] for r in rows) and average["model"] == "average"
+    assert average["full"] == pytest.approx((rows[0]["full"] + rows[1]["full"]) / 2)
+    assert (tmp_path / "r" / "heatmaps-1.png").is_file()

@@ -103,14 +103,23 @@ class StudyRow:
         return None if d is None or not self.full else 100.0 * d / self.full
 
 
+def _groups(results: Sequence[ModelResults]) -> dict[str, dict[str, int]]:
+    """Label → crop mode → index into ``results``, for models that differ only in crop mode and were trained on the
+    same data (a study compares the modes on one data set). The label names the data only when several exist."""
+    several = len({r.model.card.data_hash for r in results}) > 1
+    out: dict[str, dict[str, int]] = {}
+    for i, r in enumerate(results):
+        card = r.model.card
+        label = r.model.study_key + (f" · data {card.data_hash[:8]}" if several else "")
+        out.setdefault(label, {})[card.crop_mode] = i
+    return out
+
+
 def study(results: Sequence[ModelResults], aurocs: Sequence[float | None]) -> list[StudyRow]:
-    """Rows for every study key that has both crop modes, then the average row over the complete ones."""
-    by_key: dict[str, dict[str, float | None]] = {}
-    for r, auroc in zip(results, aurocs, strict=True):
-        by_key.setdefault(r.model.study_key, {})[r.model.card.crop_mode] = auroc
+    """Rows for every group that has both crop modes, then the average row over the complete ones."""
     rows = [
-        StudyRow(key, modes.get("full"), modes.get("foreground"))
-        for key, modes in by_key.items()
+        StudyRow(label, aurocs[modes["full"]], aurocs[modes["foreground"]])
+        for label, modes in _groups(results).items()
         if "full" in modes and "foreground" in modes
     ]
     complete = [r for r in rows if r.delta is not None]
@@ -122,8 +131,9 @@ def study(results: Sequence[ModelResults], aurocs: Sequence[float | None]) -> li
 
 
 def pairs(results: Sequence[ModelResults]) -> list[tuple[ModelResults, ModelResults]]:
-    """(full, foreground) result pairs of the same study key, for the side-by-side figures."""
-    by_key: dict[str, dict[str, ModelResults]] = {}
-    for r in results:
-        by_key.setdefault(r.model.study_key, {})[r.model.card.crop_mode] = r
-    return [(m["full"], m["foreground"]) for m in by_key.values() if "full" in m and "foreground" in m]
+    """(full, foreground) result pairs of the same group, for the side-by-side figures."""
+    return [
+        (results[m["full"]], results[m["foreground"]])
+        for m in _groups(results).values()
+        if "full" in m and "foreground" in m
+    ]
