@@ -38,7 +38,9 @@ class FitSettings(EdgeModel):
         None, description="a point on or near the drum (m, colour camera frame); selects the nearest cluster"
     )
     hint_radius_m: float = Field(0.25, gt=0, description="the chosen cluster must come this close to the hint")
-    margin_m: float = Field(0.01, ge=0, le=0.5, description="ROI margin grown on every side of the fitted shape")
+    # 30 mm: the fit finds the shell, and mounted components (the drum's bracket stands 24 mm proud) must stay inside
+    # the ROI, or a missing or misaligned part is painted background (docs/calibration.md has the measurements).
+    margin_m: float = Field(0.03, ge=0, le=0.5, description="ROI margin grown on every side of the fitted shape")
     min_range_m: float = Field(0.15, ge=0, description="points nearer than this are dropped (sensor minimum)")
     max_range_m: float = Field(2.5, gt=0, description="points farther than this are dropped as background")
     voxel_m: float = Field(0.005, gt=0, description="voxel size of the cloud used for planes, clusters and normals")

@@ -56,7 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", type=int, default=0, help="frames discarded first (live auto-exposure settling)")
     p.add_argument("--shape", choices=["cylinder", "box"], default="cylinder", help="ROI shape (default cylinder)")
     p.add_argument("--hint", type=_floats(3), help="x,y,z of a point on the drum (m, colour camera frame)")
-    p.add_argument("--margin", type=float, default=0.01, help="ROI margin in metres on every side (default 0.01)")
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=FitSettings().margin_m,
+        help="ROI margin in metres on every side; cover mounted components (default %(default)s)",
+    )
     p.add_argument("--radius-range", type=_floats(2), default=(0.10, 0.60), help="sane radius lo,hi in m")
     p.add_argument("--length-range", type=_floats(2), default=(0.05, 1.50), help="sane length lo,hi in m")
     p.add_argument("--max-range", type=float, default=2.5, help="drop points farther than this (m)")

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -147,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         return rc
 
     _step(3, "train the tiny AST on the line's good parts, export ONNX, fit the scoring file (edge-train)")
+    if (model_dir / "model.onnx").exists():  # a finished earlier demo: retrain (the ROI above was just refitted)
+        shutil.rmtree(model_dir)
     if rc := train.main(
         [
             "--model", "ast", "--preset", "tiny", "--data", str(line), "--roi", str(roi), "--crop", "foreground",

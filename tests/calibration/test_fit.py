@@ -109,7 +109,8 @@ def raycast() -> tuple[list[Frame], npt.NDArray[np.bool_]]:
 
 @functools.cache
 def raycast_result() -> CalibrationResult:
-    return roi_from_frames(raycast()[0], FitSettings())
+    # a bare cylinder (no mounted parts), so a tight 10 mm margin: the projection bounds below are sized for it
+    return roi_from_frames(raycast()[0], FitSettings(margin_m=0.01))
 
 
 @functools.cache

@@ -47,7 +47,7 @@ def test_synthetic_calibration_with_adjustment_writes_roi_and_preview(
     assert isinstance(roi.shape, CylinderShape)
     assert roi.shape.length_m == pytest.approx(0.40)  # --set wins over the fitted length
     assert 0.245 < roi.shape.radius_m < 0.255  # the synthetic drum is ≈0.50 m across
-    assert roi.margin_m == pytest.approx(0.015)  # default 0.01 + --grow 0.005
+    assert roi.margin_m == pytest.approx(0.035)  # default 0.03 + --grow 0.005
     assert roi.acceptance is not None and roi.acceptance.n_frames == 5  # recomputed after the adjustment
     assert roi.acceptance.points_inside > 10_000 and roi.acceptance.fit_residual_m < 0.005
     assert roi.camera.serial and roi.tool_version.startswith("edge-calibrate")

@@ -60,8 +60,7 @@ class Study:
     train_fraction: float = 0.5
     validation_fraction: float = 0.2
     calibration_frames: int = 5
-    # edge-calibrate's default is 10 mm, but the drum's bracket stands 24 mm proud of the shell: a line engineer sets
-    # the margin so that the ROI holds the part's mounted components (edge-calibrate --margin 0.03)
+    # edge-calibrate's default (it was 10 mm, which cut off the drum's bracket, 24 mm proud of the shell)
     roi_margin_m: float = 0.03
     threads: int = 2
     image_score: str = "max"  # AST's two image scores: max of the map, or mean of the grid map

@@ -54,7 +54,8 @@ def run(quick: bool) -> BenchSection:
             f"radius error ≤ 5 mm (worst {worst['radius'] * 1000:.2f} mm)": worst["radius"] <= 0.005,
         },
         notes=[
-            f"{N_FRAMES} frames of one defect-free part per fit (640×480), default FitSettings (10 mm margin)",
+            f"{N_FRAMES} frames of one defect-free part per fit (640×480), default FitSettings "
+            f"({FitSettings().margin_m * 1000:.0f} mm margin)",
             "IoU over pixels with depth in the median-averaged frame: ROI mask (deprojected point inside the ROI) "
             "vs the true drum mask; see calibration.fit.compare_with_truth",
             f"mean IoU {np.mean([float(r[2]) for r in rows]):.4f}",
