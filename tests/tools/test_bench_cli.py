@@ -19,6 +19,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from drivers.labels import labels_dir_for, read_labels
+from edge.core.scoring import load_scoring
 from engines._registry import register_family
 from engines.datasets import recording_splits
 from tests.engines._toy import TOY_FAMILY, make_mvtec
@@ -177,6 +178,7 @@ def test_mvtec_folder_input(tmp_path: Path) -> None:
         (["--models", "toy", "--option", "bogus"], "is not FAMILY:KEY=VALUE"),
         (["--models", "toy", "--warmup", "-1"], "--warmup must be ≥ 0"),
         (["--models", "toy", "--backend", "tensorrt"], "TensorRT is not installed"),
+        (["--models", "toy", "--labels", "x.labels", "--data", "a.db3", "b.db3"], "not exactly one recording"),
     ],
 )
 def test_argument_errors_exit_2_before_reading_frames(
@@ -200,3 +202,17 @@ def test_study_over_two_recordings_has_a_row_per_data_set_and_the_average(assets
     assert len(rows) == 2 and all(" · data " in r["model"] for r in rows) and average["model"] == "average"
     assert average["full"] == pytest.approx((rows[0]["full"] + rows[1]["full"]) / 2)
     assert (tmp_path / "r" / "heatmaps-1.png").is_file()
+
+
+def test_fit_scoring_with_the_f1_threshold_writes_a_file_the_daemon_loads(
+    assets: Assets, ast_model: Path, tmp_path: Path
+) -> None:
+    code, report = bench(assets, tmp_path / "r", "--models", str(ast_model), "--fit-scoring", "--threshold", "f1")
+    assert code == 0
+    (written,) = report["scoring_written"]
+    scoring = load_scoring(Path(written))
+    scoring.check_artefact(ast_model / "model.onnx")  # bound to the same ONNX as the model's own file
+    frames = report["models"][0]["frames"]
+    assert scoring.threshold.method == "f1_max" and scoring.fitted_on.n_labelled == len(frames)
+    good = [f["raw"] for f in frames if f["type"] == "good"]
+    assert scoring.normalisation.mean == pytest.approx(np.mean(good))
