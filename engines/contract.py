@@ -76,6 +76,7 @@ class FitSettings:
     learning_rate: float
     seed: int
     threads: int = 2
+    device: str = "cpu"  # torch device of the training loop ("cpu", "cuda", "cuda:1"); the model returns on the CPU
 
 
 class TrainContext(Protocol):

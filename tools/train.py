@@ -2,8 +2,10 @@
 
 Outputs under ``--out``: ``model.safetensors`` (weights + card + training info), ``model.onnx`` (+ ``.json``
 sidecar), ``scoring.yaml`` (normalisation and threshold fitted on validation/good) and ``state/`` (resumable
-training state: after Ctrl-C or a crash, rerun the same command with ``--resume``). Exit codes: 0 done, 2 a problem
-the user can fix (one line on stderr), 3 paused by ``--stop-after`` (resume later), 130 interrupted (Ctrl-C).
+training state: after Ctrl-C or a crash, rerun the same command with ``--resume``). ``--device auto`` trains on a
+CUDA GPU when torch sees one; export, parity and the scoring fit always run on the CPU (ONNX Runtime). Exit codes:
+0 done, 2 a problem the user can fix (one line on stderr), 3 paused by ``--stop-after`` (resume later), 130
+interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -120,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="torch device of the training loop: auto (cuda when torch sees a GPU, else cpu), cpu, cuda, cuda:N",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run saved in <out>/state/")
     p.add_argument("--stop-after", type=int, metavar="N", help="pause after N saved epochs (exit 3; --resume later)")
     p.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE", help="family option")
@@ -143,6 +150,33 @@ def _seed(seed: int, threads: int) -> None:
     np.random.seed(seed)  # families may use the legacy global generator
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
+
+
+def resolve_device(name: str) -> str:
+    """The torch device to train on; refuses a GPU that torch cannot use, naming why, before any work starts."""
+    import torch  # noqa: PLC0415  (training-only dependency)
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise TrainError(f"--device {name!r} is not a torch device ({err})", "use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return "cpu"
+    if device.type != "cuda":
+        raise TrainError(f"--device {name!r}: only cpu and cuda are supported", "use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise TrainError(
+            f"--device {name}, but torch {torch.__version__} ({build}) sees no CUDA GPU",
+            "train with --device cpu, or on a machine with an NVIDIA GPU and a CUDA build of torch",
+        )
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise TrainError(
+            f"--device {name}, but torch sees {torch.cuda.device_count()} GPU(s)", "pick an index below that count"
+        )
+    return str(device)
 
 
 def _raw_scores(onnx_path: Path, samples: Sequence[Sample], indices: Sequence[int], card: ModelCard) -> np.ndarray:
@@ -209,6 +243,7 @@ def _prepare(args: argparse.Namespace) -> tuple[ModelFamily, ModelCard, Dataset]
         )
     if args.resume and not state.exists():
         raise TrainError(f"--resume, but {state} does not exist", "run without --resume to start afresh")
+    args.device = resolve_device(args.device)
     family = get_family(args.model)
     card = _card(family, args)
     roi = load_roi(args.roi)
@@ -227,7 +262,7 @@ def _fit(family: ModelFamily, card: ModelCard, data: Dataset, args: argparse.Nam
     """Seeded training with progress bar and resumable state; returns the trained model (eval mode)."""
     _seed(args.seed, args.threads)
     model = family.build(card)
-    settings = FitSettings(args.epochs, args.batch_size, args.lr, args.seed, args.threads)
+    settings = FitSettings(args.epochs, args.batch_size, args.lr, args.seed, args.threads, args.device)
     train = Batches(data.split("train"), args.batch_size, shuffle=True, seed=args.seed)
     with _progress() as bar:
         ctx = CliTrainContext(args.out / "state", card, bar, train, resume=args.resume, stop_after=args.stop_after)
@@ -244,7 +279,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     counts = ", ".join(
         f"{s} {sum(k.values())} ({', '.join(f'{n} {c}' for n, c in k.items())})" for s, k in data.kinds.items()
     )
-    head = f"{PROG}: {card.family}/{card.preset} {card.input_size}px {card.crop_mode}; data {counts}"
+    head = f"{PROG}: {card.family}/{card.preset} {card.input_size}px {card.crop_mode} on {args.device}; data {counts}"
     _STDERR.print(head, soft_wrap=True)
     model = _fit(family, card, data, args)
     onnx_path = onnx_from_model(model, card, out / "model.onnx")
@@ -272,7 +307,13 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         **_evaluate(onnx_path, data, card, scoring),
     }
     metrics |= {f"parity_max_abs_{k}": v.max_abs for k, v in parity.outputs.items()}
-    settings = {"batch_size": args.batch_size, "lr": args.lr, "data": str(args.data), "crop": args.crop}
+    settings = {
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "data": str(args.data),
+        "crop": args.crop,
+        "device": args.device,
+    }
     info = TrainInfo(args.epochs, args.seed, data.data_hash, started, utc_now(), metrics=metrics, settings=settings)
     save_checkpoint(out / "model.safetensors", model, card, info)
     _print_summary(out, metrics)

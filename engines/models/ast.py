@@ -385,8 +385,8 @@ def student_loss(z_t: Tensor, z_s: Tensor, fg: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------------------- training
 
 
-def _cache(model: AstModel, train: Iterable[Mapping[str, Any]]) -> tuple[Tensor, Tensor]:
-    """Frozen inputs of every training sample, computed once: (teacher/student input, soft foreground)."""
+def _cache(model: AstModel, train: Iterable[Mapping[str, Any]], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Frozen inputs of every training sample, computed once on ``device``: (teacher/student input, soft fg)."""
     inputs, weights = [], []
     with torch.no_grad():
         for batch in train:
@@ -396,7 +396,8 @@ def _cache(model: AstModel, train: Iterable[Mapping[str, Any]]) -> tuple[Tensor,
                     f"training batch lacks {missing} (has {sorted(batch)})",
                     f"feed batches with {list(model.input_names)} as the card lists",
                 )
-            inp, soft, _ = model.prepare(**{n: torch.as_tensor(batch[n]).float() for n in model.input_names})
+            tensors = {n: torch.as_tensor(batch[n]).float().to(device) for n in model.input_names}
+            inp, soft, _ = model.prepare(**tensors)
             inputs.append(inp)
             weights.append(soft)
     if not inputs:
@@ -416,10 +417,10 @@ def _optimizer(net: nn.Module, lr: float) -> torch.optim.Adam:
 
 def _flat_state(teacher: nn.Module, student: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Tensor]:
     """Resumable state as one flat name → tensor mapping (safetensors-friendly; no pickled objects)."""
-    state = {f"teacher.{k}": v.detach().clone() for k, v in teacher.state_dict().items()}
-    state |= {f"student.{k}": v.detach().clone() for k, v in student.state_dict().items()}
+    state = {f"teacher.{k}": v.detach().cpu().clone() for k, v in teacher.state_dict().items()}
+    state |= {f"student.{k}": v.detach().cpu().clone() for k, v in student.state_dict().items()}
     for idx, slots in opt.state_dict()["state"].items():
-        state |= {f"optim.{idx}.{k}": torch.as_tensor(v).clone() for k, v in slots.items()}
+        state |= {f"optim.{idx}.{k}": torch.as_tensor(v).cpu().clone() for k, v in slots.items()}
     return state
 
 
@@ -481,7 +482,11 @@ def _run_phase(
 
 
 def fit_ast(model: AstModel, train: Iterable[Mapping[str, Any]], settings: FitSettings, context: TrainContext) -> None:
-    """Cache frozen features once, train the teacher, then the student; resumes from the context's saved state."""
+    """Cache frozen features once, train the teacher, then the student; resumes from the context's saved state.
+
+    Runs on ``settings.device`` (features cached there, batch order still drawn on the CPU so a run's batches do not
+    depend on the device) and hands the model back on the CPU, where checkpointing and export expect it.
+    """
     if settings.epochs < 1 or settings.batch_size < 1:
         raise AstTrainError(
             f"epochs={settings.epochs}, batch_size={settings.batch_size}", "use at least one epoch and batch size 1"
@@ -501,15 +506,16 @@ def fit_ast(model: AstModel, train: Iterable[Mapping[str, Any]], settings: FitSe
             teacher_from = (epoch, state)
         else:
             teacher_from, student_from = (settings.epochs, {}), (epoch, state)
-    model.train()
-    inp, fg = _cache(model, train)
+    device = torch.device(settings.device)
+    model.to(device).train()
+    inp, fg = _cache(model, train, device)
     if teacher_from is None or teacher_from[0] < settings.epochs:
         _run_phase(model, "teacher", (inp, fg), settings=settings, context=context, resume=teacher_from)
     model.teacher.eval()
     with torch.no_grad():
         z_t = torch.cat([model.teacher(i, model.cond(i.shape[0]))[0] for i in torch.split(inp, settings.batch_size)])
     _run_phase(model, "student", (inp, fg, z_t), settings=settings, context=context, resume=student_from)
-    model.eval()
+    model.cpu().eval()
 
 
 # ----------------------------------------------------------------------------------------------------- family object

@@ -511,9 +511,9 @@ def replace_codes(vq: VectorQuantizerEMA, q: Tensor, mask: Tensor, gen: torch.Ge
     flat = q.permute(0, 2, 3, 1).reshape(-1, d)
     order = vq.distances(flat).argsort(1)  # N×K, nearest first
     skip = int(0.05 * k)
-    strength = 0.1 + 0.9 * torch.rand(b, generator=gen)
+    strength = 0.1 + 0.9 * torch.rand(b, generator=gen)  # drawn on the CPU: the same numbers on every device
     top = torch.clamp(torch.ceil(strength * k).long(), min=skip + 1, max=k).repeat_interleave(h * w)
-    rank = skip + (torch.rand(b * h * w, generator=gen) * (top - skip)).long()
+    rank = (skip + (torch.rand(b * h * w, generator=gen) * (top - skip)).long()).to(q.device)
     new = vq.codebook[order.gather(1, rank[:, None])[:, 0]].reshape(b, h, w, d).permute(0, 3, 1, 2)
     return q * (1 - mask) + new * mask
 
@@ -524,7 +524,7 @@ def shuffle_patches(q: Tensor, mask: Tensor, gen: torch.Generator) -> Tensor:
     sizes = [p for p in (1, 2, 4, 8) if h % p == 0 and w % p == 0 and p <= max(1, h // 2)]
     p = sizes[int(torch.randint(len(sizes), (1,), generator=gen))]
     patches = nnf.pixel_unshuffle(q, p).reshape(b, d * p * p, -1)
-    perm = torch.randperm(patches.shape[-1], generator=gen)
+    perm = torch.randperm(patches.shape[-1], generator=gen).to(q.device)
     shuffled = nnf.pixel_shuffle(patches[..., perm].reshape(b, d * p * p, h // p, w // p), p)
     return q * (1 - mask) + shuffled * mask
 
@@ -536,7 +536,7 @@ def training_mask(rng: np.random.Generator, fg: Tensor) -> Tensor:
         _perlin.anomaly_mask(rng, size) if rng.random() < 0.5 else np.zeros((size, size), np.float32)
         for _ in range(fg.shape[0])
     ]
-    return torch.from_numpy(np.stack(masks)[:, None]) * fg
+    return torch.from_numpy(np.stack(masks)[:, None]).to(fg.device) * fg
 
 
 def make_anomalies(
@@ -648,11 +648,15 @@ def dada_batch(seed: int, index: int, batch: int, size: int, mode: str, *, real:
 def fit_dada(
     model: DadaModel, train: Iterable[Mapping[str, Any]], settings: FitSettings, context: TrainContext
 ) -> None:
-    """Pretrain DADA on the seeded procedural corpus (+ crops of ``train``): L1 (rgbd) or MSE (depth) + commitment."""
+    """Pretrain DADA on the seeded procedural corpus (+ crops of ``train``): L1 (rgbd) or MSE (depth) + commitment.
+
+    Batches are generated on the CPU and trained on ``settings.device``; the model comes back on the CPU."""
     _check_settings(settings)
+    device = torch.device(settings.device)
     with torch.no_grad():
         real = [model.prepare(**_inputs(model.input_names, b)) for b in train]
     real_all = torch.cat(real) if real else None
+    model.to(device)
     opt = torch.optim.Adam(model.net.parameters(), lr=settings.learning_rate)
     start = _resume(context, "dada", {"net": model.net}, opt)
     steps = model.settings.corpus_batches
@@ -669,7 +673,7 @@ def fit_dada(
                 model.settings.input_size,
                 model.mode,
                 real=real_all,
-            )
+            ).to(device)
             recon, commit = model.net(x)
             loss = recon_loss(recon, x) + commit
             opt.zero_grad(set_to_none=True)
@@ -678,15 +682,15 @@ def fit_dada(
             losses.append(float(loss.detach()))
         context.progress("dada", epoch + 1, settings.epochs, loss=float(np.mean(losses)))
         context.save_state("dada", epoch + 1, _state({"net": model.net}, opt))
-    model.eval()
+    model.cpu().eval()
 
 
-def _cache(model: Dsr3dModel, train: Iterable[Mapping[str, Any]]) -> tuple[Tensor, ...]:
-    """(input, foreground, q_lo, q_hi) of every training sample, computed once through the frozen DADA."""
+def _cache(model: Dsr3dModel, train: Iterable[Mapping[str, Any]], device: torch.device) -> tuple[Tensor, ...]:
+    """(input, foreground, q_lo, q_hi) of every training sample, computed once on ``device`` through the frozen DADA."""
     parts: list[tuple[Tensor, ...]] = []
     with torch.no_grad():
         for batch in train:
-            inputs = _inputs(model.input_names, batch)
+            inputs = {k: v.to(device) for k, v in _inputs(model.input_names, batch).items()}
             x = model.prepare(**inputs)
             fg = inputs["mask"] * (inputs["xyz"][:, 2:3] > 0).float()
             q_lo, q_hi, _ = model.dada.quantize(x)
@@ -699,13 +703,17 @@ def _cache(model: Dsr3dModel, train: Iterable[Mapping[str, Any]]) -> tuple[Tenso
 def fit_dsr3d(
     model: Dsr3dModel, train: Iterable[Mapping[str, Any]], settings: FitSettings, context: TrainContext
 ) -> None:
-    """Train the object-specific modules on normal samples with feature-space anomalies; DADA stays frozen."""
+    """Train the object-specific modules on normal samples with feature-space anomalies; DADA stays frozen.
+
+    Runs on ``settings.device`` (anomaly draws stay on the CPU generators) and hands the model back on the CPU."""
     _check_settings(settings)
+    device = torch.device(settings.device)
+    model.to(device)
     nets = {"sub_lo": model.sub_lo, "sub_hi": model.sub_hi, "decoder": model.decoder, "unet": model.unet}
     params = [p for net in nets.values() for p in net.parameters()]
     opt = torch.optim.Adam(params, lr=settings.learning_rate)
     start = _resume(context, "dsr3d", nets, opt)
-    x_all, fg_all, lo_all, hi_all = _cache(model, train)
+    x_all, fg_all, lo_all, hi_all = _cache(model, train, device)
     model.train()
     for epoch in range(start, settings.epochs):
         _set_lr(opt, settings.learning_rate, epoch, settings.epochs, (0.8,))
@@ -723,7 +731,7 @@ def fit_dsr3d(
             losses.append(float(loss.detach()))
         context.progress("dsr3d", epoch + 1, settings.epochs, loss=float(np.mean(losses)))
         context.save_state("dsr3d", epoch + 1, _state(nets, opt))
-    model.eval()
+    model.cpu().eval()
 
 
 # ----------------------------------------------------------------------------------------------------- family objects

@@ -12,9 +12,9 @@ import numpy.typing as npt
 import pytest
 
 import edge.crop
-from calibration.roi import BoxShape, CameraBinding, CylinderShape, RoiError, RoiFile
+from calibration.roi import BoxShape, CameraBinding, RoiError, RoiFile
 from drivers.playback import PlaybackSource, PlaybackSourceConfig
-from edge.core.frame import Extrinsics, Frame, Intrinsics, StreamSpec
+from edge.core.frame import Frame, StreamSpec
 from edge.core.geometry import ray_table, xyz_from_depth
 from edge.crop import (
     CropError,
@@ -31,36 +31,10 @@ from edge.crop import (
     roi_ray_table,
     roi_silhouette,
 )
+from tests.edge._crop_data import make_frame, make_roi, make_spec
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 BAG = SHARED / "fixtures" / "realsense" / "single_depth_color_640x480.bag"
-
-
-def make_spec(w: int = 64, h: int = 48, *, aligned: bool = True, serial: str = "TEST1") -> StreamSpec:
-    intr = Intrinsics(w, h, 0.9 * w, 0.9 * w, w / 2 - 0.3, h / 2 + 0.2)
-    return StreamSpec(serial, intr, intr, Extrinsics(), 0.001, 30.0, aligned, source="test")
-
-
-def rotation(rvec: tuple[float, float, float]) -> npt.NDArray[np.float64]:
-    R, _ = cv2.Rodrigues(np.asarray(rvec, dtype=np.float64))
-    return R
-
-
-def make_roi(spec: StreamSpec, kind: str, center: tuple[float, float, float] = (0.02, -0.01, 0.8)) -> RoiFile:
-    T = np.eye(4)
-    T[:3, :3] = rotation((0.1, 1.4, 0.05))  # a drum lying roughly along camera x, slightly tilted
-    T[:3, 3] = center
-    shape = CylinderShape(radius_m=0.12, length_m=0.3) if kind == "cylinder" else BoxShape(extents_m=(0.2, 0.15, 0.3))
-    return RoiFile(camera=CameraBinding.from_spec(spec), T_camera_roi=T.tolist(), shape=shape, margin_m=0.01)
-
-
-def make_frame(spec: StreamSpec, seed: int = 0) -> Frame:
-    rng = np.random.default_rng(seed)
-    h, w = spec.depth_shape
-    depth = rng.integers(550, 1050, size=(h, w)).astype(np.uint16)
-    depth[rng.random((h, w)) < 0.1] = 0  # holes, as a real sensor has
-    color = rng.integers(0, 256, size=(h, w, 3)).astype(np.uint8)
-    return Frame(color, depth, spec, 1, 1, 0, 0)
 
 
 def reference_crop(

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_crop import make_frame, make_roi, make_spec
 
 from edge.crop import CropError, CropSpec, RoiCropper
 from edge.crop_cuda import (
@@ -23,6 +22,7 @@ from edge.crop_cuda import (
     kernel_silhouette,
     kernel_tables,
 )
+from tests.edge._crop_data import make_frame, make_roi, make_spec
 
 
 def find_nvcc() -> str | None:

@@ -11,13 +11,14 @@ from rich.console import Console
 
 from tools.benchmarks.report import BenchSection, write_page
 
-# Section modules, in the order the pipeline runs: source → ring → crop → engines.
+# Section modules, in the order the pipeline runs: source → ring → crop → engines, then the GPU paths.
 SECTIONS = [
     "tools.benchmarks.synthetic",
     "tools.benchmarks.ring",
     "tools.benchmarks.calibration",
     "tools.benchmarks.crop",
     "tools.benchmarks.engines",
+    "tools.benchmarks.gpu",
 ]
 
 

@@ -15,7 +15,9 @@ import argparse
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -24,9 +26,9 @@ import numpy.typing as npt
 import tifffile
 
 from calibration.fit import FitSettings, compare_with_truth, projection_mask, roi_from_frames
-from calibration.roi import RoiFile, save_roi
+from calibration.roi import RoiFile, load_roi, save_roi
 from drivers.mvtec import MvtecExportConfig, MvtecWriter
-from drivers.synthetic import SyntheticSource, SyntheticSourceConfig
+from drivers.synthetic import SyntheticSource, SyntheticSourceConfig, render_frame
 from edge.core.errors import EdgeError
 from edge.core.scoring import Scorer, load_scoring
 from edge.crop import CropSpec
@@ -63,6 +65,8 @@ class Study:
     # edge-calibrate's default (it was 10 mm, which cut off the drum's bracket, 24 mm proud of the shell)
     roi_margin_m: float = 0.03
     threads: int = 2
+    device: str = "auto"  # edge-train --device: the training loop's torch device (scoring stays ONNX Runtime CPU)
+    workers: int = 1  # processes rendering the line (frames are pure functions of their index)
     image_score: str = "max"  # AST's two image scores: max of the map, or mean of the grid map
     dada_epochs: int = 0  # 3DSR: DADA pretraining epochs (of the preset's corpus_batches generated batches)
 
@@ -117,9 +121,14 @@ def render_dataset(study: Study, out: Path) -> tuple[Path, dict[str, dict[str, i
     )
     export = MvtecExportConfig(train_fraction=study.train_fraction, validation_fraction=study.validation_fraction)
     writer = MvtecWriter(out, export, seed=study.seed)
-    with SyntheticSource(config) as source:
-        for frame in source.frames():
-            writer.write(frame)
+    if study.workers > 1:  # render_frame is pure, so a pool gives the frames SyntheticSource would, in order
+        with ProcessPoolExecutor(study.workers) as pool:
+            for frame in pool.map(partial(render_frame, config), range(study.frames), chunksize=4):
+                writer.write(frame)
+    else:
+        with SyntheticSource(config) as source:
+            for frame in source.frames():
+                writer.write(frame)
     summary = writer.close()
     return summary.root, summary.counts
 
@@ -156,7 +165,7 @@ def edge_train(
         "--model", model, "--preset", study.preset, "--crop", mode,
         "--data", str(data), "--roi", str(roi_path), "--out", str(out),
         "--epochs", str(epochs), "--batch-size", str(study.batch_size), "--lr", str(study.learning_rate),
-        "--seed", str(study.seed), "--threads", str(study.threads),
+        "--seed", str(study.seed), "--threads", str(study.threads), "--device", study.device,
     ]  # fmt: skip
     for option in options:
         argv += ["--option", option]
@@ -189,7 +198,9 @@ def train_models(study: Study, data: Path, roi_path: Path, work: Path) -> tuple[
     return fit_s, dada_s
 
 
-def score_mode(data: Path, roi: RoiFile, run_dir: Path, fit_s: float, figure_ids: list[int]) -> ModeResult:
+def score_mode(
+    data: Path, roi: RoiFile, run_dir: Path, fit_s: float, figure_ids: list[int], *, threads: int
+) -> ModeResult:
     """Score the test split with the exported ONNX file in ONNX Runtime and evaluate maps and image scores."""
     onnx_path = run_dir / "model.onnx"
     card = card_from_onnx(onnx_path)
@@ -205,7 +216,7 @@ def score_mode(data: Path, roi: RoiFile, run_dir: Path, fit_s: float, figure_ids
     keep_maps: dict[int, npt.NDArray[np.float32]] = {}
     keep_rgb: dict[int, npt.NDArray[np.float32]] = {}
     mean, std = np.array(card.mean, np.float32)[:, None, None], np.array(card.std, np.float32)[:, None, None]
-    with OrtRunner(onnx_path, OrtRunnerConfig(intra_op_threads=2)) as runner:
+    with OrtRunner(onnx_path, OrtRunnerConfig(intra_op_threads=threads)) as runner:
         for i in range(len(test)):
             s = test[i]
             out = runner.infer({k: s[k][None] for k in card.inputs})
@@ -281,10 +292,20 @@ def _row(name: str, full: float, fg: float, digits: int = 3) -> list[str]:
     return [name, f"{full:.{digits}f}", f"{fg:.{digits}f}", f"{delta:+.{digits}f}", rel]
 
 
+def device_name(device: str) -> str:
+    """The training device as the notes print it: ``cuda (NVIDIA H200)`` or ``cpu``."""
+    if not device.startswith("cuda"):
+        return device
+    import torch  # noqa: PLC0415  (training-only dependency)
+
+    return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+
+
 def training_notes(study: Study, dada_s: float) -> list[str]:
     """How the models were trained, and what the ROI mask does in ``full`` mode, for the study's family."""
     common = (
-        f"batch {study.batch_size}, lr {study.learning_rate:g}, seed {study.seed}, {study.threads} torch threads; "
+        f"batch {study.batch_size}, lr {study.learning_rate:g}, seed {study.seed}, {study.threads} torch threads, "
+        f"device {device_name(study.device)}; "
         "scoring.yaml fitted on validation/good (false-alarm rate 0.01 + 0.5 std margin)"
     )
     if study.model == "ast":
@@ -359,19 +380,30 @@ def section(
             "holes, stereo shadow, speckle: foreground keeps their colour, CropSpec.keep_depthless) and "
             f"{100 * shares[1]:.1f} % has depth outside the ROI (background at the rim, and drum points beyond the "
             "margin such as the bracket: foreground paints them background)",
-            "latency: the same graph in both modes (the difference is other jobs' load on the shared 2-core CPU)",
+            f"latency: the same graph in both modes, ONNX Runtime with {study.threads} threads (a difference between "
+            "the modes is other jobs' load on the machine)",
         ],
     )
 
 
-def study_run(study: Study, work: Path, figure: Path | None = None) -> BenchSection:
-    """Render, calibrate, train both crop modes, score with ONNX Runtime; returns the paper-style table."""
+def given_roi(path: Path, roi_path: Path) -> tuple[RoiFile, str]:
+    """A ROI fitted earlier (e.g. by this study where open3d is installed), copied into the work folder."""
+    roi = load_roi(path)
+    save_roi(roi, roi_path)
+    return roi, f"fitted earlier and passed with --roi {path.name} (version {roi.version})"
+
+
+def study_run(study: Study, work: Path, figure: Path | None = None, roi_file: Path | None = None) -> BenchSection:
+    """Render, calibrate (or take ``roi_file``), train both crop modes, score with ONNX Runtime; returns the table."""
     data, counts = render_dataset(study, work / "mvtec")
     roi_path = work / "roi.yaml"
-    roi, calib = calibrate(study, roi_path)
+    roi, calib = calibrate(study, roi_path) if roi_file is None else given_roi(roi_file, roi_path)
     ids = figure_samples(data, roi, input_size(study)) if figure is not None else []
     fit_s, dada_s = train_models(study, data, roi_path, work)
-    results = {mode: score_mode(data, roi, work / f"{study.model}-{mode}", fit_s[mode], ids) for mode in MODES}
+    results = {
+        mode: score_mode(data, roi, work / f"{study.model}-{mode}", fit_s[mode], ids, threads=study.threads)
+        for mode in MODES
+    }
     if figure is not None:
         write_figure(results, ids, figure)
     return section(study, counts, calib, silhouette_shares(data, roi), results, dada_s=dada_s)
@@ -420,6 +452,13 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Study]:
     parser.add_argument("--frames", type=int, help="parts rendered on the line (default: the study's)")
     parser.add_argument("--epochs", type=int, help="epochs per training phase (default: the study's)")
     parser.add_argument("--dada-epochs", type=int, help="3DSR: DADA pretraining epochs (default: the study's)")
+    parser.add_argument("--batch-size", type=int, help="training batch size (default: the study's)")
+    parser.add_argument(
+        "--device", default="auto", help="edge-train --device (default auto: a CUDA GPU if torch sees one)"
+    )
+    parser.add_argument("--threads", type=int, help="torch CPU threads per edge-train (default: the study's)")
+    parser.add_argument("--workers", type=int, default=1, help="processes rendering the line (default 1)")
+    parser.add_argument("--roi", type=Path, help="use this roi.yaml instead of fitting one (which needs open3d)")
     args = parser.parse_args(argv)
     base = (QUICK_STUDIES if args.quick else FULL_STUDIES)[args.model]
     study = replace(
@@ -430,6 +469,10 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Study]:
         frames=args.frames or base.frames,
         epochs=args.epochs or base.epochs,
         dada_epochs=args.dada_epochs or base.dada_epochs,
+        batch_size=args.batch_size or base.batch_size,
+        device=train.resolve_device(args.device),
+        threads=args.threads or base.threads,
+        workers=args.workers,
     )
     return args, study
 
@@ -442,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = f"{study.model}-heatmaps" + (f"-{args.block}" if args.block else "")
     figure = doc.parent / f"{stem}.png" if write_doc else None
     with tempfile.TemporaryDirectory(prefix="accuracy-") as tmp:
-        result = study_run(study, args.work or Path(tmp), figure)
+        result = study_run(study, args.work or Path(tmp), figure, args.roi)
     wall = (time.perf_counter_ns() - t0) / 1e9
     command = "python -m tools.benchmarks.accuracy " + " ".join(sys.argv[1:] if argv is None else argv)
     text = result.to_markdown().replace("## ", "### ", 1)
