@@ -22,7 +22,7 @@ Presets (``PRESETS``; S = input size, grid = S / feature stride, depth = 8·grid
 preset    S      backbone, tap   features     grid   teacher          student          fit (epochs/batch/lr)
 ========  =====  ==============  ===========  =====  ===============  ===============  ======================
 paper     768    Lite2 block 19  208 @ /32    24     4 × hidden 64    1024 × 4 blocks  72 / 8 / 2e-4
-edge      256    Lite2 block 14  120 @ /16    16     4 × hidden 64    256 × 2 blocks   24 / 8 / 2e-4
+edge      256    Lite2 block 14  120 @ /16    16     4 × hidden 64    256 × 2 blocks   72 / 8 / 2e-4
 tiny      128    Lite0 block 4   40 @ /8      16     4 × hidden 16    32 × 1 block     2 / 4 / 1e-3
 ========  =====  ==============  ===========  =====  ===============  ===============  ======================
 
@@ -123,7 +123,7 @@ class AstSettings:
 
 PRESETS: dict[str, AstSettings] = {
     "paper": AstSettings(768, "lite2", 19, teacher_hidden=64, student_hidden=1024, student_blocks=4),
-    "edge": AstSettings(256, "lite2", 14, teacher_hidden=64, student_hidden=256, student_blocks=2, epochs=24),
+    "edge": AstSettings(256, "lite2", 14, teacher_hidden=64, student_hidden=256, student_blocks=2),
     "tiny": AstSettings(
         128, "lite0", 4, teacher_hidden=16, student_hidden=32, student_blocks=1, epochs=2, batch_size=4,
         learning_rate=1e-3,

@@ -197,7 +197,7 @@ def test_cuda_crop_writes_into_caller_device_buffers() -> None:
     n = 128
     try:
         with gpu.active():
-            bufs = [cuda.mem_alloc(3 * n * n * 4), cuda.mem_alloc(3 * n * n * 4), cuda.mem_alloc(n * n)]
+            bufs = [cuda.mem_alloc(3 * n * n * 4), cuda.mem_alloc(3 * n * n * 4), cuda.mem_alloc(n * n * 4)]  # f32
             frame = make_frame(spec, 5)
             dst = gpu.crop_to_device(frame, DeviceOutputs(int(bufs[0]), int(bufs[1]), int(bufs[2])))
             gpu.stream.synchronize()

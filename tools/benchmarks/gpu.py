@@ -171,8 +171,9 @@ def run(quick: bool) -> BenchSection:
             "kernel is compiled by pycuda with --fmad=false so it reproduces the CPU crop bit for bit.",
             "Models: fp32 PyTorch eager on the GPU, not TensorRT (no tensorrt package on the machine); the baseline is "
             "the same exported graph in ONNX Runtime's CPU provider (default threads) on the same machine.",
-            f"run at {time.strftime('%H:%M:%S')}; TensorRT engine build and latency: not measured here "
-            "(docs/engines.md).",
+            f"1-minute load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (other jobs slow "
+            f"the CPU baselines and the copies); run at {time.strftime('%H:%M:%S')}. TensorRT engine build and "
+            "latency: not measured here (docs/engines.md). Figures measured on an H200: docs/benchmarks-gpu.md.",
         ],
     )
 
