@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
-import queue
 import signal
 import time
 from collections import deque
@@ -30,6 +29,7 @@ from edge.capture import check_fits, pump
 from edge.core.frame import Frame, StreamSpec
 from edge.core.metrics import Metrics
 from edge.core.ringbuf import FrameRing
+from edge.daemon.channel import ChildPipes
 from edge.daemon.config import EdgeConfig
 from edge.daemon.evidence import EvidenceError, EvidenceStore
 from edge.daemon.health import SdNotifier, Watchdog, status_line
@@ -158,6 +158,7 @@ class EdgeApp:
         self._reload = False
         self._ready = False
         self._done = False
+        self._next_sequence = -1  # one past the newest frame sequence accounted (-1: none yet)
         self.run_id = 0
 
     # -- signals ---------------------------------------------------------------------------------
@@ -217,8 +218,7 @@ class EdgeApp:
 
     def _start_children(self, ring: FrameRing) -> None:
         ctx = mp.get_context("spawn")
-        self.results: Any = ctx.Queue()
-        self.control: Any = ctx.Queue()
+        self.pipes = ChildPipes(ctx)  # fresh pipes per inference start: a killed child can leave nothing locked
         self.capture_stop = ctx.Value("b", 0, lock=False)
         # Lock-free shared values: a capture child SIGKILLed while holding a lock (an mp.Value's or an mp.Event's)
         # would leave it held forever and hang the restarted child. One writer each: capture / the supervisor.
@@ -234,11 +234,19 @@ class EdgeApp:
         )  # fmt: skip
         self.inference = MonitoredProcess(
             ctx, "inference", target=inference_main,
-            args=lambda _n: (config_json, ring.name, self.results, self.control, me),
+            args=lambda n: self._inference_args(n, config_json, ring.name, me),
             budget=RestartBudget(sup.max_restarts, sup.window_s), on_restart=self._count_restart,
+            after_start=self.pipes.started,
         )  # fmt: skip
         self.inference.start()
         self.capture.start()
+
+    def _inference_args(self, restarts: int, config_json: dict[str, Any], ring: str, me: int) -> tuple[Any, ...]:
+        """Arguments of one inference start. A restart first reads everything the dead child sent (its pipe ends in
+        EOF), so the successor counts only the frames lost with it as dropped, from the newest accounted one."""
+        if restarts:
+            self._pump_results(0.0)
+        return (config_json, ring, *self.pipes.for_child(), me, self._next_sequence)
 
     def _count_restart(self, name: str) -> None:
         self.stats.counts[f"restarts_{name}"] += 1
@@ -250,7 +258,7 @@ class EdgeApp:
             if self._reload:
                 self._reload = False
                 log.info("event=reload_requested signal=SIGHUP")
-                self.control.put("reload")
+                self.pipes.send_control("reload")
             self._pump_results(0.2)
             self.capture.check()
             self.inference.check()
@@ -292,19 +300,12 @@ class EdgeApp:
         self.store.close()
         if self.mqtt is not None:
             self.mqtt.close()
-        self.results.close()
-        self.control.close()
+        self.pipes.close()
 
     # -- results ---------------------------------------------------------------------------------
     def _pump_results(self, timeout_s: float) -> None:
-        """Handle every queued message; wait up to ``timeout_s`` for the first."""
-        block = timeout_s > 0
-        while True:
-            try:
-                kind, payload, extra = self.results.get(block, timeout_s) if block else self.results.get_nowait()
-            except queue.Empty:
-                return
-            block = False
+        """Handle every message the inference child (and a dead predecessor) sent; wait up to ``timeout_s``."""
+        for kind, payload, extra in self.pipes.inbox.messages(timeout_s):
             if kind == "record":
                 self._on_record(payload, extra)
             elif kind == "frame":
@@ -314,7 +315,8 @@ class EdgeApp:
             elif kind == "ready":
                 log.info("event=inference_ready pid=%s models=%s", payload["pid"], payload["models"])
 
-    def _account(self, gap: int) -> None:
+    def _account(self, sequence: int, gap: int) -> None:
+        self._next_sequence = max(self._next_sequence, sequence + 1)
         self.stats.counts["dropped"] += gap
         if gap:
             self.metrics.observe_dropped("sequence_gap", gap)
@@ -334,7 +336,7 @@ class EdgeApp:
             self.metrics.observe_gated()
         else:
             self.metrics.frames.labels(outcome=event.outcome).inc()
-        self._account(event.gap_before)
+        self._account(event.sequence, event.gap_before)
 
     def _on_record(self, record: VerdictRecord, evidence: Evidence | None) -> None:
         self.store.write(record)  # first: the verdict is durable before anything else happens
@@ -344,7 +346,7 @@ class EdgeApp:
         self.stats.totals_ms.append(record.stage_ms.get("total", 0.0))
         c["late"] += int(record.late)
         self.metrics.observe(record)
-        self._account(record.gap_before)
+        self._account(record.sequence, record.gap_before)
         if self.mqtt is not None:
             self.mqtt.publish(record)
         if evidence is not None and self.evidence is not None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import Any, Literal
 
 import numpy as np
@@ -16,6 +16,7 @@ from edge.core.errors import EdgeError
 from edge.core.frame import Frame, StreamSpec
 from edge.core.ringbuf import FrameRing, RingClosedError, RingReader, RingTimeoutError, TornReadError
 from edge.core.scoring import file_sha256, load_scoring
+from edge.daemon.channel import Outbox, control_messages
 from edge.daemon.config import EdgeConfig, GatingConfig
 from edge.daemon.evidence import render_overlay
 from edge.daemon.record import Evidence, ModelScore, VerdictRecord
@@ -120,11 +121,13 @@ class _Claimed:
 class InferenceLoop:
     """State of one inference process: models, gate, sequence tracking, evidence sampling."""
 
-    def __init__(self, config: EdgeConfig, reader: RingReader, frame_spec: StreamSpec, results: Any) -> None:
+    def __init__(
+        self, config: EdgeConfig, reader: RingReader, frame_spec: StreamSpec, results: Outbox, next_sequence: int = -1
+    ) -> None:
         self.config, self.reader, self.spec, self.results = config, reader, frame_spec, results
         self.models = load_models(config, frame_spec)
         self.gate = PartGate(config.gating)
-        self.next_sequence = -1
+        self.next_sequence = next_sequence  # a restarted child continues from the daemon's count
         self.ok_seen = 0
         self.budget_ms = config.latency_budget_ms
         self._color = np.empty(frame_spec.color_shape, dtype=np.uint8)  # the last scored frame, for evidence
@@ -253,17 +256,37 @@ class InferenceLoop:
         )
 
 
-def inference_main(config_json: dict[str, Any], ring_name: str, results: Any, control: Any, parent_pid: int) -> None:
+def inference_main(  # noqa: PLR0917  (spawn passes a process's arguments by position)
+    config_json: dict[str, Any],
+    ring_name: str,
+    results_conn: Connection,
+    control: Connection,
+    parent_pid: int,
+    next_sequence: int = -1,
+) -> None:
     """Entry point of the inference process (spawn): runs until the ring's stream closes, then says ``done``.
 
     It has no stop event on purpose: the supervisor stops capture and closes the stream, and this process
-    drains every frame published before that, so a shutdown never loses a verdict.
+    drains every frame published before that, so a shutdown never loses a verdict. Its pipes are its own
+    (``edge.daemon.channel``): if it is killed, the daemon reads what it sent and then end of file.
     """
     child_init()
     configure_logging(role="inference")
     config = EdgeConfig.model_validate(config_json)
+    results = Outbox(results_conn)
+    try:
+        _serve(config, ring_name, results, control, parent_pid=parent_pid, next_sequence=next_sequence)
+        results.put(("done", {"pid": os.getpid()}, None))
+    finally:
+        results.close()
+
+
+def _serve(
+    config: EdgeConfig, ring_name: str, results: Outbox, control: Connection, *, parent_pid: int, next_sequence: int
+) -> None:
+    """Score frames until the ring's stream closes (or the daemon is gone)."""
     with FrameRing.attach(ring_name) as ring:
-        loop = InferenceLoop(config, ring.reader(), ring.spec, results)
+        loop = InferenceLoop(config, ring.reader(), ring.spec, results, next_sequence)
         results.put(("ready", {"pid": os.getpid(), "models": loop.models.model_versions}, None))
         try:
             while os.getppid() == parent_pid:  # an orphan (supervisor SIGKILLed) exits
@@ -276,14 +299,9 @@ def inference_main(config_json: dict[str, Any], ring_name: str, results: Any, co
                     break
         finally:
             loop.models.close()
-    results.put(("done", {"pid": os.getpid()}, None))
 
 
-def _handle_control(control: Any, loop: InferenceLoop) -> None:
-    try:
-        while True:
-            message = control.get_nowait()
-            if message == "reload":
-                loop.reload()
-    except queue.Empty:
-        return
+def _handle_control(control: Connection, loop: InferenceLoop) -> None:
+    for message in control_messages(control):
+        if message == "reload":
+            loop.reload()

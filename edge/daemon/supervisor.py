@@ -104,9 +104,10 @@ class MonitoredProcess:
         args: Callable[[int], tuple[Any, ...]],
         budget: RestartBudget,
         on_restart: Callable[[str], None],
+        after_start: Callable[[], None] | None = None,
     ) -> None:
         self.ctx, self.name, self.target, self.args = ctx, name, target, args
-        self.budget, self.on_restart = budget, on_restart
+        self.budget, self.on_restart, self.after_start = budget, on_restart, after_start
         self.process: SpawnProcess | None = None
         self.restarts = 0
         self.finished = False  # exited with code 0: its job is done (e.g. end of a recording)
@@ -116,6 +117,8 @@ class MonitoredProcess:
             target=self.target, args=self.args(self.restarts), name=f"edge.{self.name}", daemon=True
         )
         self.process.start()
+        if self.after_start is not None:  # e.g. close the parent's copies of pipe ends handed to the child
+            self.after_start()
         log.info("event=child_started process=%s pid=%s restarts=%d", self.name, self.process.pid, self.restarts)
 
     @property

@@ -287,3 +287,26 @@ def test_latest_ring_under_backlog_drops_oldest_and_records_gaps(make_config: Ca
     assert sum(missing) == c["dropped"], "every frame absent from the database is counted dropped"
     assert all(gap <= miss for (_, gap), miss in zip(rows, missing, strict=True)), "gap_before never overstates"
     assert sum(gap for _, gap in rows) <= ring_dropped, "a torn frame's gap_before is counted but not recorded"
+
+
+def test_inference_killed_is_restarted_and_the_daemon_never_hangs(make_config: Callable[..., Path]) -> None:
+    """SIGKILL the inference child mid-stream (possibly mid-message): it is restarted on fresh pipes, the daemon
+    keeps every verdict the dead child sent, finishes the recording and exits cleanly."""
+    frames = 60
+    source = {"type": "synthetic", "seed": 0, "width": 320, "height": 240, "frames_per_part": 3, "gap_frames": 2,
+              "n_frames": frames, "fps": 20, "realtime": True}  # fmt: skip
+    config = make_config(source=source)
+    with daemon(config) as d:
+        pid = int(d.wait_for(r"event=child_started process=inference pid=(\d+)").group(1))
+        d.wait_for(r"event=ready")
+        time.sleep(0.5)  # let it score a few frames first
+        os.kill(pid, signal.SIGKILL)
+        d.wait_for(r"event=child_crashed process=inference cause='signal SIGKILL' action=restart")
+        d.wait_for(rf"event=inference_ready pid=(?!{pid}\b)\d+")
+        assert d.finish() == 0, "\n".join(d.lines[-30:])
+    c = _check_db(_db(config))["counters"]
+    assert c["restarts_inference"] == 1
+    # Every frame is accounted once: what the dead child sent is kept, what it took with it (the frame in flight,
+    # frames published while its successor loaded the model and the ring overwrote) is counted dropped.
+    assert _accounted(c) == frames, c
+    print(c)

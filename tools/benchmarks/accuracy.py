@@ -82,7 +82,7 @@ class Study:
 
 FULL_STUDIES = {
     # 960 parts give 244 good training parts, trained 72 + 72 epochs (the paper's schedule): foreground 0.973 on an
-    # H200 in 5.8 min. 480 parts × 24 epochs (0.911) was the most this 2-core CPU ran (11 min); this one takes hours.
+    # H200 in 5.8 min. 480 parts × 24 epochs (0.911, 11 min) was the most run on a 2-core CPU; this is 6× its steps.
     "ast": Study(seed=7, frames=960, epochs=72, batch_size=8, learning_rate=2e-4),
     # edge (256², 2.7 s per forward on this CPU) would take days; tiny (64²) at 480 parts took 60 s per 3DSR epoch on
     # the shared CPU, so the CPU study is tiny on 180 parts with a short schedule (a GPU run passes larger values);
