@@ -53,7 +53,7 @@ def _conv_net() -> tuple[Any, Any]:
     return ConvNet().eval(), card
 
 
-def _ast_edge() -> tuple[Any, Any]:
+def ast_edge() -> tuple[Any, Any]:
     """AST, edge preset, foreground crop, random init (latency does not depend on the weights)."""
     from engines import get_family  # noqa: PLC0415
 
@@ -62,7 +62,7 @@ def _ast_edge() -> tuple[Any, Any]:
     return family.build(card).eval(), card
 
 
-def _dsr3d_edge(tmp: Path) -> Callable[[], tuple[Any, Any]]:
+def dsr3d_edge(tmp: Path) -> Callable[[], tuple[Any, Any]]:
     """3DSR, edge preset, foreground crop, random init; its card needs a DADA checkpoint, saved first."""
 
     def make() -> tuple[Any, Any]:
@@ -104,13 +104,13 @@ def run(quick: bool) -> BenchSection:
     rows, targets, notes = [], {}, []
     with tempfile.TemporaryDirectory() as d:
         try:
-            cells, ratio = _row("AST edge (foreground, random init)", _ast_edge, reps, Path(d))
+            cells, ratio = _row("AST edge (foreground, random init)", ast_edge, reps, Path(d))
             rows.append(cells)
             targets[f"AST edge: ONNX Runtime ≥ {TARGET}× faster than PyTorch eager (p50)"] = ratio >= TARGET
         except EdgeError as err:  # the family or its export is not available: say so, invent nothing
             notes.append(f"AST edge not measured: {err}")
         try:  # 3DSR edge takes seconds per frame on this CPU: fewer repetitions
-            make_dsr3d = _dsr3d_edge(Path(d))
+            make_dsr3d = dsr3d_edge(Path(d))
             cells, ratio = _row("3DSR edge (foreground, random init)", make_dsr3d, max(3, reps // 10), Path(d))
             rows.append(cells)
             targets[f"3DSR edge: ONNX Runtime ≥ {TARGET}× faster than PyTorch eager (p50)"] = ratio >= TARGET

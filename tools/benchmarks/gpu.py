@@ -21,7 +21,7 @@ import numpy as np
 from edge.core.errors import EdgeError
 from edge.crop import CropSpec, RoiCropper
 from tools.benchmarks.crop import drum_roi, synthetic_frame, time_ns
-from tools.benchmarks.engines import _ast_edge, _dsr3d_edge
+from tools.benchmarks.engines import ast_edge, dsr3d_edge
 from tools.benchmarks.report import BenchSection, percentiles_us
 
 HEADERS = ["path", "input", "p50 ms", "p99 ms", "baseline (same run)", "baseline p50 ms", "speed-up (p50)", "check"]
@@ -152,8 +152,8 @@ def run(quick: bool) -> BenchSection:
     else:
         with tempfile.TemporaryDirectory() as d:
             for label, make in (
-                ("AST edge (random init)", _ast_edge),
-                ("3DSR edge (random init)", _dsr3d_edge(Path(d))),
+                ("AST edge (random init)", ast_edge),
+                ("3DSR edge (random init)", dsr3d_edge(Path(d))),
             ):
                 try:
                     rows.append(model_row(f"{label}, PyTorch CUDA fp32", make, reps, Path(d)))
