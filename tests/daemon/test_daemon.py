@@ -174,23 +174,36 @@ def test_sigterm_drains_every_read_frame_and_metrics_answer(make_config: Callabl
     assert summary["finished_ns"] is not None
 
 
-def test_capture_killed_is_restarted_counted_and_frames_continue(make_config: Callable[..., Path]) -> None:
-    """SIGKILL the capture child mid-stream: it is restarted, counted, resumes the line; no frame goes missing."""
+@pytest.mark.parametrize(
+    ("process", "resumed"),
+    [
+        ("capture", r"event=capture_resumed skipped_frames=\d+"),
+        ("inference", r"event=inference_ready pid=(?!{pid}\b)\d+"),  # its successor, on fresh pipes
+    ],
+)
+def test_a_child_killed_mid_stream_is_restarted_counted_and_every_frame_accounted(
+    make_config: Callable[..., Path], process: str, resumed: str
+) -> None:
+    """SIGKILL a child mid-stream: it is restarted and counted, the daemon never hangs (a killed inference child may
+    die mid-message), keeps every verdict the dead child sent and counts each frame of the line exactly once."""
     frames = 60  # paced at 20 fps, so the kill always lands mid-stream
     source = {"type": "synthetic", "seed": 0, "width": 320, "height": 240, "frames_per_part": 3, "gap_frames": 2,
               "n_frames": frames, "fps": 20, "realtime": True}  # fmt: skip
     config = make_config(source=source)
     with daemon(config) as d:
-        pid = int(d.wait_for(r"event=child_started process=capture pid=(\d+)").group(1))
+        pid = int(d.wait_for(rf"event=child_started process={process} pid=(\d+)").group(1))
         d.wait_for(r"event=ready")
+        time.sleep(0.3)  # a few frames scored first
         os.kill(pid, signal.SIGKILL)
-        d.wait_for(r"event=child_crashed process=capture cause='signal SIGKILL' action=restart")
-        d.wait_for(r"event=capture_resumed skipped_frames=\d+")
+        d.wait_for(rf"event=child_crashed process={process} cause='signal SIGKILL' action=restart")
+        d.wait_for(resumed.format(pid=pid))
         assert d.finish() == 0, "\n".join(d.lines[-30:])
     c = _check_db(_db(config))["counters"]
-    assert c["restarts_capture"] == 1
+    assert c[f"restarts_{process}"] == 1
+    # What the dead child took with it (the frame in flight, frames the ring overwrote meanwhile) is counted dropped.
     assert _accounted(c) == frames, c
-    assert c["dropped"] <= 1, "at most the frame in flight when the child died"
+    if process == "capture":
+        assert c["dropped"] <= 1, "at most the frame in flight when the child died"
 
 
 def test_bad_config_names_the_key(make_config: Callable[..., Path]) -> None:
@@ -287,26 +300,3 @@ def test_latest_ring_under_backlog_drops_oldest_and_records_gaps(make_config: Ca
     assert sum(missing) == c["dropped"], "every frame absent from the database is counted dropped"
     assert all(gap <= miss for (_, gap), miss in zip(rows, missing, strict=True)), "gap_before never overstates"
     assert sum(gap for _, gap in rows) <= ring_dropped, "a torn frame's gap_before is counted but not recorded"
-
-
-def test_inference_killed_is_restarted_and_the_daemon_never_hangs(make_config: Callable[..., Path]) -> None:
-    """SIGKILL the inference child mid-stream (possibly mid-message): it is restarted on fresh pipes, the daemon
-    keeps every verdict the dead child sent, finishes the recording and exits cleanly."""
-    frames = 60
-    source = {"type": "synthetic", "seed": 0, "width": 320, "height": 240, "frames_per_part": 3, "gap_frames": 2,
-              "n_frames": frames, "fps": 20, "realtime": True}  # fmt: skip
-    config = make_config(source=source)
-    with daemon(config) as d:
-        pid = int(d.wait_for(r"event=child_started process=inference pid=(\d+)").group(1))
-        d.wait_for(r"event=ready")
-        time.sleep(0.5)  # let it score a few frames first
-        os.kill(pid, signal.SIGKILL)
-        d.wait_for(r"event=child_crashed process=inference cause='signal SIGKILL' action=restart")
-        d.wait_for(rf"event=inference_ready pid=(?!{pid}\b)\d+")
-        assert d.finish() == 0, "\n".join(d.lines[-30:])
-    c = _check_db(_db(config))["counters"]
-    assert c["restarts_inference"] == 1
-    # Every frame is accounted once: what the dead child sent is kept, what it took with it (the frame in flight,
-    # frames published while its successor loaded the model and the ring overwrote) is counted dropped.
-    assert _accounted(c) == frames, c
-    print(c)
