@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import SpawnContext
@@ -63,7 +64,10 @@ class Inbox:
 
     def messages(self, timeout_s: float) -> Iterator[tuple[Any, ...]]:
         """Every message available now, oldest pipe first; waits up to ``timeout_s`` for the first one."""
-        if not self._conns or not wait(self._conns, timeout_s):
+        if not self._conns:  # between a child's exit and its successor: wait like an empty pipe would, not spin
+            time.sleep(timeout_s)
+            return
+        if not wait(self._conns, timeout_s):
             return
         for conn in list(self._conns):
             while conn.poll(0):

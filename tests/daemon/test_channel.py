@@ -102,3 +102,10 @@ def test_outbox_put_does_not_wait_for_the_reader() -> None:
     assert got == list(range(50))
     with pytest.raises(EOFError):
         reader.recv()
+
+
+def test_an_inbox_without_pipes_waits_instead_of_spinning() -> None:
+    pipes = ChildPipes(CTX)
+    t0 = time.monotonic()
+    assert list(pipes.inbox.messages(0.2)) == []
+    assert time.monotonic() - t0 >= 0.19
