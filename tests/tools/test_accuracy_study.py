@@ -7,10 +7,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from calibration.roi import load_roi, save_roi
 from tests.engines._toy import roi_around, synthetic_frames
-from tools.benchmarks.accuracy import FULL_STUDIES, given_roi, parse, render_dataset, write_into_doc
+from tools.benchmarks.accuracy import FULL_STUDIES, given_roi, main, parse, render_dataset, write_into_doc
 
 
 def test_dsr3d_study_trains_on_a_pretrained_dada_and_writes_its_own_page() -> None:
@@ -62,3 +63,17 @@ def test_a_given_roi_is_used_as_is(tmp_path: Path) -> None:
     assert "--roi given.yaml" in text and roi.version in text
     _, study = parse(["--device", "cpu", "--workers", "3", "--threads", "4", "--batch-size", "16"])
     assert (study.device, study.workers, study.threads, study.batch_size) == ("cpu", 3, 4, 16)
+
+
+def test_a_missing_roi_file_fails_at_once_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before any frame is rendered: the work folder stays empty of data."""
+    assert main(["--roi", str(tmp_path / "missing.yaml"), "--no-doc", "--work", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("accuracy: ") and "missing.yaml" in err[0], err
+    assert not (tmp_path / "w" / "mvtec").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="torch sees a CUDA GPU here, so --device cuda is not refused")
+def test_a_gpu_that_torch_cannot_use_is_refused_before_the_study(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--device", "cuda", "--no-doc"]) == 2
+    assert "sees no CUDA GPU" in capsys.readouterr().err

@@ -396,9 +396,11 @@ def given_roi(path: Path, roi_path: Path) -> tuple[RoiFile, str]:
 
 def study_run(study: Study, work: Path, figure: Path | None = None, roi_file: Path | None = None) -> BenchSection:
     """Render, calibrate (or take ``roi_file``), train both crop modes, score with ONNX Runtime; returns the table."""
-    data, counts = render_dataset(study, work / "mvtec")
     roi_path = work / "roi.yaml"
-    roi, calib = calibrate(study, roi_path) if roi_file is None else given_roi(roi_file, roi_path)
+    work.mkdir(parents=True, exist_ok=True)
+    given = None if roi_file is None else given_roi(roi_file, roi_path)  # a bad file fails before the rendering
+    data, counts = render_dataset(study, work / "mvtec")
+    roi, calib = calibrate(study, roi_path) if given is None else given
     ids = figure_samples(data, roi, input_size(study)) if figure is not None else []
     fit_s, dada_s = train_models(study, data, roi_path, work)
     results = {
@@ -479,6 +481,15 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Study]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the study; 0 when its targets are met, 1 when not, 2 for a problem with the input (one line)."""
+    try:
+        return _study_main(argv)
+    except EdgeError as err:
+        print(f"accuracy: {err}", file=sys.stderr)
+        return 2
+
+
+def _study_main(argv: list[str] | None) -> int:
     args, study = parse(argv)
     t0 = time.perf_counter_ns()
     write_doc = not (args.no_doc or args.quick)  # a smoke run never replaces the study's numbers
