@@ -11,8 +11,6 @@ from engines.checkpoint import load_checkpoint, read_checkpoint_meta
 from tests.engines._toy import make_mvtec
 from tools.train import main
 
-NO_GPU = "torch sees no CUDA GPU here: training on cuda is checked on a GPU machine (docs/benchmarks.md)"
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
@@ -29,7 +27,9 @@ def argv(data: tuple[Path, Path], out: Path, model: str, *extra: str) -> list[st
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="torch sees no CUDA GPU here: training on cuda is checked on a GPU machine"
+)
 def test_ast_and_3dsr_train_on_cuda_and_come_back_on_the_cpu(data: tuple[Path, Path], tmp_path: Path) -> None:
     """Training runs on the GPU; the ONNX export, its parity check and the scoring fit run on the CPU as always."""
     assert main(argv(data, tmp_path / "ast", "ast", "--device", "cuda")) == 0
