@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +31,19 @@ from edge.crop import (
 )
 
 KERNEL_SOURCE = Path(__file__).with_name("crop_kernel.cu")
+_CU_MEMHOSTREGISTER_PORTABLE, _CU_MEMHOSTREGISTER_DEVICEMAP = 0x01, 0x02
+
+
+def _libcuda() -> ctypes.CDLL:
+    """The CUDA driver library (pycuda links it too, so it is loaded whenever this module is usable)."""
+    return ctypes.CDLL("libcuda.so.1")
+
+
+def _cu_check(code: int, call: str) -> None:
+    if code != 0:
+        raise CropError(f"{call} failed with CUDA error {code}", "check the driver (nvidia-smi) and free host memory")
+
+
 KERNEL_NAME = "roi_crop"
 BLOCK = (16, 16, 1)
 
@@ -125,6 +139,8 @@ class CudaRoiCropper:
                 f"CUDA device {device} is not usable ({e})",
                 "check the driver with nvidia-smi and the device index, or use the CPU RoiCropper",
             ) from None
+        self._registered: list[tuple[int, int, int, Any]] = []  # (host start, end, device address or 0, array)
+        self._last = DeviceOutputs(0, 0, 0)
         self._ctx.push()
         try:
             self._module = self._load(ptx)  # kept: the function must not outlive its module
@@ -177,23 +193,86 @@ class CudaRoiCropper:
         finally:
             self._cuda.Context.pop()
 
+    def register_host(self, memory: np.ndarray, *, mapped: bool | None = None) -> str:
+        """Page-lock ``memory`` (e.g. the whole shared-memory ring) so frame uploads from it are asynchronous DMA.
+
+        ``mapped`` (default: on an integrated GPU such as a Jetson's, where CPU and GPU share DRAM) also maps it into
+        the device's address space: frames that lie in it are then read by the kernel in place, with no copy at all.
+        Returns how it was registered. Unregistered by :meth:`close`; ``memory`` must outlive this cropper.
+
+        The CUDA driver API is called directly (``cuMemHostRegister``): pycuda's ``register_host_memory`` cannot
+        wrap an array that is itself a view (as the ring's mapping is) under numpy 2.
+        """
+        cuda, lib = self._cuda, _libcuda()
+        start, size = int(memory.ctypes.data), int(memory.nbytes)
+        with self.active():
+            if mapped is None:
+                mapped = bool(self._ctx.get_device().get_attribute(cuda.device_attribute.INTEGRATED))
+            flags = _CU_MEMHOSTREGISTER_PORTABLE | (_CU_MEMHOSTREGISTER_DEVICEMAP if mapped else 0)
+            _cu_check(lib.cuMemHostRegister_v2(ctypes.c_void_p(start), ctypes.c_size_t(size), flags),
+                      "cuMemHostRegister")  # fmt: skip
+            device = 0
+            if mapped:
+                dptr = ctypes.c_uint64(0)
+                _cu_check(lib.cuMemHostGetDevicePointer_v2(ctypes.byref(dptr), ctypes.c_void_p(start), 0),
+                          "cuMemHostGetDevicePointer")  # fmt: skip
+                device = int(dptr.value)
+        self._registered.append((start, start + size, device, memory))
+        return "mapped (zero-copy)" if mapped else "pinned (async upload)"
+
+    def _source(self, array: np.ndarray, staging: Any) -> int:
+        """The device address the kernel reads ``array`` from: in place when it lies in mapped registered memory,
+        else ``staging`` after an asynchronous upload (DMA when the memory is registered, staged when pageable)."""
+        a = np.ascontiguousarray(array)
+        start = int(a.ctypes.data)
+        for lo, hi, device, _ in self._registered:
+            if device and lo <= start and start + a.nbytes <= hi:
+                return device + (start - lo)
+        self._cuda.memcpy_htod_async(staging, a, self.stream)
+        return int(staging)
+
     def crop_to_device(self, frame: Frame, outputs: DeviceOutputs | None = None) -> DeviceOutputs:
         """Upload the frame and queue the kernel on ``self.stream`` writing ``outputs`` (e.g. the engine's bindings).
 
         Returns before the kernel finishes: enqueue the engine on the same stream, or synchronise it. The
-        frame's host arrays may be reused at once (copies from pageable memory are staged before returning).
+        frame's host arrays must stay unchanged until the stream is synchronised when they lie in registered or
+        mapped memory (:meth:`register_host`); copies from pageable memory are staged before returning.
         """
         check_frame(frame, self.layout)
         dst = outputs or self.device_outputs
-        cuda, n = self._cuda, self.layout.size
+        n = self.layout.size
         grid = ((n + BLOCK[0] - 1) // BLOCK[0], (n + BLOCK[1] - 1) // BLOCK[1])
         with self.active():
-            cuda.memcpy_htod_async(self._d_color, np.ascontiguousarray(frame.color), self.stream)
-            cuda.memcpy_htod_async(self._d_depth, np.ascontiguousarray(frame.depth), self.stream)
+            color = self._source(frame.color, self._d_color)
+            depth = self._source(frame.depth, self._d_depth)
             silhouette = 0 if self._silhouette is None else int(self._silhouette)
-            args = [int(self._d_color), int(self._d_depth), *(int(t) for t in self._tables), silhouette]
+            args = [color, depth, *(int(t) for t in self._tables), silhouette]
             self._fn.prepared_async_call(grid, BLOCK, self.stream, *args, dst.rgb, dst.xyz, dst.mask, dst.color)
+        self._last = dst
         return dst
+
+    def crop_into(
+        self, frame: Frame, *, rgb: int | None = None, xyz: int | None = None, mask: int | None = None
+    ) -> None:
+        """Crop on the GPU into the given device buffers (an engine's inputs; None: this cropper's own), then bring
+        the mask and colour crop back to ``self.out`` (gating reads the mask; evidence the colour) and synchronise,
+        so the frame's memory may be released. ``self.out.rgb``/``xyz`` are not updated: see download_inputs()."""
+        own = self.device_outputs
+        d = self.crop_to_device(frame, DeviceOutputs(rgb or own.rgb, xyz or own.xyz, mask or own.mask, own.color))
+        cuda, out = self._cuda, self.out
+        with self.active():
+            cuda.memcpy_dtoh_async(self._mask_f32, d.mask, self.stream)
+            cuda.memcpy_dtoh_async(out.color, d.color, self.stream)
+            self.stream.synchronize()
+        np.greater(self._mask_f32, np.float32(0), out=out.mask)
+
+    def download_inputs(self) -> None:
+        """Copy the last crop's rgb/xyz from wherever the kernel wrote them into ``self.out`` (bench, parity)."""
+        cuda, out, d = self._cuda, self.out, self._last
+        with self.active():
+            cuda.memcpy_dtoh_async(out.rgb, d.rgb, self.stream)
+            cuda.memcpy_dtoh_async(out.xyz, d.xyz, self.stream)
+            self.stream.synchronize()
 
     def crop(self, frame: Frame) -> CropOutput:
         """Crop on the GPU and copy the results to host buffers (same contract as RoiCropper.crop)."""
@@ -214,6 +293,9 @@ class CudaRoiCropper:
             return
         with self.active():
             self.stream.synchronize()
+            for start, _, _, _ in self._registered:
+                _cu_check(_libcuda().cuMemHostUnregister(ctypes.c_void_p(start)), "cuMemHostUnregister")
+            self._registered = []
             for a in [*self._owned, *self._tables, self._d_color, self._d_depth]:
                 a.free()
             if self._silhouette is not None:

@@ -1,15 +1,26 @@
-"""One model's per-frame stages — ROI crop → engine → scoring — shared by the daemon, the bench and the demo.
+"""One model's per-frame stages — ROI crop → engine → scoring — shared by the daemon, the bench, edge-train and the
+accuracy study.
 
-The crop settings come from the model's card (input size, crop mode, normalisation) stored in the exported
-ONNX, so a model can never be fed differently from how it was trained; the scoring file must belong to that
-exact ONNX file (sha256), so a threshold fitted for another model is refused.
+:class:`ModelStage` is a model behind its runtime: the runner comes from :func:`engines.runtime.select.create_runner`
+(the one place an engine is built), the card from the ONNX, and a TensorRT or torch engine passes a parity gate
+against ONNX Runtime before it goes live (on failure the stage falls back to ONNX Runtime on the CPU and says why).
+:class:`Inspector` puts the ROI crop in front of it and the scoring file behind it. The crop settings come from the
+model's card (input size, crop mode, normalisation), so a model can never be fed differently from how it was
+trained; the scoring file must belong to that exact ONNX file (sha256), so a threshold fitted for another model is
+refused. On a GPU (``crop: cuda``) with an engine that takes device inputs (TensorRT, torch on CUDA), the CUDA
+crop kernel writes straight into the engine's input buffers and the engine runs on the crop's stream: no host round
+trip between crop and engine.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -19,9 +30,130 @@ from edge.core.frame import Frame, StreamSpec
 from edge.core.scoring import Scorer, ScoringError, ScoringFile, Verdict
 from edge.crop import CropOutput, CropSpec, RoiCropper
 from engines.contract import ModelCard
-from engines.export import card_from_onnx
-from engines.runtime.base import Runner
+from engines.export import card_from_onnx, example_feeds
+from engines.parity import ParityBudget, ParityReport, compare_runners
+from engines.runtime.base import EngineError, Runner
 from engines.runtime.ort import OrtRunner, OrtRunnerConfig
+from engines.runtime.select import Choice, RunnerPlan, create_runner
+
+log = logging.getLogger(__name__)
+
+GOLDEN_NAME = "golden.npz"  # real crops edge-train stores beside model.onnx for the parity gate
+# How far a GPU engine may drift from ONNX Runtime (fp32 CPU) on the golden crops before the gate sends the model
+# back to ONNX Runtime, as (anomaly-map |Δ| relative to the largest reference map value, image-score relative |Δ|);
+# never a verdict flip. fp16/int8 engines get wider budgets than fp32 ones.
+GATE_BUDGETS: dict[str, tuple[float, float]] = {"fp32": (1e-4, 1e-3), "fp16": (2e-2, 2e-2), "int8": (5e-2, 5e-2)}
+
+
+@runtime_checkable
+class DeviceRunner(Protocol):
+    """A runner whose inputs can be written on the GPU by a producer (TensorRT, torch on CUDA)."""
+
+    def device_buffers(self) -> dict[str, int]: ...
+
+    def infer_device(self, device_inputs: Mapping[str, int], stream: Any = None) -> dict[str, np.ndarray]: ...
+
+
+def golden_feeds(onnx_path: Path, card: ModelCard) -> tuple[list[dict[str, npt.NDArray[np.float32]]], str]:
+    """The parity gate's inputs: ``golden.npz`` beside the ONNX (real crops, N×… per input), else seeded example
+    feeds (weaker: not real crops), and which of the two it is."""
+    path = onnx_path.with_name(GOLDEN_NAME)
+    if path.is_file():
+        try:
+            with np.load(path) as z:
+                arrays = {k: np.asarray(z[k], np.float32) for k in card.inputs}
+        except (OSError, ValueError, KeyError) as err:
+            raise EngineError(
+                f"golden crops {path} are unreadable ({err})", "re-run edge-train, or delete it"
+            ) from None
+        n = min(len(a) for a in arrays.values())
+        return [{k: a[i : i + 1] for k, a in arrays.items()} for i in range(n)], f"{n} golden crops ({path.name})"
+    return [example_feeds(card, seed) for seed in range(4)], "4 seeded example feeds (no golden.npz beside the ONNX)"
+
+
+def parity_gate(
+    onnx_path: Path, card: ModelCard, candidate: Runner, precision: str, threshold: float | None
+) -> ParityReport:
+    """``candidate`` (active) against ONNX Runtime on the CPU on the golden crops, judged by :data:`GATE_BUDGETS`."""
+    feeds, _ = golden_feeds(onnx_path, card)
+    map_rel, score_rtol = GATE_BUDGETS.get(precision, GATE_BUDGETS["fp32"])
+    with OrtRunner(onnx_path, OrtRunnerConfig(intra_op_threads=1)) as reference:
+        scale = max(float(np.abs(reference.infer(f)["anomaly_map"]).max()) for f in feeds)
+        budget = ParityBudget(map_atol=map_rel * max(scale, 1e-6), score_rtol=score_rtol)
+        return compare_runners(reference, [candidate], feeds, budget=budget, threshold=threshold)
+
+
+class ModelStage:
+    """One exported model behind its runtime: engine outputs for prepared inputs, timed.
+
+    ``runner`` overrides the runtime choice (tests, parity tools); otherwise ``plan`` decides it. ``threshold`` (a raw
+    image score) lets the parity gate count verdict flips.
+    """
+
+    def __init__(
+        self,
+        onnx_path: Path,
+        plan: RunnerPlan | None = None,
+        *,
+        runner: Runner | None = None,
+        threshold: float | None = None,
+    ) -> None:
+        self.onnx_path = onnx_path
+        self.card: ModelCard = card_from_onnx(onnx_path)
+        plan = plan or RunnerPlan()
+        if runner is None:
+            runner, self.choice = create_runner(onnx_path, plan)
+        else:
+            self.choice = Choice("onnxruntime" if isinstance(runner, OrtRunner) else "torch", "cpu", "cpu",
+                                 f"runner given by the caller ({runner.name})")  # fmt: skip
+        self.runner = runner.activate()
+        self.gate: ParityReport | None = None
+        if self.choice.backend != "onnxruntime" and plan.config.parity_gate:
+            self._gate(plan.config.precision, threshold)
+
+    def _gate(self, precision: str, threshold: float | None) -> None:
+        """Compare the engine with ONNX Runtime before it goes live; a failure falls back to ONNX Runtime."""
+        try:
+            self.gate = parity_gate(self.onnx_path, self.card, self.runner, precision, threshold)
+            failures = [f for p in self.gate.pairs for f in p.failures]
+        except EngineError as err:
+            failures = [str(err)]
+        if not failures:
+            return
+        reason = f"parity gate failed against ONNX Runtime ({'; '.join(failures)})"
+        log.error("event=parity_gate_failed model=%s backend=%s action=fallback_onnxruntime reason=%r",
+                  self.onnx_path, self.choice.backend, reason)  # fmt: skip
+        self.runner.deactivate()
+        self.runner = OrtRunner(self.onnx_path, OrtRunnerConfig(intra_op_threads=1, inter_op_threads=1)).activate()
+        self.choice = dataclasses.replace(
+            self.choice, backend="onnxruntime", device="cpu", crop="cpu", providers=("CPUExecutionProvider",),
+            fallback=reason,
+        )  # fmt: skip
+
+    @property
+    def device_runner(self) -> DeviceRunner | None:
+        """The runner when it takes device inputs on a GPU (the zero-copy path), else None."""
+        r = self.runner
+        if self.choice.device == "cpu" or not isinstance(r, DeviceRunner):
+            return None
+        return r
+
+    def run(self, feed: Mapping[str, npt.NDArray[np.float32]]) -> tuple[float, npt.NDArray[np.float32], float]:
+        """(raw image score, S×S anomaly map — a reused buffer, inference ms) for host inputs."""
+        t0 = time.perf_counter_ns()
+        result = self.runner.infer({k: feed[k] for k in self.card.inputs})
+        return (
+            float(result["image_score"].reshape(-1)[0]),
+            result["anomaly_map"][0, 0],
+            (time.perf_counter_ns() - t0) / 1e6,
+        )
+
+    def raw_scores(self, feeds: Any) -> npt.NDArray[np.float64]:
+        """Raw image scores of an iterable of samples (dicts holding at least the card's inputs, batch-less)."""
+        return np.array([self.run({k: s[k][None] for k in self.card.inputs})[0] for s in feeds], dtype=np.float64)
+
+    def close(self) -> None:
+        self.runner.deactivate()
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,39 +181,62 @@ class Inspector:
         onnx_path: Path,
         scoring: ScoringFile,
         *,
+        plan: RunnerPlan | None = None,
         runner: Runner | None = None,
-        ort_config: OrtRunnerConfig | None = None,
         allow_mismatch: bool = False,
     ) -> None:
         scoring.check_artefact(onnx_path)
-        self.card: ModelCard = card_from_onnx(onnx_path)
-        if self.card.roi_version and self.card.roi_version != roi.version:
+        card = card_from_onnx(onnx_path)
+        if card.roi_version and card.roi_version != roi.version:
             raise ScoringError(
-                f"{onnx_path} was trained with ROI version {self.card.roi_version}, the loaded roi.yaml is "
+                f"{onnx_path} was trained with ROI version {card.roi_version}, the loaded roi.yaml is "
                 f"version {roi.version}",
                 "retrain the model on data cropped with this ROI, or load the ROI it was trained with",
             )
-        crop = CropSpec(mode=self.card.crop_mode, size=self.card.input_size, mean=self.card.mean, std=self.card.std)
-        self.cropper = RoiCropper(spec, roi, crop, allow_mismatch=allow_mismatch)
-        self.runner = runner or OrtRunner(onnx_path, ort_config)
-        self.runner.activate()
+        norm = scoring.normalisation
+        self.stage = ModelStage(
+            onnx_path, plan, runner=runner, threshold=norm.mean + scoring.threshold.value * norm.std
+        )
+        self.card = self.stage.card
+        self.choice = self.stage.choice
+        self.runner = self.stage.runner
+        crop = CropSpec(mode=card.crop_mode, size=card.input_size, mean=card.mean, std=card.std)
+        self._device = self.stage.device_runner if self.choice.crop == "cuda" else None
+        self.cropper: Any
+        if self.choice.crop == "cuda":
+            from edge.crop_cuda import CudaRoiCropper  # noqa: PLC0415  (pycuda only on a GPU box)
+
+            self.cropper = CudaRoiCropper(
+                spec, roi, crop, allow_mismatch=allow_mismatch, device=self.choice.device_index
+            )
+        else:
+            self.cropper = RoiCropper(spec, roi, crop, allow_mismatch=allow_mismatch)
         self.scorer = Scorer(scoring)
-        n = self.card.input_size
+        n = card.input_size
         self._mask = np.zeros((1, 1, n, n), dtype=np.float32)
 
     def prepare(self, frame: Frame) -> float:
         """Crop ``frame`` into this model's input buffers; returns the crop time in ms.
 
         The frame's arrays may be ring-slot views: after ``prepare`` the slot is no longer needed, so a slow
-        engine never holds it (under backlog the ring's writer would tear it).
+        engine never holds it (under backlog the ring's writer would tear it). On the zero-copy GPU path the kernel
+        writes the engine's device inputs; the mask and colour crop come back to the host (gating and evidence).
         """
         t0 = time.perf_counter_ns()
-        out = self.cropper.crop(frame)
-        np.copyto(self._mask[0, 0], out.mask)
+        if self._device is not None:
+            bufs = self._device.device_buffers()
+            self.cropper.crop_into(frame, rgb=bufs.get("rgb"), xyz=bufs.get("xyz"), mask=bufs.get("mask"))
+        else:
+            out = self.cropper.crop(frame)
+            np.copyto(self._mask[0, 0], out.mask)
         return (time.perf_counter_ns() - t0) / 1e6
 
     def inputs(self) -> dict[str, npt.NDArray[np.float32]]:
-        """The engine's inputs as prepared by the last :meth:`prepare` (views of reused buffers)."""
+        """The engine's inputs as prepared by the last :meth:`prepare` (host views of reused buffers; on the
+        zero-copy GPU path they are copied back from the device first, for parity checks and the bench)."""
+        if self._device is not None:
+            self.cropper.download_inputs()
+            np.copyto(self._mask[0, 0], self.cropper.out.mask)
         out = self.cropper.out
         feed = {"rgb": out.rgb, "xyz": out.xyz, "mask": self._mask}
         return {k: feed[k] for k in self.card.inputs}
@@ -89,11 +244,13 @@ class Inspector:
     def infer_prepared(self, crop_ms: float) -> Inspection:
         """Run the engine on the prepared inputs and score the result."""
         out = self.cropper.out
-        feed = self.inputs()
         t1 = time.perf_counter_ns()
-        result = self.runner.infer(feed)
+        if self._device is not None:
+            result = self._device.infer_device({}, stream=self.cropper.stream)
+            raw, amap = float(result["image_score"].reshape(-1)[0]), result["anomaly_map"][0, 0]
+        else:
+            raw, amap, _ = self.stage.run(self.inputs())
         t2 = time.perf_counter_ns()
-        raw = float(result["image_score"].reshape(-1)[0])
         z, verdict = self.scorer.score(raw)
         t3 = time.perf_counter_ns()
         return Inspection(
@@ -104,7 +261,7 @@ class Inspector:
             crop_ms=crop_ms,
             infer_ms=(t2 - t1) / 1e6,
             score_ms=(t3 - t2) / 1e6,
-            anomaly_map=result["anomaly_map"][0, 0],
+            anomaly_map=amap,
             crop=out,
         )
 
@@ -113,4 +270,7 @@ class Inspector:
         return self.infer_prepared(self.prepare(frame))
 
     def close(self) -> None:
-        self.runner.deactivate()
+        self.stage.close()
+        close = getattr(self.cropper, "close", None)
+        if close is not None:
+            close()

@@ -179,11 +179,13 @@ def load_checkpoint(
     from safetensors.torch import load_file  # noqa: PLC0415  (training-only dependency)
 
     from engines._registry import get_family  # noqa: PLC0415  (a lazy family may import torch)
+    from engines.models.backbones import weights_from_checkpoint  # noqa: PLC0415  (torch)
 
     path = checkpoint_path(path)
     card, info = read_checkpoint_meta(path)
     check_card(card, expect or {}, f"checkpoint {path}")
-    model = (family or get_family(card.family)).build(card)
+    with weights_from_checkpoint():  # every tensor comes from the checkpoint (strict): no ImageNet package needed
+        model = (family or get_family(card.family)).build(card)
     tensors = load_file(str(path))
     try:
         model.load_state_dict(tensors, strict=True)

@@ -27,6 +27,8 @@ from edge.core.errors import EdgeError
 from edge.core.scoring import file_sha256
 from engines.checkpoint import tool_version, utc_now
 from engines.contract import OUTPUT_NAMES, ModelCard
+from engines.runtime.base import EngineError
+from engines.runtime.ort import model_metadata, open_session
 
 CARD_KEY = "drumsight.card"
 
@@ -135,8 +137,6 @@ def _check_io(proto: Any, path: Path, card: ModelCard) -> None:
     Resize), so they are taken from an onnxruntime run and written into the graph: TensorRT and readers then see
     fixed shapes.
     """
-    import onnxruntime as ort  # noqa: PLC0415  (kept out of import time)
-
     s = card.input_size
     want = {**input_shapes(card), "anomaly_map": (1, 1, s, s), "image_score": (1,)}
     got: dict[str, tuple[int, ...]] = {}
@@ -144,7 +144,7 @@ def _check_io(proto: Any, path: Path, card: ModelCard) -> None:
         got[v.name] = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim)
     outputs = [v.name for v in proto.graph.output]
     if [v.name for v in proto.graph.input] == list(card.inputs) and outputs == list(OUTPUT_NAMES):
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sess = open_session(path)
         for name, value in zip(OUTPUT_NAMES, sess.run(list(OUTPUT_NAMES), example_feeds(card)), strict=True):
             got[name] = tuple(np.shape(value))
     else:
@@ -163,13 +163,12 @@ def _check_io(proto: Any, path: Path, card: ModelCard) -> None:
 
 def card_from_onnx(path: Path) -> ModelCard:
     """The card stored in an exported ONNX file (onnxruntime only: usable on the edge box)."""
-    import onnxruntime as ort  # noqa: PLC0415  (kept out of import time)
-
     try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as err:  # onnxruntime raises its own exception types
-        raise ExportError(f"{path} is not a loadable ONNX model ({err})", "export it again with edge-train") from None
-    raw = sess.get_modelmeta().custom_metadata_map.get(CARD_KEY)
+        raw = model_metadata(path).get(CARD_KEY)
+    except EngineError as err:
+        raise ExportError(
+            f"{path} is not a loadable ONNX model ({err.problem})", "export it again with edge-train"
+        ) from None
     if raw is None:
         raise ExportError(f"{path} carries no model card ({CARD_KEY})", "export it with engines.export / edge-train")
     return ModelCard.from_dict(json.loads(raw))
@@ -209,10 +208,9 @@ def check_onnx(
     rtol: float = 1e-3,
 ) -> ParityResult:
     """Run ``feeds`` through onnxruntime (CPU) and ``model``; an output is ok when ``|a−b| ≤ atol + rtol·|b|``."""
-    import onnxruntime as ort  # noqa: PLC0415  (kept out of import time)
     import torch  # noqa: PLC0415  (training-only dependency)
 
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    sess = open_session(onnx_path)
     names = [i.name for i in sess.get_inputs()]
     missing = sorted(set(names) - set(feeds))
     if missing:

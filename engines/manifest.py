@@ -36,7 +36,7 @@ class BuildEnvironment(EdgeModel):
     driver_version: str = Field(description="CUDA driver version, major.minor (informational)")
     gpu_name: str = Field(description="device name as CUDA reports it")
     compute_capability: str = Field(description="major.minor, e.g. 8.7 for Orin")
-    platform: str = Field("", description="JetPack/L4T release or OS, informational")
+    platform: str = Field("", description="L4T release on a Jetson (an engine is rebuilt when it changes), else empty")
 
     def differences(self, other: BuildEnvironment) -> list[str]:
         """What differs in ways that invalidate an engine, as readable phrases."""
@@ -46,6 +46,7 @@ class BuildEnvironment(EdgeModel):
             ("gpu_name", "GPU"),
             ("compute_capability", "compute capability"),
             ("cuda_version", "CUDA"),
+            ("platform", "L4T release"),
         ):
             built, now = getattr(self, field), getattr(other, field)
             if built != now:

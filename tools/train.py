@@ -27,15 +27,18 @@ from calibration.roi import load_roi
 from edge.core.errors import EdgeError
 from edge.core.scoring import ModelIdentity, Scorer, ScoringFile, file_sha256, fit_scoring, save_scoring
 from edge.crop import CropSpec
+from edge.inspect import GOLDEN_NAME, ModelStage
 from engines._registry import get_family
 from engines.checkpoint import TrainInfo, load_state, save_checkpoint, save_state, utc_now
 from engines.contract import FitSettings, ModelCard, ModelFamily
 from engines.datasets import Batches, Dataset, Sample, open_dataset
 from engines.export import check_onnx, onnx_from_model
+from engines.runtime.select import RunnerPlan, RuntimeConfig
 
 PROG = "edge-train"
 STATE_FILE = "state.safetensors"
 _STDERR = Console(stderr=True)
+GOLDEN_GOOD, GOLDEN_DEFECTS = 8, 4  # crops kept for the GPU parity gate (golden.npz)
 
 
 class TrainError(EdgeError):
@@ -179,17 +182,19 @@ def resolve_device(name: str) -> str:
     return str(device)
 
 
-def _raw_scores(onnx_path: Path, samples: Sequence[Sample], indices: Sequence[int], card: ModelCard) -> np.ndarray:
-    """Raw image scores from onnxruntime: what the edge runtime will see, not PyTorch's numbers."""
-    import onnxruntime as ort  # noqa: PLC0415  (kept out of import time)
+def _stage(onnx_path: Path) -> ModelStage:
+    """The exported model in ONNX Runtime on the CPU, through the product's one inference path: scores fitted
+    here are what the edge runtime sees, not PyTorch's numbers."""
+    return ModelStage(onnx_path, RunnerPlan(RuntimeConfig(backend="onnxruntime", device="cpu", threads=0)))
 
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    out = np.empty(len(indices), dtype=np.float64)
-    for j, i in enumerate(indices):
-        s = samples[i]
-        (score,) = sess.run(["image_score"], {k: s[k][None] for k in card.inputs})
-        out[j] = float(score[0])
-    return out
+
+def _write_golden(path: Path, samples: Sequence[Sample], card: ModelCard) -> None:
+    """Real crops (validation goods, then test defects) beside the ONNX: the parity gate a GPU engine must pass
+    before it goes live (``edge.inspect.parity_gate``)."""
+    if len(samples) == 0:
+        return
+    arrays = {k: np.stack([np.asarray(s[k], np.float32) for s in samples]) for k in card.inputs}
+    np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
 
 
 def _evaluate(onnx_path: Path, data: Dataset, card: ModelCard, scoring: ScoringFile) -> dict[str, float]:
@@ -197,7 +202,11 @@ def _evaluate(onnx_path: Path, data: Dataset, card: ModelCard, scoring: ScoringF
     test = data.split("test")
     if len(test) == 0:
         return {}
-    raw = _raw_scores(onnx_path, test, range(len(test)), card)
+    stage = _stage(onnx_path)
+    try:
+        raw = stage.raw_scores(test[i] for i in range(len(test)))
+    finally:
+        stage.close()
     labels = np.ones(len(test), dtype=np.int64)
     labels[data.good("test")] = 0
     scorer = Scorer(scoring)
@@ -298,7 +307,14 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         artefact=onnx_path.name,
         artefact_sha256=file_sha256(onnx_path),
     )
-    raw_val = _raw_scores(onnx_path, val, good_val, card)
+    stage = _stage(onnx_path)
+    try:
+        raw_val = stage.raw_scores(val[i] for i in good_val)
+    finally:
+        stage.close()
+    test = data.split("test")
+    defects = [i for i in range(len(test)) if i not in set(data.good("test"))][:GOLDEN_DEFECTS]
+    _write_golden(out / GOLDEN_NAME, [val[i] for i in good_val[:GOLDEN_GOOD]] + [test[i] for i in defects], card)
     scoring = fit_scoring(raw_val, identity, data_hash=data.data_hash, false_alarm_rate=args.false_alarm_rate)
     save_scoring(scoring, out / "scoring.yaml")
     metrics = {

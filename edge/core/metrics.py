@@ -71,6 +71,18 @@ class Metrics:
             "edge_evidence_alarm", "1 while evidence is not being saved (disk full).", registry=r
         )
         self.ring_slots_pending = Gauge("edge_ring_slots_pending", "Ring slots written but not yet scored.", registry=r)
+        self.model_runtime = Gauge(
+            "edge_model_runtime_info",
+            "1 for the runtime each model runs on: backend, device, where its crop runs.",
+            ["model", "backend", "device", "crop"],
+            registry=r,
+        )
+        self.runtime_fallback = Gauge(
+            "edge_runtime_fallback_alarm",
+            "1 while a model runs on ONNX Runtime (CPU) because its GPU engine failed the parity gate.",
+            ["model"],
+            registry=r,
+        )
         for outcome in FRAME_OUTCOMES:  # export zeros from the start, so rate() has a baseline
             self.frames.labels(outcome=outcome)
         for result in RESULTS:
@@ -84,6 +96,13 @@ class Metrics:
         self.verdicts.labels(result=record.verdict).inc()
         if record.late:
             self.late_frames.inc()
+
+    def set_runtimes(self, runtimes: dict[str, dict[str, str]]) -> None:
+        """Export what each model runs on (a fresh inference child may resolve differently: old labels go)."""
+        self.model_runtime.clear()
+        for model, r in runtimes.items():
+            self.model_runtime.labels(model=model, backend=r["backend"], device=r["device"], crop=r["crop"]).set(1)
+            self.runtime_fallback.labels(model=model).set(int(bool(r.get("fallback"))))
 
     def observe_gated(self) -> None:
         """A frame the ROI gate skipped (no part in view)."""

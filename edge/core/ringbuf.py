@@ -389,6 +389,10 @@ class FrameRing:
             raise RingError(f"ring {self.name!r} is closed", "create or attach the ring again")
         return self._seg
 
+    def memory(self) -> npt.NDArray[np.uint8]:
+        """The whole mapped segment as bytes (every slot's pixels lie in it): what a GPU consumer page-locks once."""
+        return self._live().u8
+
     def writer(self) -> RingWriter:
         """The ring's one writer handle (the same object on every call)."""
         if self._writer is None:

@@ -32,7 +32,7 @@ from edge.core.ringbuf import FrameRing
 from edge.daemon.channel import ChildPipes
 from edge.daemon.config import EdgeConfig
 from edge.daemon.evidence import EvidenceError, EvidenceStore
-from edge.daemon.health import SdNotifier, Watchdog, status_line
+from edge.daemon.health import SdNotifier, Watchdog, runtime_summary, status_line
 from edge.daemon.inference import FrameEvent, inference_main
 from edge.daemon.mqtt import MqttPublisher
 from edge.daemon.record import Evidence, VerdictRecord
@@ -45,11 +45,15 @@ from edge.daemon.supervisor import (
     child_init,
     configure_logging,
 )
+from engines.runtime.select import resolve
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "results.db"
 STATUS_EVERY_S = 2.0
+# While an inference child may be building TensorRT engines (first start, or a changed ONNX / TensorRT / GPU /
+# precision), systemd is asked for more start-up time in these steps, so TimeoutStartSec does not kill the build.
+EXTEND_EVERY_S, EXTEND_BY_S = 10.0, 30
 
 
 class ResumingSource(FrameSource):
@@ -159,6 +163,9 @@ class EdgeApp:
         self._ready = False
         self._done = False
         self._next_sequence = -1  # one past the newest frame sequence accounted (-1: none yet)
+        self.runtime = ""  # what the models run on, as the inference child reported it
+        self._builds_engines = resolve(config.runtime).backend == "tensorrt"  # checked by main() already
+        self._inference_ready = False
         self.run_id = 0
 
     # -- signals ---------------------------------------------------------------------------------
@@ -253,8 +260,12 @@ class EdgeApp:
         self.metrics.child_restarts.labels(process=name).inc()
 
     def _loop(self, source: str, ring: FrameRing) -> None:
-        next_status = time.monotonic()
+        next_status = next_extend = time.monotonic()
         while not self._stop_reason and not self._done:
+            if self._builds_engines and not self._inference_ready and time.monotonic() >= next_extend:
+                next_extend = time.monotonic() + EXTEND_EVERY_S
+                self.notifier.notify(f"EXTEND_TIMEOUT_USEC={EXTEND_BY_S * 1_000_000}")
+                self.notifier.notify("STATUS=building or checking TensorRT engines")
             if self._reload:
                 self._reload = False
                 log.info("event=reload_requested signal=SIGHUP")
@@ -272,7 +283,7 @@ class EdgeApp:
     def _status(self, source: str, ring: FrameRing) -> None:
         self.metrics.ring_slots_pending.set(ring.stats().pending)
         self.metrics.fps.set(self.stats.fps())
-        line = status_line(source, self.stats.fps(), self.stats.p95(), self.stats.counts)
+        line = status_line(source, self.stats.fps(), self.stats.p95(), self.stats.counts, self.runtime)
         self.notifier.notify(f"STATUS={line}")
         self.store.update_counters(self.run_id, self.counters())
 
@@ -313,7 +324,15 @@ class EdgeApp:
             elif kind == "done":
                 self._done = True
             elif kind == "ready":
-                log.info("event=inference_ready pid=%s models=%s", payload["pid"], payload["models"])
+                self._inference_ready = True
+                runtimes = payload.get("runtimes", {})
+                self.runtime = runtime_summary(runtimes)
+                self.metrics.set_runtimes(runtimes)
+                log.info("event=inference_ready pid=%s models=%s runtime=%s", payload["pid"], payload["models"],
+                         self.runtime)  # fmt: skip
+                for name, r in runtimes.items():
+                    if r.get("fallback"):
+                        log.error("event=runtime_fallback model=%s reason=%r", name, r["fallback"])
 
     def _account(self, sequence: int, gap: int) -> None:
         self._next_sequence = max(self._next_sequence, sequence + 1)

@@ -15,6 +15,7 @@ from edge.core.config import EdgeModel
 from edge.core.errors import EdgeError
 from edge.core.ringbuf import RingPolicy
 from edge.daemon.mqtt import MqttConfig
+from engines.runtime.select import RuntimeConfig
 
 SCHEMA_VERSION = 1
 
@@ -34,13 +35,6 @@ class ModelConfig(EdgeModel):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:/-]+$", description="unique name used in records/metrics")
     onnx: Path = Field(description="model.onnx written by edge-train (relative paths: from the config file)")
     scoring: Path = Field(description="scoring.yaml fitted for exactly that ONNX file")
-
-
-class RuntimeConfig(EdgeModel):
-    """How the inference process uses the CPU."""
-
-    type: Literal["runtime"] = Field("runtime", description="discriminator")
-    threads: int = Field(1, ge=0, description="ONNX Runtime intra-op threads per model (0: one per core)")
 
 
 class GatingConfig(EdgeModel):
@@ -101,7 +95,10 @@ class EdgeConfig(EdgeModel):
     source: SourceConfig = Field(description="where frames come from (realsense | playback | synthetic)")
     roi: Path = Field(description="roi.yaml written by edge-calibrate")
     models: list[ModelConfig] = Field(min_length=1, description="models scored on every gated-in frame or part")
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="inference threads")
+    runtime: RuntimeConfig = Field(
+        default_factory=RuntimeConfig, description="engine backend (auto | tensorrt | onnxruntime | torch), device, "
+        "precision, threads, crop device"
+    )  # fmt: skip
     latency_budget_ms: float = Field(200.0, gt=0, description="frames slower than this, publish to verdict, are late")
     gating: GatingConfig = Field(default_factory=GatingConfig, description="part gating")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="results and evidence")

@@ -79,9 +79,19 @@ class Watchdog:
         return self.notifier.notify("WATCHDOG=1")
 
 
-def status_line(source: str, fps: float, p95_ms: float, counts: dict[str, int]) -> str:
-    """The one-line ``STATUS=`` text ``systemctl status`` shows."""
+def status_line(source: str, fps: float, p95_ms: float, counts: dict[str, int], runtime: str = "") -> str:
+    """The one-line ``STATUS=`` text ``systemctl status`` shows (``runtime``: e.g. ``tensorrt/cuda:0``)."""
     return (
         f"source={source} fps={fps:.1f} p95={p95_ms:.1f}ms scored={counts.get('scored', 0)} "
         f"ng={counts.get('ng', 0)} gated={counts.get('gated', 0)} dropped={counts.get('dropped', 0)}"
+        + (f" runtime={runtime}" if runtime else "")
     )
+
+
+def runtime_summary(runtimes: dict[str, dict[str, str]]) -> str:
+    """``backend/device[+cudacrop]`` per distinct runtime, ``!fallback`` marked: short enough for STATUS."""
+    parts = []
+    for r in runtimes.values():
+        text = f"{r['backend']}/{r['device']}" + ("+cudacrop" if r["crop"] == "cuda" else "")
+        parts.append(text + ("!fallback" if r.get("fallback") else ""))
+    return ",".join(dict.fromkeys(parts))

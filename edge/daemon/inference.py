@@ -7,6 +7,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -22,7 +23,7 @@ from edge.daemon.evidence import render_overlay
 from edge.daemon.record import Evidence, ModelScore, VerdictRecord
 from edge.daemon.supervisor import child_init, configure_logging
 from edge.inspect import Inspection, Inspector
-from engines.runtime.ort import OrtRunnerConfig
+from engines.runtime.select import RunnerPlan, resolve
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +53,37 @@ class Models:
     model_versions: dict[str, str]
     scoring_versions: dict[str, str]
 
+    def runtimes(self) -> dict[str, dict[str, str]]:
+        """Per model: backend, device, crop device, why, and the fallback reason if the parity gate failed."""
+        return {
+            name: {**ins.choice.labels(), "reason": ins.choice.reason, "fallback": ins.choice.fallback}
+            for name, ins in self.inspectors.items()
+        }
+
     def close(self) -> None:
         for inspector in self.inspectors.values():
             inspector.close()
 
 
+def engine_cache(config: EdgeConfig, model: str) -> Path:
+    """Where a model's TensorRT engines are built and cached: ``<data_dir>/engines/<model name>/``."""
+    return config.storage.data_dir / "engines" / model
+
+
 def load_models(config: EdgeConfig, frame_spec: StreamSpec) -> Models:
-    """Build one Inspector per configured model; the scoring file must belong to its ONNX (checked by Inspector)."""
+    """Build one Inspector per configured model on the configured runtime (resolved once for all of them); the
+    scoring file must belong to its ONNX (checked by Inspector)."""
     roi = load_roi(config.roi)
-    ort = OrtRunnerConfig(intra_op_threads=config.runtime.threads, inter_op_threads=1)
+    choice = resolve(config.runtime)
     inspectors: dict[str, Inspector] = {}
     try:
         for m in config.models:
-            inspectors[m.name] = Inspector(frame_spec, roi, m.onnx, load_scoring(m.scoring), ort_config=ort)
+            plan = RunnerPlan(config.runtime, engine_dir=engine_cache(config, m.name), choice=choice)
+            inspectors[m.name] = Inspector(frame_spec, roi, m.onnx, load_scoring(m.scoring), plan=plan)
+            ins = inspectors[m.name]
+            log.info(
+                "event=model_runtime model=%s engine=%s runtime=%r", m.name, ins.runner.name, ins.choice.describe()
+            )
     except BaseException:
         for built in inspectors.values():
             built.close()
@@ -75,6 +94,14 @@ def load_models(config: EdgeConfig, frame_spec: StreamSpec) -> Models:
         model_versions={m.name: file_sha256(m.onnx)[:12] for m in config.models},
         scoring_versions={m.name: file_sha256(m.scoring)[:12] for m in config.models},
     )
+
+
+def register_ring(models: Models, ring: FrameRing) -> None:
+    """Page-lock the ring's shared memory for every CUDA crop (asynchronous uploads; mapped on a Jetson)."""
+    for name, ins in models.inspectors.items():
+        register = getattr(ins.cropper, "register_host", None)
+        if register is not None:
+            log.info("event=ring_registered model=%s how=%r", name, register(ring.memory()))
 
 
 class PartGate:
@@ -126,6 +153,7 @@ class InferenceLoop:
     ) -> None:
         self.config, self.reader, self.spec, self.results = config, reader, frame_spec, results
         self.models = load_models(config, frame_spec)
+        self.ring: FrameRing | None = None  # set when the ring's memory is registered for the CUDA crops
         self.gate = PartGate(config.gating)
         self.next_sequence = next_sequence  # a restarted child continues from the daemon's count
         self.ok_seen = 0
@@ -140,8 +168,10 @@ class InferenceLoop:
         except EdgeError as err:
             log.error("event=reload_failed error=%r action=keep_previous", str(err))
             return
-        self.models.close()
+        self.models.close()  # first: the old CUDA crops unregister the ring's memory before the new ones register it
         self.models = fresh
+        if self.ring is not None:
+            register_ring(fresh, self.ring)
         log.info(
             "event=reloaded roi_version=%s scoring=%s", fresh.roi.version, ",".join(fresh.scoring_versions.values())
         )
@@ -287,7 +317,10 @@ def _serve(
     """Score frames until the ring's stream closes (or the daemon is gone)."""
     with FrameRing.attach(ring_name) as ring:
         loop = InferenceLoop(config, ring.reader(), ring.spec, results, next_sequence)
-        results.put(("ready", {"pid": os.getpid(), "models": loop.models.model_versions}, None))
+        register_ring(loop.models, ring)
+        loop.ring = ring
+        ready = {"pid": os.getpid(), "models": loop.models.model_versions, "runtimes": loop.models.runtimes()}
+        results.put(("ready", ready, None))
         try:
             while os.getppid() == parent_pid:  # an orphan (supervisor SIGKILLed) exits
                 _handle_control(control, loop)

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from edge.core.errors import EdgeError
-from edge.daemon.config import ConfigError, load_config, missing_files
+from edge.daemon.config import ConfigError, EdgeConfig, load_config, missing_files
 from edge.daemon.store import read_summary
 from edge.daemon.supervisor import configure_logging
+from engines.runtime.select import resolve
 
 log = logging.getLogger("edge.daemon")
 
@@ -48,6 +49,25 @@ def _print_summary(db: Path, run_id: int | None, evidence_dir: Path | None) -> i
     return EXIT_OK
 
 
+def _check(config: EdgeConfig, path: Path, *, only: bool) -> int | None:
+    """Checks a start runs in the main process before any child (all of them with ``--check-config``): the exit code
+    to return, or None to go on and start."""
+    try:
+        runtime = resolve(config.runtime)  # a backend this machine lacks is a config error: no child is started
+    except EdgeError as err:
+        print(f"edge-daemon: config error: {path}: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not only:
+        return None
+    if missing := missing_files(config):
+        for line in missing:
+            print(f"edge-daemon: config error: {path}: {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"edge-daemon: {path} is valid ({len(config.models)} model(s), source {config.source.type}; "
+          f"runtime {runtime.describe()})")  # fmt: skip
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edge-daemon", description=__doc__)
     parser.add_argument("--config", type=Path, help="edge.yaml (see deploy/edge.example.yaml)")
@@ -66,14 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         for line in err.lines:
             print(f"edge-daemon: config error: {line}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.check_config:
-        if missing := missing_files(config):
-            for line in missing:
-                print(f"edge-daemon: config error: {args.config}: {line}", file=sys.stderr)
-            return EXIT_CONFIG
-        print(f"edge-daemon: {args.config} is valid ({len(config.models)} model(s), source {config.source.type})")
-        return EXIT_OK
-    from edge.daemon.app import EdgeApp  # noqa: PLC0415 (--check-config/--summary stay free of onnxruntime)
+    checked = _check(config, args.config, only=args.check_config)
+    if checked is not None:
+        return checked
+    from edge.daemon.app import EdgeApp  # noqa: PLC0415 (--check-config/--summary stay light)
 
     configure_logging(level=getattr(logging, args.log_level))
     app = EdgeApp(config)

@@ -22,7 +22,9 @@ not implemented.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -254,12 +256,27 @@ def lite_weights_path(variant: str) -> Path:
     return Path(getattr(module, v.file_class).get_model_file_path())
 
 
+_SKIP_PRETRAINED = ContextVar("skip_pretrained", default=False)
+
+
+@contextmanager
+def weights_from_checkpoint() -> Iterator[None]:
+    """Within this block, backbones are built without their ImageNet weights: a checkpoint about to be loaded
+    strictly overwrites every tensor, so a box that only runs trained models needs no weights package."""
+    token = _SKIP_PRETRAINED.set(True)
+    try:
+        yield
+    finally:
+        _SKIP_PRETRAINED.reset(token)
+
+
 def efficientnet_lite(variant: str, image_size: int, pretrained: bool = True) -> EfficientNetLite:
-    """An EfficientNet-Lite for ``image_size``² inputs, with ImageNet weights loaded strictly when ``pretrained``."""
+    """An EfficientNet-Lite for ``image_size``² inputs, with ImageNet weights loaded strictly when ``pretrained``
+    (and not inside :func:`weights_from_checkpoint`)."""
     if image_size < 32:
         raise BackboneError(f"image size {image_size} is too small for EfficientNet-Lite", "use at least 32 pixels")
     net = EfficientNetLite(variant, image_size)
-    if pretrained:
+    if pretrained and not _SKIP_PRETRAINED.get():
         state = torch.load(lite_weights_path(variant), map_location="cpu", weights_only=True)
         net.load_state_dict(state, strict=True)
     return net.eval()

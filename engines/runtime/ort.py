@@ -69,6 +69,25 @@ def resolve_providers(config: OrtRunnerConfig, available: list[str]) -> list[tup
     return [(p, {} if p == "CPUExecutionProvider" else {"device_id": config.device_id}) for p in wanted]
 
 
+def open_session(model: Path, options: Any = None, providers: list[tuple[str, dict[str, Any]]] | None = None) -> Any:
+    """An ``onnxruntime.InferenceSession`` (CPU unless ``providers`` say otherwise): the one place a session is built.
+
+    Runners (:class:`OrtRunner`) and readers of the model card use it; unreadable files become an EngineError.
+    """
+    ort = _ort()
+    if not model.is_file():
+        raise EngineError(f"ONNX model {model} does not exist", "export the model first, or fix the path")
+    try:
+        return ort.InferenceSession(str(model), options, providers=providers or [("CPUExecutionProvider", {})])
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/… types for unreadable models
+        raise EngineError(f"ONNX Runtime cannot load {model} ({e})", "re-export the model") from None
+
+
+def model_metadata(model: Path) -> dict[str, str]:
+    """The ONNX file's custom metadata (the exporter stores the model card there)."""
+    return dict(open_session(model).get_modelmeta().custom_metadata_map)
+
+
 def _spec(node: Any, model: Path) -> TensorSpec:
     """A static TensorSpec from an ONNX Runtime NodeArg; symbolic dimensions are refused (buffers are static)."""
     shape = tuple(node.shape)
@@ -115,13 +134,8 @@ class OrtRunner(Runner):
 
     def _activate_impl(self) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
         ort = _ort()
-        if not self.model.is_file():
-            raise EngineError(f"ONNX model {self.model} does not exist", "export the model first, or fix the path")
         providers = resolve_providers(self.config, ort.get_available_providers())
-        try:
-            session = ort.InferenceSession(str(self.model), self._session_options(), providers=providers)
-        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/… types for unreadable models
-            raise EngineError(f"ONNX Runtime cannot load {self.model} ({e})", "re-export the model") from None
+        session = open_session(self.model, self._session_options(), providers)
         dropped = [p for p, _ in providers if p not in session.get_providers()]
         if dropped:
             raise EngineError(

@@ -80,6 +80,7 @@ def test_matching_engine_is_used(files: tuple[Path, Path]) -> None:
         ({"gpu_name": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9"}, "GPU changed"),
         ({"compute_capability": "8.6"}, "compute capability changed: built with 8.7, running 8.6"),
         ({"cuda_version": "12.8"}, "CUDA changed"),
+        ({"platform": "# R36 (release), REVISION: 4.4"}, "L4T release changed"),
     ],
 )
 def test_environment_change_rebuilds_or_refuses(files: tuple[Path, Path], change: dict[str, str], reason: str) -> None:

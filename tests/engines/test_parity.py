@@ -83,7 +83,7 @@ def test_ort_vs_torch_within_budget(models: tuple[torch.nn.Module, Path, Path]) 
         report = compare_runners(ref, [onnx_runner], feeds, threshold=threshold)
     assert report.passed and report.samples == 6 and report.threshold == threshold
     pair = report.pairs[0]
-    assert (pair.reference, pair.candidate) == ("torch", "onnxruntime[tiny.onnx]")
+    assert (pair.reference, pair.candidate) == ("torch[cpu]", "onnxruntime[tiny.onnx]")
     assert {s.name for s in pair.outputs} == set(OUTPUT_NAMES)
     assert all(s.within and s.max_abs < 1e-5 for s in pair.outputs)
     assert pair.flips == 0 and len(pair.score_deltas) == 6 and max(map(abs, pair.score_deltas)) < 1e-5

@@ -177,7 +177,7 @@ def test_mvtec_folder_input(tmp_path: Path) -> None:
         (["--models", "no-such-folder"], "no-such-folder has no model.onnx"),
         (["--models", "toy", "--option", "bogus"], "is not FAMILY:KEY=VALUE"),
         (["--models", "toy", "--warmup", "-1"], "--warmup must be ≥ 0"),
-        (["--models", "toy", "--backend", "tensorrt"], "TensorRT is not installed"),
+        (["--models", "toy", "--backend", "tensorrt"], "the tensorrt package is not installed"),
         (["--models", "toy", "--labels", "x.labels", "--data", "a.db3", "b.db3"], "not exactly one recording"),
     ],
 )

@@ -1,10 +1,12 @@
-"""Which runtime scores the frames (``--backend``), and the parity check of that runtime against its reference.
+"""Which runtime scores the frames (``--backend``/``--device``), and the parity check of that runtime against its
+reference.
 
-ONNX Runtime runs the exported ONNX directly. TensorRT needs an engine for this GPU and TensorRT version:
-:func:`engines.build.ensure_engine` reuses the one in the report's ``engines/`` folder when its manifest fits and
-builds it otherwise. ``--parity`` compares, on the first real crops of the run: for ONNX Runtime, the PyTorch
-model from the run folder's checkpoint (reference) against ONNX Runtime; for TensorRT, ONNX Runtime (reference)
-against the engine. Verdict flips are counted at the scoring file's threshold on the raw score.
+The bench runs models exactly as the daemon does: a :class:`engines.runtime.select.RuntimeConfig` resolved once,
+and each model's Inspector builds its engine with ``create_runner`` (TensorRT engines are cached in the report's
+``engines/`` folder, reused when their manifest fits, built otherwise). ``--parity`` compares, on the first real
+crops of the run: for ONNX Runtime, the PyTorch model from the run folder's checkpoint (reference) against ONNX
+Runtime; for TensorRT or torch, ONNX Runtime (reference) against the engine. Verdict flips are counted at the
+scoring file's threshold on the raw score.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -21,54 +23,49 @@ from edge.core.scoring import load_scoring
 from engines.parity import ParityBudget, ParityReport, compare_runners
 from engines.runtime.base import Runner
 from engines.runtime.ort import OrtRunner, OrtRunnerConfig
+from engines.runtime.select import Choice, RunnerPlan, RuntimeConfig, create_runner, resolve
 from tools.bench.models import BenchModel
 
-Backend = Literal["onnxruntime", "tensorrt"]
-BACKENDS: tuple[str, ...] = ("onnxruntime", "tensorrt")
+BACKENDS: tuple[str, ...] = ("auto", "onnxruntime", "tensorrt", "torch")
 
 
 @dataclass(frozen=True, slots=True)
 class BackendSettings:
-    """``--backend`` and what it needs: ORT threads, or the engine folder and precision for TensorRT."""
+    """``--backend``/``--device``/``--precision``/``--threads`` as the runtime config every model is run with."""
 
-    backend: Backend = "onnxruntime"
-    threads: int = 0  # ONNX Runtime intra-op threads (0: its default)
+    runtime: RuntimeConfig
     engines_dir: Path = Path("engines")
-    precision: str = "fp16"
+
+    @property
+    def backend(self) -> str:
+        return self.runtime.backend
+
+    @property
+    def threads(self) -> int:
+        return self.runtime.threads
+
+    @property
+    def precision(self) -> str:
+        return self.runtime.precision
 
 
-def _engine(model: BenchModel, settings: BackendSettings) -> Path:
-    from engines.build import BuildSettings, ensure_engine  # noqa: PLC0415  (tensorrt only when asked for)
-
-    card = model.card
-    return ensure_engine(
-        model.onnx,
-        settings.engines_dir,
-        model=card.family,
-        tag=f"{card.preset}-{card.crop_mode}",
-        settings=BuildSettings.model_validate({"precision": settings.precision}),
-        allow_rebuild=True,
-    )
+def check_backend(settings: BackendSettings) -> Choice:
+    """Resolve the runtime before any frame is read; an unavailable backend is an EngineError naming what is
+    missing."""
+    return resolve(settings.runtime)
 
 
-def check_backend(settings: BackendSettings) -> None:
-    """Refuse a backend this machine cannot run before any frame is read (TensorRT needs tensorrt + pycuda)."""
-    if settings.backend == "tensorrt":
-        from engines._trt_compat import import_cuda, import_trt  # noqa: PLC0415
+def runner_factory(settings: BackendSettings) -> Callable[[BenchModel], RunnerPlan]:
+    """How each model is run: the runtime plan the Inspector hands to ``create_runner`` (engines cached per model)."""
+    choice = resolve(settings.runtime)
 
-        import_trt()
-        import_cuda()
-
-
-def runner_factory(settings: BackendSettings) -> Callable[[BenchModel], Runner]:
-    """A function that builds the chosen runtime's runner for one model (not yet active)."""
-
-    def make(model: BenchModel) -> Runner:
-        if settings.backend == "tensorrt":
-            from engines.runtime.trt import TrtRunner  # noqa: PLC0415
-
-            return TrtRunner(_engine(model, settings))
-        return OrtRunner(model.onnx, OrtRunnerConfig(intra_op_threads=settings.threads, inter_op_threads=1))
+    def make(model: BenchModel) -> RunnerPlan:
+        card = model.card
+        return RunnerPlan(
+            settings.runtime,
+            engine_dir=settings.engines_dir / f"{card.family}-{card.preset}-{card.crop_mode}",
+            choice=choice,
+        )
 
     return make
 
@@ -101,10 +98,10 @@ def parity(
     with OrtRunner(model.onnx, OrtRunnerConfig(intra_op_threads=settings.threads)) as ort:
         reference: Runner = ort
         candidate: Runner = ort
-        if settings.backend == "tensorrt":
-            candidate = runner_factory(settings)(model)
-        else:
+        if resolve(settings.runtime).backend == "onnxruntime":
             reference = _torch_reference(model, ort)
+        else:
+            candidate = create_runner(model.onnx, runner_factory(settings)(model))[0]
         other = candidate if reference is ort else reference
         other.activate()
         try:

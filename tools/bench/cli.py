@@ -26,6 +26,7 @@ from calibration.roi import RoiFile, load_roi
 from edge.core.errors import EdgeError
 from edge.core.scoring import fit_scoring, load_scoring, refit_threshold_f1, save_scoring
 from engines.parity import ParityBudget
+from engines.runtime.select import RuntimeConfig
 from tools.bench import analysis, figures
 from tools.bench.backends import BACKENDS, BackendSettings, check_backend, parity, runner_factory
 from tools.bench.inputs import BenchInput, Split, open_input
@@ -60,7 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--crop", choices=sorted(CROPS), default="foreground", help="crop modes trained (default foreground)"
     )
-    p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="onnxruntime",
+        help="engine runtime (auto: TensorRT with a GPU, else ONNX Runtime; torch: the PyTorch checkpoint)",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16", help="TensorRT engine precision")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: one per core)")
     p.add_argument("--report", type=Path, default=Path("bench-report"), help="output folder (default bench-report)")
@@ -126,7 +133,8 @@ def plan(args: argparse.Namespace) -> Plan:
     recipe = TrainRecipe(
         args.preset, args.epochs, args.batch_size, args.lr, args.seed, args.train_threads, _options(args.option)
     )
-    backend = BackendSettings(args.backend, args.threads, args.report / "engines", args.precision)
+    runtime = {"backend": args.backend, "device": args.device, "threads": args.threads, "precision": args.precision}
+    backend = BackendSettings(RuntimeConfig.model_validate(runtime), args.report / "engines")
     check_backend(backend)
     return Plan(load_roi(args.roi), folders, families, recipe, CROPS[args.crop], backend)
 
@@ -247,7 +255,12 @@ def build_report(args: argparse.Namespace, p: Plan, bench: Bench, started: str, 
         "started": started,
         "command": " ".join([PROG, *argv]),
         "machine": machine_info(),
-        "backend": {"name": p.backend.backend, "threads": p.backend.threads, "precision": p.backend.precision},
+        "backend": {
+            "name": p.backend.backend,
+            "threads": p.backend.threads,
+            "precision": p.backend.precision,
+            "resolved": check_backend(p.backend).describe(),
+        },
         "inputs": [
             {
                 "path": str(o.path),
@@ -355,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_html(report, figs, args.report / "report.html")
         write_markdown(report, figs, args.report / "report.md")
     except EdgeError as err:
-        console.print(f"{PROG}: error: {err}")
+        print(f"{PROG}: error: {err}", file=sys.stderr)  # plain: one line, and no markup eats "[gpu]"
         return 2
     print_summary(report)
     console.print(f"{PROG}: wrote {args.report / 'report.html'} and report.json")

@@ -29,12 +29,12 @@ from edge.core.frame import StreamSpec
 from edge.core.scoring import load_scoring
 from edge.inspect import Inspector
 from engines.datasets import crop_mask
-from engines.runtime.base import Runner
+from engines.runtime.select import RunnerPlan
 from tools.bench.inputs import BenchInput, LabelledFrame, Split
 from tools.bench.models import BenchModel
 
 STAGES = ("read", "crop", "infer", "score")
-RunnerFactory = Callable[[BenchModel], Runner]
+PlanFactory = Callable[[BenchModel], RunnerPlan]
 
 
 @dataclass
@@ -108,13 +108,13 @@ class Bench:
     def __init__(
         self,
         roi: RoiFile,
-        make_runner: RunnerFactory,
+        make_plan: PlanFactory,
         *,
         warmup: int = 5,
         parity_samples: int = 0,
         allow_mismatch: bool = False,
     ) -> None:
-        self.roi, self.make_runner, self.warmup = roi, make_runner, warmup
+        self.roi, self.make_plan, self.warmup = roi, make_plan, warmup
         self.parity_samples, self.allow_mismatch = parity_samples, allow_mismatch
         self.run = BenchRun([])
 
@@ -133,14 +133,13 @@ class Bench:
                 scoring = load_scoring(r.model.scoring)
                 r.threshold_z = scoring.threshold.value
                 r.threshold_raw = scoring.normalisation.mean + scoring.threshold.value * scoring.normalisation.std
-                runner = self.make_runner(r.model)
                 out.append(
                     Inspector(
                         spec,
                         self.roi,
                         r.model.onnx,
                         scoring,
-                        runner=runner,
+                        plan=self.make_plan(r.model),
                         allow_mismatch=self.allow_mismatch,
                     )
                 )

@@ -2,8 +2,9 @@
 
 The product's path end to end: the line is rendered into an MVTec 3D-AD export, the ROI is calibrated with
 ``roi_from_frames`` on frames of one good part, ``edge-train`` trains the model (mode rgbd) once per crop mode and
-exports ONNX, and every test sample is scored by :class:`OrtRunner` (the deployed runtime). 3DSR first gets a DADA
-pretrained once (``edge-train --model dada``) and shared by both crop modes, as the paper shares its ImageNet DADA.
+exports ONNX, and every test sample is scored by ONNX Runtime through :class:`edge.inspect.ModelStage` (the product's
+one inference path). 3DSR first gets a DADA pretrained once (``edge-train --model dada``) and shared by both crop
+modes, as the paper shares its ImageNet DADA.
 Metrics come from :mod:`engines.metrics`; the table is the paper's Table I with more rows (Δ and Rel.% of
 foreground against full). A slow study (minutes): ``python -m tools.benchmarks.accuracy [--model dsr3d]`` writes its
 table into ``docs/models/ast.md`` (``dsr3d.md``); it is not part of ``make bench``.
@@ -32,11 +33,12 @@ from drivers.synthetic import SyntheticSource, SyntheticSourceConfig, render_fra
 from edge.core.errors import EdgeError
 from edge.core.scoring import Scorer, load_scoring
 from edge.crop import CropSpec
+from edge.inspect import ModelStage
 from engines import get_family
 from engines.datasets import MvtecFolder, open_dataset
 from engines.export import card_from_onnx
 from engines.metrics import AnomalyMetrics, evaluate
-from engines.runtime.ort import OrtRunner, OrtRunnerConfig
+from engines.runtime.select import RunnerPlan, RuntimeConfig
 from tools import train
 from tools.benchmarks.report import BenchSection, machine_block
 
@@ -217,16 +219,18 @@ def score_mode(
     keep_maps: dict[int, npt.NDArray[np.float32]] = {}
     keep_rgb: dict[int, npt.NDArray[np.float32]] = {}
     mean, std = np.array(card.mean, np.float32)[:, None, None], np.array(card.std, np.float32)[:, None, None]
-    with OrtRunner(onnx_path, OrtRunnerConfig(intra_op_threads=threads)) as runner:
+    stage = ModelStage(onnx_path, RunnerPlan(RuntimeConfig(backend="onnxruntime", device="cpu", threads=threads)))
+    try:
         for i in range(len(test)):
             s = test[i]
-            out = runner.infer({k: s[k][None] for k in card.inputs})
-            latencies.append(runner.last_latency_ns)
-            maps[i], scores[i] = out["anomaly_map"][0, 0], float(out["image_score"][0])
+            scores[i], maps[i], ms = stage.run({k: s[k][None] for k in card.inputs})
+            latencies.append(int(ms * 1e6))
             gts[i] = s["gt"][0] > 0
             kinds.append(s["defect_type"])
             if i in figure_ids:
                 keep_maps[i], keep_rgb[i] = maps[i].copy(), s["rgb"] * std + mean  # colour back on [0, 1]
+    finally:
+        stage.close()
     good = np.array([k == "good" for k in kinds])
     ng = np.array([scorer.score(x)[1] == "NG" for x in scores])
     return ModeResult(
