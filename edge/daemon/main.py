@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from edge.core.errors import EdgeError
-from edge.daemon.config import ConfigError, load_config, missing_files
+from edge.daemon.config import ConfigError, EdgeConfig, load_config, missing_files
+from edge.daemon.release import ReleaseError, ReleaseState, verify_release
 from edge.daemon.store import read_summary
 from edge.daemon.supervisor import configure_logging
 
@@ -48,6 +49,19 @@ def _print_summary(db: Path, run_id: int | None, evidence_dir: Path | None) -> i
     return EXIT_OK
 
 
+def _preflight(args: argparse.Namespace, config: EdgeConfig) -> ReleaseState | None:
+    """The checks of start and ``--check-config``; None (after one line per problem on stderr) when one refuses."""
+    if args.check_config and (missing := missing_files(config)):
+        for line in missing:
+            print(f"edge-daemon: config error: {args.config}: {line}", file=sys.stderr)
+        return None
+    try:
+        return verify_release(config)
+    except ReleaseError as err:
+        print(f"edge-daemon: release error: {err}", file=sys.stderr)
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edge-daemon", description=__doc__)
     parser.add_argument("--config", type=Path, help="edge.yaml (see deploy/edge.example.yaml)")
@@ -66,17 +80,18 @@ def main(argv: list[str] | None = None) -> int:
         for line in err.lines:
             print(f"edge-daemon: config error: {line}", file=sys.stderr)
         return EXIT_CONFIG
+    release = _preflight(args, config)  # before any child exists: an unsigned or altered bundle never scores
+    if release is None:
+        return EXIT_CONFIG
     if args.check_config:
-        if missing := missing_files(config):
-            for line in missing:
-                print(f"edge-daemon: config error: {args.config}: {line}", file=sys.stderr)
-            return EXIT_CONFIG
-        print(f"edge-daemon: {args.config} is valid ({len(config.models)} model(s), source {config.source.type})")
+        signed = f", release {release.release!r} signed by {release.signed_by}" if release.signed_by else ""
+        print(f"edge-daemon: {args.config} is valid ({len(config.models)} model(s), source {config.source.type}"
+              f"{signed})")  # fmt: skip
         return EXIT_OK
     from edge.daemon.app import EdgeApp  # noqa: PLC0415 (--check-config/--summary stay free of onnxruntime)
 
     configure_logging(level=getattr(logging, args.log_level))
-    app = EdgeApp(config)
+    app = EdgeApp(config, release)
     try:
         code = app.run()
     except EdgeError as err:
