@@ -141,6 +141,10 @@ class EdgeConfig(EdgeModel):
             m.onnx, m.scoring = fix(m.onnx), fix(m.scoring)
         if isinstance(cfg.source, PlaybackSourceConfig):
             cfg.source.path = fix(cfg.source.path)
+        if (tls := cfg.mqtt.tls) is not None:
+            tls.ca_file = fix(tls.ca_file)
+            tls.cert_file = fix(tls.cert_file) if tls.cert_file is not None else None
+            tls.key_file = fix(tls.key_file) if tls.key_file is not None else None
         cfg.release.manifest = fix(cfg.release.manifest)
         if cfg.release.public_key is not None:
             cfg.release.public_key = fix(cfg.release.public_key)

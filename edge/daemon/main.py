@@ -10,6 +10,7 @@ from typing import Any
 
 from edge.core.errors import EdgeError
 from edge.daemon.config import ConfigError, EdgeConfig, load_config, missing_files
+from edge.daemon.mqtt import MqttError, tls_context
 from edge.daemon.release import ReleaseError, ReleaseState, verify_release
 from edge.daemon.store import read_summary
 from edge.daemon.supervisor import configure_logging
@@ -56,10 +57,14 @@ def _preflight(args: argparse.Namespace, config: EdgeConfig) -> ReleaseState | N
             print(f"edge-daemon: config error: {args.config}: {line}", file=sys.stderr)
         return None
     try:
+        if config.mqtt.enabled and config.mqtt.tls is not None:
+            tls_context(config.mqtt.tls)  # CA, certificate and key must load before anything starts
         return verify_release(config)
+    except MqttError as err:
+        print(f"edge-daemon: config error: {args.config}: {err}", file=sys.stderr)
     except ReleaseError as err:
         print(f"edge-daemon: release error: {err}", file=sys.stderr)
-        return None
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
