@@ -189,3 +189,23 @@ def test_config_changes_at_start_and_on_sighup_and_a_refused_reload_keeps_the_ru
     last = _rows(db)[-1]
     assert (last["event"], last["accepted"], last["release"]) == ("start", 1, "r3")
     assert last["changes"] == [{"file": "scoring:ast-tiny", "old": altered, "new": original}]
+
+
+def test_a_database_from_before_the_table_gains_it_and_keeps_its_rows(tmp_path: Path) -> None:
+    from edge.daemon.store import ResultStore
+
+    db = tmp_path / "results.db"
+    store = ResultStore(db)
+    store.open()
+    run = store.start_run({"source": "old"})
+    store.close()
+    with sqlite3.connect(db) as conn:  # as written by a daemon older than config_changes
+        conn.execute("DROP TABLE config_changes")
+    store = ResultStore(db)
+    store.open()
+    assert store.last_release_digests() is None
+    store.add_config_change(run, "start", True, {"roi": "ab" * 32}, [{"file": "roi", "old": None, "new": "ab" * 32}])
+    assert store.last_release_digests() == {"roi": "ab" * 32}
+    store.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT source FROM runs").fetchall() == [("old",)]
