@@ -6,6 +6,12 @@ null, mask file names); ``masks/<sequence:06d>.png`` (defect mask, 0/255, only f
 ``drum_masks/<sequence:06d>.png`` (visible drum, when the frame has one).
 A RealSense recording cannot carry labels, and playback returns frames in recording order with their recorded
 frame numbers, so labels are keyed by ``color_frame_number``.
+
+Binding: ``recording.json`` (written by ``edge-record`` once the recording is complete) names the recording the
+labels belong to: its sha256, size, frame count and first/last device timestamps. :func:`labels_for_recording`
+refuses labels whose binding names other bytes, and a sidecar without one (written before binding existed: record it
+again, the settings are in ``meta.json``); while frames are matched, each frame's device timestamp must equal the
+labelled one (within :data:`DEVICE_TS_TOLERANCE_NS`) as well as its frame number.
 """
 
 from __future__ import annotations
@@ -23,9 +29,15 @@ import numpy.typing as npt
 
 from drivers.errors import RecordingError
 from edge.core.frame import DEFECT_TYPES, DefectType, DrumPose, Frame, GroundTruth
+from edge.core.scoring import file_sha256
 
 LABELS_FILE = "labels.jsonl"
 META_FILE = "meta.json"
+BINDING_FILE = "recording.json"
+BINDING_SCHEMA_VERSION = 1
+# Device timestamps go through the SDK as float milliseconds; a recording played back returns them to the nanosecond
+# (tests/drivers/test_recorder.py), so the tolerance only absorbs the float rounding of long recordings.
+DEVICE_TS_TOLERANCE_NS = 1000
 _LABELS: tuple[str, ...] = ("good", "defect", "empty")
 
 
@@ -92,6 +104,62 @@ def _read_mask(path: Path) -> npt.NDArray[np.bool_]:
     if img is None:
         raise LabelsError(f"cannot read the mask {path}", "the labels sidecar is incomplete: export it again")
     return img > 0
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingBinding:
+    """``recording.json``: the recording a sidecar belongs to (its name is informative; its bytes decide)."""
+
+    recording: str
+    size_bytes: int
+    sha256: str
+    frames: int
+    first_device_ts_ns: int
+    last_device_ts_ns: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": BINDING_SCHEMA_VERSION,
+            "recording": self.recording,
+            "size_bytes": self.size_bytes,
+            "sha256": self.sha256,
+            "frames": self.frames,
+            "first_device_ts_ns": self.first_device_ts_ns,
+            "last_device_ts_ns": self.last_device_ts_ns,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RecordingBinding:
+        if d.get("schema_version") != BINDING_SCHEMA_VERSION:
+            raise ValueError(f"schema_version {d.get('schema_version')!r} (this build reads {BINDING_SCHEMA_VERSION})")
+        return cls(
+            recording=str(d["recording"]),
+            size_bytes=int(d["size_bytes"]),
+            sha256=str(d["sha256"]),
+            frames=int(d["frames"]),
+            first_device_ts_ns=int(d["first_device_ts_ns"]),
+            last_device_ts_ns=int(d["last_device_ts_ns"]),
+        )
+
+
+def bind_labels(directory: Path, recording: Path, frames: int, first_device_ts_ns: int, last_device_ts_ns: int) -> None:
+    """Write ``recording.json``: bind the sidecar in ``directory`` to the finished ``recording`` (edge-record)."""
+    recording = Path(recording)
+    binding = RecordingBinding(
+        recording=recording.name,
+        size_bytes=recording.stat().st_size,
+        sha256=file_sha256(recording),
+        frames=frames,
+        first_device_ts_ns=first_device_ts_ns,
+        last_device_ts_ns=last_device_ts_ns,
+    )
+    path = Path(directory) / BINDING_FILE
+    try:
+        path.write_text(json.dumps(binding.to_dict(), indent=2) + "\n", encoding="utf-8")
+    except OSError as err:
+        raise LabelsError(
+            f"cannot write {path}: {err.strerror or err}", "choose a writable directory for the output"
+        ) from err
 
 
 class LabelWriter:
@@ -167,16 +235,23 @@ class LabelSet:
     directory: Path
     by_frame_number: dict[int, FrameLabel]
     meta: dict[str, Any]
+    binding: RecordingBinding | None = None
 
     def __len__(self) -> int:
         return len(self.by_frame_number)
 
-    def truth(self, color_frame_number: int) -> GroundTruth:
-        """The ground truth of one recorded frame, masks loaded."""
+    def truth(self, color_frame_number: int, device_ts_ns: int) -> GroundTruth:
+        """The ground truth of one recorded frame, masks loaded; its frame number and device timestamp must match."""
         lab = self.by_frame_number.get(color_frame_number)
         if lab is None:
             raise LabelsError(
                 f"the recording has frame number {color_frame_number}, the labels in {self.directory} do not",
+                "use the labels written together with this recording",
+            )
+        if abs(lab.device_ts_ns - device_ts_ns) > DEVICE_TS_TOLERANCE_NS:
+            raise LabelsError(
+                f"frame number {color_frame_number} was taken at device time {device_ts_ns} ns, the labels in "
+                f"{self.directory} were written for a frame taken at {lab.device_ts_ns} ns",
                 "use the labels written together with this recording",
             )
         return GroundTruth(
@@ -226,7 +301,49 @@ def read_labels(directory: Path) -> LabelSet:
         meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
     except ValueError as err:
         raise LabelsError(f"{meta_path} is not valid JSON: {err}", "export the labels again") from err
-    return LabelSet(directory, by_number, meta)
+    binding_path = directory / BINDING_FILE
+    binding = None
+    if binding_path.is_file():
+        try:
+            binding = RecordingBinding.from_dict(json.loads(binding_path.read_text(encoding="utf-8")))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise LabelsError(
+                f"{binding_path} is not a recording binding: {err}", "record again with edge-record"
+            ) from err
+    return LabelSet(directory, by_number, meta, binding)
+
+
+def labels_for_recording(recording: Path, directory: Path | None = None) -> LabelSet:
+    """The labels of ``recording`` (default ``<recording>.labels``), refused unless bound to exactly its bytes.
+
+    The only way tools read labels for frames: ``edge-bench``, ``edge-train``, ``edge-record --from-recording``.
+    A sidecar without ``recording.json`` (older than the binding) is refused too: the frame numbers and device
+    timestamps of two synthetic recordings are the same, so nothing else tells their labels apart.
+    """
+    recording = Path(recording)
+    labels = read_labels(directory if directory is not None else labels_dir_for(recording))
+    b = labels.binding
+    if b is None:
+        seed = labels.meta.get("seed")
+        again = f" (meta.json: seed {seed})" if seed is not None else ""
+        raise LabelsError(
+            f"the labels in {labels.directory} are not bound to a recording (no {BINDING_FILE}: written by an "
+            "edge-record older than the binding)",
+            f"record {recording.name} again with edge-record{again}; it writes the labels and their binding",
+        )
+    try:
+        size = recording.stat().st_size
+    except OSError as err:
+        raise LabelsError(f"cannot read the recording {recording}: {err.strerror or err}", "check the path") from err
+    digest = file_sha256(recording) if size == b.size_bytes else None
+    if digest != b.sha256:
+        got = f"sha256 {digest[:12]}…" if digest is not None else f"{size} bytes"
+        want = f"sha256 {b.sha256[:12]}…" if digest is not None else f"{b.size_bytes} bytes"
+        raise LabelsError(
+            f"the labels in {labels.directory} belong to recording {b.recording} ({want}), not to {recording} ({got})",
+            "use the labels written together with this recording",
+        )
+    return labels
 
 
 def attach_labels(frames: Iterable[Frame], labels: LabelSet) -> Iterator[Frame]:
@@ -234,5 +351,5 @@ def attach_labels(frames: Iterable[Frame], labels: LabelSet) -> Iterator[Frame]:
     seen: list[int] = []
     for frame in frames:
         seen.append(frame.color_frame_number)
-        yield replace(frame, truth=labels.truth(frame.color_frame_number))
+        yield replace(frame, truth=labels.truth(frame.color_frame_number, frame.device_ts_ns))
     labels.check_frame_numbers(seen)

@@ -31,7 +31,7 @@ import tifffile
 
 from calibration.roi import RoiFile
 from drivers.errors import EndOfStreamError
-from drivers.labels import LabelSet, attach_labels, labels_dir_for, read_labels
+from drivers.labels import LabelSet, attach_labels, labels_dir_for, labels_for_recording
 from drivers.playback import PlaybackSource, PlaybackSourceConfig
 from edge.core.errors import EdgeError
 from edge.core.frame import Frame, StreamSpec
@@ -304,7 +304,7 @@ def load_recording(
         raise DatasetError(
             f"{path} has no labels sidecar at {labels_dir}", "pass --labels DIR (the <recording>.labels folder)"
         )
-    labels = read_labels(labels_dir)
+    labels = labels_for_recording(path, labels_dir)
     split_of = recording_splits(labels, train_fraction, validation_fraction)
     splits: dict[str, list[Sample]] = {s: [] for s in SPLITS}
     cropper: FrameCropper | None = None

@@ -21,7 +21,8 @@ def test_every_console_script_points_at_a_main_in_this_repo() -> None:
     import tomllib
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert {"edge-record", "edge-calibrate", "edge-train", "edge-build", "edge-parity", "edge-bench"} <= set(scripts)
+    expected = {"edge-record", "edge-calibrate", "edge-train", "edge-build", "edge-parity", "edge-bench", "edge-daemon"}
+    assert expected | {"edge-sign", "edge-verify"} <= set(scripts)
     for name, target in scripts.items():
         module_name, _, attr = target.partition(":")
         module = importlib.import_module(module_name)

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from sklearn.metrics import roc_auc_score
 
-from drivers.labels import LabelSet, labels_dir_for, read_labels
+from drivers.labels import LabelSet, labels_dir_for, labels_for_recording
 from edge.daemon.main import format_summary
 from edge.daemon.store import read_summary
 from tools import calibrate, record, train
@@ -86,14 +86,15 @@ def stored_verdicts(db: Path, labels: LabelSet) -> list[VerdictRow]:
     conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
     try:
         rows = conn.execute(
-            "SELECT v.sequence, v.frame_number, v.roi_fill, v.verdict, s.score, v.total_ms FROM verdicts v "
-            "JOIN scores s ON s.verdict_id = v.id WHERE v.run_id = (SELECT MAX(id) FROM runs) ORDER BY v.sequence"
+            "SELECT v.sequence, v.frame_number, v.device_ts_ns, v.roi_fill, v.verdict, s.score, v.total_ms "
+            "FROM verdicts v JOIN scores s ON s.verdict_id = v.id "
+            "WHERE v.run_id = (SELECT MAX(id) FROM runs) ORDER BY v.sequence"
         ).fetchall()
     finally:
         conn.close()
     out = []
-    for seq, number, fill, verdict, score, total in rows:
-        truth = labels.truth(int(number))
+    for seq, number, device_ts, fill, verdict, score, total in rows:
+        truth = labels.truth(int(number), int(device_ts))
         label = truth.label if truth.defect_type is None else truth.defect_type
         out.append(VerdictRow(int(seq), int(number), label, float(fill), str(verdict), float(score), float(total)))
     return out
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]edge-daemon exited with {rc}[/]; its log: {log}")
         console.print(log.read_text()[-3000:])
         return rc or 1
-    print_rows(stored_verdicts(db, read_labels(labels_dir_for(line))))
+    print_rows(stored_verdicts(db, labels_for_recording(line)))
     console.print(format_summary(read_summary(db), db, out / "daemon" / "evidence"))
     _step(5, "bench the model on the line's test parts (edge-bench): latency per stage, accuracy, parity, figures")
     report = out / "bench"

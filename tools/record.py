@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from drivers.errors import DeviceNotFoundError, SourceError
-from drivers.labels import LabelWriter, attach_labels, labels_dir_for, read_labels
+from drivers.labels import LabelWriter, attach_labels, bind_labels, labels_dir_for, labels_for_recording
 from drivers.mvtec import MvtecExportConfig, MvtecWriter
 from drivers.playback import PlaybackSource, PlaybackSourceConfig
 from drivers.realsense import connected_serials
@@ -137,7 +137,11 @@ def _run_synthetic(args: argparse.Namespace) -> str:
             progress.add_task("rendering", total=args.frames)
             frames = _tee(source.frames(), sinks, progress)
             if args.out is not None:
-                summary = record_frames(frames, args.out, source.spec, overwrite=args.overwrite, compress=args.compress)
+                summary = record_frames(
+                    frames, args.out, source.spec, overwrite=args.overwrite, compress=args.compress
+                )
+                bind_labels(labels_dir_for(args.out), summary.path, summary.n_frames, summary.first_device_ts_ns,
+                            summary.last_device_ts_ns)  # fmt: skip
                 done = f"{summary.n_frames} frames → {summary.path} ({summary.size_bytes / 2**20:.1f} MiB)"
             else:
                 done = f"{sum(1 for _ in frames)} frames rendered"
@@ -158,7 +162,7 @@ def _counts(mvtec: MvtecWriter) -> str:
 def _run_from_recording(args: argparse.Namespace) -> str:
     if args.mvtec is None:
         raise EdgeError("--from-recording needs --mvtec DIR", "say where to write the MVTec 3D-AD dataset")
-    labels = read_labels(args.labels or labels_dir_for(args.from_recording))
+    labels = labels_for_recording(args.from_recording, args.labels)
     frames_per_part = args.frames_per_part or int(labels.meta.get("frames_per_part", 1))
     mvtec = _mvtec(args, frames_per_part, f"playback:{args.from_recording}", labels.meta.get("seed"))
     with _progress() as progress:

@@ -116,7 +116,9 @@ def file_sha256(path: Path) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     except OSError as err:
-        raise ScoringError(f"cannot read {path}: {err.strerror or err}", "check the model path") from None
+        raise ScoringError(
+            f"cannot read {path}: {err.strerror or err}", "check that the file exists and this user may read it"
+        ) from None
     return h.hexdigest()
 
 

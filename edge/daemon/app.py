@@ -36,6 +36,7 @@ from edge.daemon.health import SdNotifier, Watchdog, runtime_summary, status_lin
 from edge.daemon.inference import FrameEvent, inference_main
 from edge.daemon.mqtt import MqttPublisher
 from edge.daemon.record import Evidence, VerdictRecord
+from edge.daemon.release import ReleaseState, ReleaseTracker, verify_release
 from edge.daemon.store import ResultStore
 from edge.daemon.supervisor import (
     MonitoredProcess,
@@ -150,8 +151,9 @@ class RunStats:
 class EdgeApp:
     """The daemon: ``run()`` returns the process exit code (0 after an orderly stop or the end of a recording)."""
 
-    def __init__(self, config: EdgeConfig) -> None:
+    def __init__(self, config: EdgeConfig, release: ReleaseState | None = None) -> None:
         self.config = config
+        self._release = release  # verified by the caller (edge-daemon does it before anything starts), else in run()
         self.data_dir = config.storage.data_dir
         self.db_path = self.data_dir / DB_NAME
         self.stats = RunStats()
@@ -182,6 +184,7 @@ class EdgeApp:
     # -- lifecycle -------------------------------------------------------------------------------
     def run(self) -> int:
         self.install_signals()
+        release = self._release if self._release is not None else verify_release(self.config)
         with create_source(self.config.source) as probe:
             spec = probe.spec
         self.store = ResultStore(self.db_path)
@@ -189,6 +192,8 @@ class EdgeApp:
         self.run_id = self.store.start_run(
             {"source": spec.source, "config": self.config.model_dump(mode="json"), "versions": {"ring": "1"}}
         )
+        self.release = ReleaseTracker(self.metrics.registry, self.store, self.run_id)
+        self.release.accept(release, "start")
         self.evidence = self._open_evidence()
         self.mqtt = MqttPublisher(self.config.mqtt, serial=spec.serial) if self.config.mqtt.enabled else None
         server = None
@@ -269,7 +274,8 @@ class EdgeApp:
             if self._reload:
                 self._reload = False
                 log.info("event=reload_requested signal=SIGHUP")
-                self.pipes.send_control("reload")
+                if self.release.reload(self.config):  # an unsigned or altered bundle is refused: the running one stays
+                    self.pipes.send_control("reload")
             self._pump_results(0.2)
             self.capture.check()
             self.inference.check()

@@ -15,6 +15,7 @@ from edge.core.config import EdgeModel
 from edge.core.errors import EdgeError
 from edge.core.ringbuf import RingPolicy
 from edge.daemon.mqtt import MqttConfig
+from edge.daemon.release import ReleaseConfig
 from engines.runtime.select import RuntimeConfig
 
 SCHEMA_VERSION = 1
@@ -106,6 +107,9 @@ class EdgeConfig(EdgeModel):
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="verdict JSON over MQTT (off by default)")
     ring: RingConfig = Field(default_factory=RingConfig, description="shared-memory ring")
     supervision: SupervisionConfig = Field(default_factory=SupervisionConfig, description="restart budget")
+    release: ReleaseConfig = Field(
+        default_factory=ReleaseConfig, description="signed model + scoring + ROI bundles (off without public_key)"
+    )
 
     @model_validator(mode="after")
     def _unique_model_names(self) -> EdgeConfig:
@@ -134,6 +138,13 @@ class EdgeConfig(EdgeModel):
             m.onnx, m.scoring = fix(m.onnx), fix(m.scoring)
         if isinstance(cfg.source, PlaybackSourceConfig):
             cfg.source.path = fix(cfg.source.path)
+        if (tls := cfg.mqtt.tls) is not None:
+            tls.ca_file = fix(tls.ca_file)
+            tls.cert_file = fix(tls.cert_file) if tls.cert_file is not None else None
+            tls.key_file = fix(tls.key_file) if tls.key_file is not None else None
+        cfg.release.manifest = fix(cfg.release.manifest)
+        if cfg.release.public_key is not None:
+            cfg.release.public_key = fix(cfg.release.public_key)
         return cfg
 
 

@@ -10,9 +10,12 @@ from typing import Any
 
 from edge.core.errors import EdgeError
 from edge.daemon.config import ConfigError, EdgeConfig, load_config, missing_files
+from edge.daemon.mqtt import MqttError, tls_context
+from edge.daemon.release import ReleaseError, ReleaseState, verify_release
 from edge.daemon.store import read_summary
 from edge.daemon.supervisor import configure_logging
-from engines.runtime.select import resolve
+from engines.runtime.base import EngineError
+from engines.runtime.select import Choice, resolve
 
 log = logging.getLogger("edge.daemon")
 
@@ -49,23 +52,24 @@ def _print_summary(db: Path, run_id: int | None, evidence_dir: Path | None) -> i
     return EXIT_OK
 
 
-def _check(config: EdgeConfig, path: Path, *, only: bool) -> int | None:
-    """Checks a start runs in the main process before any child (all of them with ``--check-config``): the exit code
-    to return, or None to go on and start."""
-    try:
-        runtime = resolve(config.runtime)  # a backend this machine lacks is a config error: no child is started
-    except EdgeError as err:
-        print(f"edge-daemon: config error: {path}: {err}", file=sys.stderr)
-        return EXIT_CONFIG
-    if not only:
-        return None
-    if missing := missing_files(config):
+def _preflight(args: argparse.Namespace, config: EdgeConfig) -> tuple[ReleaseState, Choice] | None:
+    """The checks a start runs in the main process before any child exists (and ``--check-config``): the runtime
+    this machine can give, the MQTT TLS files, the signed release. None (after one line per problem on stderr) when
+    one refuses."""
+    if args.check_config and (missing := missing_files(config)):
         for line in missing:
-            print(f"edge-daemon: config error: {path}: {line}", file=sys.stderr)
-        return EXIT_CONFIG
-    print(f"edge-daemon: {path} is valid ({len(config.models)} model(s), source {config.source.type}; "
-          f"runtime {runtime.describe()})")  # fmt: skip
-    return EXIT_OK
+            print(f"edge-daemon: config error: {args.config}: {line}", file=sys.stderr)
+        return None
+    try:
+        runtime = resolve(config.runtime)  # a backend this machine lacks is a config error
+        if config.mqtt.enabled and config.mqtt.tls is not None:
+            tls_context(config.mqtt.tls)  # CA, certificate and key must load before anything starts
+        return verify_release(config), runtime
+    except (EngineError, MqttError) as err:
+        print(f"edge-daemon: config error: {args.config}: {err}", file=sys.stderr)
+    except ReleaseError as err:
+        print(f"edge-daemon: release error: {err}", file=sys.stderr)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,13 +90,19 @@ def main(argv: list[str] | None = None) -> int:
         for line in err.lines:
             print(f"edge-daemon: config error: {line}", file=sys.stderr)
         return EXIT_CONFIG
-    checked = _check(config, args.config, only=args.check_config)
-    if checked is not None:
-        return checked
+    checked = _preflight(args, config)  # before any child exists: an unsigned or altered bundle never scores
+    if checked is None:
+        return EXIT_CONFIG
+    release, runtime = checked
+    if args.check_config:
+        signed = f", release {release.release!r} signed by {release.signed_by}" if release.signed_by else ""
+        print(f"edge-daemon: {args.config} is valid ({len(config.models)} model(s), source {config.source.type}"
+              f"{signed}; runtime {runtime.describe()})")  # fmt: skip
+        return EXIT_OK
     from edge.daemon.app import EdgeApp  # noqa: PLC0415 (--check-config/--summary stay light)
 
     configure_logging(level=getattr(logging, args.log_level))
-    app = EdgeApp(config)
+    app = EdgeApp(config, release)
     try:
         code = app.run()
     except EdgeError as err:

@@ -4,25 +4,74 @@ A broker that is down or slow never holds up a verdict: QoS 1/2 messages wait in
 out after the reconnect (possibly twice — consumers deduplicate on ``sequence`` + ``host_ts_ns``); when that
 queue is full, or for QoS 0 while disconnected, the message is dropped and counted in ``dropped``. A retained
 ``status`` topic reads ``online``/``offline`` (the broker publishes ``offline`` as our last will).
+
+TLS (``tls:``): the broker's certificate must chain to ``ca_file`` and name ``host`` (hostname check always on, TLS
+1.2 or newer); ``cert_file``/``key_file`` add a client certificate. A handshake that fails (wrong CA, wrong host
+name, expired certificate) is logged as ``event=mqtt_tls_refused`` with the reason, once per distinct reason, and
+kept in :attr:`MqttPublisher.tls_error`; paho keeps retrying, so a fixed broker certificate needs no restart.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
+from pathlib import Path
 from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from edge.core.config import EdgeModel
+from edge.core.errors import EdgeError
 from edge.daemon.record import VerdictRecord
 
 log = logging.getLogger(__name__)
 
 PAYLOAD_SCHEMA_VERSION = 1
+
+
+class MqttError(EdgeError):
+    """The MQTT sink cannot be set up (a TLS file is missing or unusable)."""
+
+
+class MqttTlsConfig(EdgeModel):
+    """TLS to the broker. Its certificate must chain to ``ca_file`` and name ``host`` (no option turns that off)."""
+
+    type: Literal["mqtt_tls"] = Field("mqtt_tls", description="Section discriminator.")
+    ca_file: Path = Field(description="PEM CA certificate(s) the broker's certificate must chain to.")
+    cert_file: Path | None = Field(None, description="Client certificate (PEM), for a broker that requires one.")
+    key_file: Path | None = Field(None, description="Private key of cert_file (PEM, unencrypted; keep it 0640).")
+
+    @model_validator(mode="after")
+    def _pair(self) -> MqttTlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both for a client certificate, or neither")
+        return self
+
+
+def tls_context(config: MqttTlsConfig) -> ssl.SSLContext:
+    """The client TLS context of ``config``: system defaults (TLS ≥ 1.2, hostname check), our CA, our certificate."""
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(config.ca_file))
+    except (OSError, ssl.SSLError) as err:
+        raise MqttError(
+            f"mqtt.tls.ca_file: cannot use {config.ca_file}: {getattr(err, 'strerror', None) or err}",
+            "point it at a readable PEM file holding the CA that signed the broker's certificate",
+        ) from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if config.cert_file is not None and config.key_file is not None:
+        try:
+            context.load_cert_chain(str(config.cert_file), str(config.key_file))
+        except (OSError, ssl.SSLError) as err:
+            raise MqttError(
+                f"mqtt.tls.cert_file/key_file: cannot use {config.cert_file} with {config.key_file}: "
+                f"{getattr(err, 'strerror', None) or err}",
+                "point them at a readable PEM certificate and its unencrypted private key",
+            ) from None
+    return context
 
 
 class MqttConfig(EdgeModel):
@@ -45,6 +94,7 @@ class MqttConfig(EdgeModel):
     qos: Literal[0, 1, 2] = Field(1, description="MQTT QoS of verdict messages (1: at least once).")
     client_id: str = Field("", description="MQTT client id; empty lets paho pick a random one.")
     keepalive: int = Field(30, ge=5, le=3600, description="Seconds between keep-alive pings.")
+    tls: MqttTlsConfig | None = Field(None, description="TLS to the broker (absent: plain TCP; TLS brokers use 8883).")
     username: str | None = Field(None, description="Broker user name, if the broker needs one.")
     password: SecretStr | None = Field(None, description="Broker password (never logged).")
     max_queued: int = Field(
@@ -63,8 +113,13 @@ class MqttPublisher:
         self.published = 0
         self.queued_offline = 0
         self.dropped = 0
+        self.tls_error = ""  # the latest TLS handshake failure; "" after a handshake succeeded
         self._connected = threading.Event()
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=config.client_id)
+        if config.tls is not None:
+            context = tls_context(config.tls)
+            context.sslsocket_class = self._watched_socket_class()  # documented hook: the SSLSocket class to use
+            client.tls_set_context(context)
         client.max_queued_messages_set(config.max_queued)
         client.reconnect_delay_set(1, config.reconnect_max_s)
         if config.username is not None:
@@ -76,6 +131,37 @@ class MqttPublisher:
         self._client = client
         client.connect_async(config.host, config.port, config.keepalive)
         client.loop_start()
+
+    def _watched_socket_class(self) -> type[ssl.SSLSocket]:
+        """An SSLSocket whose handshake reports its failure to this publisher (paho retries and swallows it)."""
+        publisher = self
+
+        class WatchedSSLSocket(ssl.SSLSocket):
+            def do_handshake(self, block: bool = False) -> None:
+                try:
+                    super().do_handshake(block)
+                except ssl.SSLError as err:
+                    publisher.on_tls_error(err)
+                    raise
+                publisher.tls_error = ""
+
+        return WatchedSSLSocket
+
+    def on_tls_error(self, err: ssl.SSLError) -> None:
+        """Log a failed TLS handshake once per distinct reason (paho retries every few seconds)."""
+        if isinstance(err, ssl.SSLCertVerificationError):  # wrong CA, wrong host name, expired, …
+            message = f"certificate verify failed: {err.verify_message}"
+        else:
+            message = f"TLS handshake failed: {err.reason or err}"
+        if message == self.tls_error:
+            return
+        self.tls_error = message
+        ca = self.config.tls.ca_file if self.config.tls is not None else None
+        log.error(
+            "event=mqtt_tls_refused broker=%s:%d error=%r remedy=%r", self.config.host, self.config.port, message,
+            f"the broker's certificate must be signed by the CA in {ca} and name {self.config.host!r} "
+            "(connect by the name in its certificate, or re-issue it)",
+        )  # fmt: skip
 
     @property
     def connected(self) -> bool:

@@ -79,6 +79,23 @@ CREATE TABLE scores (
 CREATE INDEX scores_by_model ON scores(model, verdict_id);
 """
 
+# What decided the verdicts (edge/daemon/release.py): one row per start and per SIGHUP, accepted or refused. Created on
+# open if missing, so a database written before the table existed gains it without a schema version change.
+_CONFIG_CHANGES = """
+CREATE TABLE IF NOT EXISTS config_changes (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    at_ns INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    accepted INTEGER NOT NULL,
+    release TEXT NOT NULL,
+    signed_by TEXT NOT NULL,
+    digests_json TEXT NOT NULL,
+    changes_json TEXT NOT NULL,
+    error TEXT NOT NULL
+)
+"""
+
 _VERDICT_COLUMNS = (
     "run_id, sequence, frame_number, device_ts_ns, host_ts_ns, kind, part_id, verdict, late, roi_fill, "
     "gap_before, total_ms, stage_ms_json, roi_version, model_versions_json, scoring_versions_json, error"
@@ -187,6 +204,35 @@ class ResultStore:
                 (_dumps(dict(counters)), time.time_ns(), run_id),
             )
 
+    def add_config_change(  # noqa: PLR0917 (one row's columns)
+        self,
+        run_id: int,
+        event: str,
+        accepted: bool,
+        digests: Mapping[str, str],
+        changes: list[dict[str, str | None]],
+        release: str = "",
+        signed_by: str = "",
+        error: str = "",
+    ) -> None:
+        """One ``config_changes`` row: the bundle's sha256 per file at ``event`` (start/reload) and what changed."""
+        row = (run_id, time.time_ns(), event, int(accepted), release, signed_by, _dumps(dict(digests)),
+               _dumps(changes), error)  # fmt: skip
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO config_changes (run_id, at_ns, event, accepted, release, signed_by, digests_json, "
+                "changes_json, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+
+    def last_release_digests(self) -> dict[str, str] | None:
+        """The file digests of the last accepted bundle in this database (any run), None if there is none."""
+        with self._transaction() as conn:
+            got = conn.execute(
+                "SELECT digests_json FROM config_changes WHERE accepted = 1 ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+        return dict(json.loads(got[0])) if got is not None else None
+
     def close(self) -> None:
         """Checkpoint the WAL into the main file (so a copied ``.db`` is complete) and close."""
         with self._lock:
@@ -238,6 +284,7 @@ def _prepare(conn: sqlite3.Connection, path: Path, synchronous: str, busy_timeou
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         if version == 0:
             conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+        conn.execute(_CONFIG_CHANGES)
     except sqlite3.DatabaseError as e:
         raise StoreError(f"results database {path} is unreadable or corrupt: {e}", _FIX_CORRUPT) from e
 

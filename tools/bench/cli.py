@@ -45,7 +45,7 @@ from tools.bench.report import (
 
 PROG = "edge-bench"
 CROPS = {"full": ("full",), "foreground": ("foreground",), "both": ("full", "foreground")}
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # one problem, one line (never wrapped at the terminal width)
 
 
 class BenchError(EdgeError):

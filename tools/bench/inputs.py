@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from drivers.errors import EndOfStreamError
-from drivers.labels import LabelSet, labels_dir_for, read_labels
+from drivers.labels import LabelSet, labels_dir_for, labels_for_recording
 from drivers.playback import PlaybackSource, PlaybackSourceConfig
 from edge.core.errors import EdgeError
 from edge.core.frame import Frame, StreamSpec
@@ -89,7 +89,7 @@ class RecordingInput(BenchInput):
                 f"{path} has no labels sidecar at {self.labels_dir}",
                 "record with edge-record (it writes <recording>.labels), or pass --labels DIR",
             )
-        self.labels: LabelSet = read_labels(self.labels_dir)
+        self.labels: LabelSet = labels_for_recording(path, self.labels_dir)
         self.split_of = recording_splits(self.labels)
 
     @property
@@ -125,7 +125,7 @@ class RecordingInput(BenchInput):
                 read_ms = (time.perf_counter_ns() - t0) / 1e6
                 number = frame.color_frame_number
                 seen.append(number)
-                truth = self.labels.truth(number)
+                truth = self.labels.truth(number, frame.device_ts_ns)
                 if number not in wanted or truth.label == "empty":
                     continue
                 kind = "good" if truth.label == "good" else truth.defect_type or "defect"
