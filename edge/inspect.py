@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from calibration.roi import RoiFile
+from calibration.roi import RoiFile, check_trained_with
 from edge.core.frame import Frame, StreamSpec
-from edge.core.scoring import Scorer, ScoringError, ScoringFile, Verdict
+from edge.core.scoring import Scorer, ScoringFile, Verdict
 from edge.crop import CropOutput, CropSpec, RoiCropper
 from engines.contract import ModelCard
 from engines.export import card_from_onnx
@@ -55,12 +55,7 @@ class Inspector:
     ) -> None:
         scoring.check_artefact(onnx_path)
         self.card: ModelCard = card_from_onnx(onnx_path)
-        if self.card.roi_version and self.card.roi_version != roi.version:
-            raise ScoringError(
-                f"{onnx_path} was trained with ROI version {self.card.roi_version}, the loaded roi.yaml is "
-                f"version {roi.version}",
-                "retrain the model on data cropped with this ROI, or load the ROI it was trained with",
-            )
+        check_trained_with(roi, self.card.roi_version, onnx_path)
         crop = CropSpec(mode=self.card.crop_mode, size=self.card.input_size, mean=self.card.mean, std=self.card.std)
         self.cropper = RoiCropper(spec, roi, crop, allow_mismatch=allow_mismatch)
         self.runner = runner or OrtRunner(onnx_path, ort_config)

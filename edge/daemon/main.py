@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from edge.core.errors import EdgeError
-from edge.daemon.config import ConfigError, load_config, missing_files
+from edge.daemon.config import ConfigError, load_config
+from edge.daemon.preflight import PreflightError, preflight
 from edge.daemon.store import read_summary
 from edge.daemon.supervisor import configure_logging
 
@@ -34,9 +35,27 @@ def format_summary(summary: dict[str, Any], db: Path, evidence_dir: Path | None)
         f"latency publish→verdict: p50 {ms(lat['p50'])}, p99 {ms(lat['p99'])}",
         f"database: {db}",
     ]
+    if summary["finished_ns"] is None:
+        lines[1:1] = _unfinished(summary)
+    elif c.get("verdicts_lost", 0):
+        lines.insert(1, f"LOST: {c['verdicts_lost']} verdicts could not be written to the database (see the log)")
     if evidence_dir is not None:
         lines.append(f"evidence: {evidence_dir} (saved {c.get('evidence_saved', 0)})")
     return "\n".join(lines)
+
+
+def _unfinished(summary: dict[str, Any]) -> list[str]:
+    """Lines flagging a run without a finish time: what is known of the frames it never accounted."""
+    c = summary["counters"]
+    accounted = sum(c.get(k, 0) for k in ("scored", "gated", "waiting", "dropped", "capture_lost"))
+    published = c.get("published", 0)
+    return [
+        "NOT FINISHED: no final count was stored (the daemon was killed or lost power, or it is still running); "
+        "the counters below are from its last update (every 2 s)",
+        f"at that update: {published} frames published to the ring, {accounted} accounted, "
+        f"{max(published - accounted, 0)} in flight; verdict rows in the database: {summary['records']} "
+        f"(counters: {c.get('scored', 0)} scored) — frames after that update are accounted nowhere",
+    ]
 
 
 def _print_summary(db: Path, run_id: int | None, evidence_dir: Path | None) -> int:
@@ -66,17 +85,19 @@ def main(argv: list[str] | None = None) -> int:
         for line in err.lines:
             print(f"edge-daemon: config error: {line}", file=sys.stderr)
         return EXIT_CONFIG
+    try:  # the same checks for --check-config and a start: a start with a mismatch spawns no child
+        checked = preflight(config, open_camera=not args.check_config)
+    except PreflightError as err:
+        for line in err.lines:
+            print(f"edge-daemon: config error: {args.config}: {line}", file=sys.stderr)
+        return EXIT_CONFIG
     if args.check_config:
-        if missing := missing_files(config):
-            for line in missing:
-                print(f"edge-daemon: config error: {args.config}: {line}", file=sys.stderr)
-            return EXIT_CONFIG
         print(f"edge-daemon: {args.config} is valid ({len(config.models)} model(s), source {config.source.type})")
         return EXIT_OK
-    from edge.daemon.app import EdgeApp  # noqa: PLC0415 (--check-config/--summary stay free of onnxruntime)
+    from edge.daemon.app import EdgeApp  # noqa: PLC0415 (--summary stays free of the pipeline's imports)
 
     configure_logging(level=getattr(logging, args.log_level))
-    app = EdgeApp(config)
+    app = EdgeApp(config, spec=checked.spec)
     try:
         code = app.run()
     except EdgeError as err:
