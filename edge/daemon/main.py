@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.core.errors import EdgeError
-from edge.daemon.config import ConfigError, load_config
+from edge.daemon.config import ConfigError, EdgeConfig, load_config
 from edge.daemon.preflight import PreflightError, preflight
 from edge.daemon.store import read_summary
 from edge.daemon.supervisor import configure_logging
@@ -85,12 +85,20 @@ def main(argv: list[str] | None = None) -> int:
         for line in err.lines:
             print(f"edge-daemon: config error: {line}", file=sys.stderr)
         return EXIT_CONFIG
+    return _check_and_run(config, args)
+
+
+def _check_and_run(config: EdgeConfig, args: argparse.Namespace) -> int:
+    """The start checks (all of them for --check-config too), then the daemon unless only checking."""
     try:  # the same checks for --check-config and a start: a start with a mismatch spawns no child
         checked = preflight(config, open_camera=not args.check_config)
     except PreflightError as err:
         for line in err.lines:
             print(f"edge-daemon: config error: {args.config}: {line}", file=sys.stderr)
         return EXIT_CONFIG
+    except EdgeError as err:  # the live camera cannot be opened now: not the config's fault, so retried (exit 1)
+        print(f"edge-daemon: {err}", file=sys.stderr)
+        return EXIT_FAILED
     if args.check_config:
         print(f"edge-daemon: {args.config} is valid ({len(config.models)} model(s), source {config.source.type})")
         return EXIT_OK

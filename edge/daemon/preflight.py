@@ -41,6 +41,9 @@ class Preflight:
 def preflight(config: EdgeConfig, *, open_camera: bool) -> Preflight:
     """Run every start check; raise :class:`PreflightError` listing each problem (``key: message``).
 
+    A live camera that cannot be opened raises its own (source) error instead: that is not a config problem,
+    and the service manager should retry the start.
+
     Recordings and the synthetic line are always opened (their stream is read from them). A live camera is
     opened only with ``open_camera`` (the start, which needs its stream anyway); otherwise (``--check-config``,
     perhaps while the daemon holds the camera) only the serial the source names is compared with the ROI's.
@@ -70,17 +73,22 @@ def preflight(config: EdgeConfig, *, open_camera: bool) -> Preflight:
 
 def _check_source(config: EdgeConfig, roi: RoiFile, open_camera: bool, problems: list[str]) -> StreamSpec | None:
     source = config.source
-    if isinstance(source, RealSenseSourceConfig) and not open_camera:
-        if source.serial is not None and source.serial != roi.camera.serial:
-            problems.append(
-                f"source.serial: camera {source.serial!r} is not the one the ROI was calibrated on "
-                f"({roi.camera.serial!r}) — recalibrate with edge-calibrate on this camera, or set its serial"
-            )
+    live = isinstance(source, RealSenseSourceConfig)
+    serial = source.serial if isinstance(source, RealSenseSourceConfig) else None
+    if serial is not None and serial != roi.camera.serial:
+        problems.append(
+            f"source.serial: camera {serial!r} is not the one the ROI was calibrated on "
+            f"({roi.camera.serial!r}) — recalibrate with edge-calibrate on this camera, or set its serial"
+        )
+        return None
+    if live and not open_camera:
         return None
     try:
         with create_source(source) as opened:
             spec = opened.spec
     except EdgeError as err:
+        if live:  # a camera not (yet) there is not a config error: the start fails with exit 1 and is retried
+            raise
         problems.append(f"source: {err}")
         return None
     try:

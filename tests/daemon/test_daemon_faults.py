@@ -203,3 +203,32 @@ def test_check_config_accepts_the_good_config_and_compares_a_named_camera(
     assert main(["--config", str(live), "--check-config"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "source.serial: camera '123456789' is not the one the ROI was calibrated on" in err[0]
+    assert main(["--config", str(live)]) == 2, "the start refuses it before looking for the camera"
+    assert capsys.readouterr().err.strip().splitlines() == err
+    roi_serial = yaml.safe_load(Path(yaml.safe_load(live.read_text())["roi"]).read_text())["camera"]["serial"]
+    absent = make_config(source={"type": "realsense", "serial": roi_serial})  # the right camera, not plugged in
+    assert main(["--config", str(absent), "--check-config"]) == 0
+    assert main(["--config", str(absent)]) == 1, "a camera not there (yet) is not a config error: systemd retries"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and roi_serial in err[0], err
+
+
+def test_a_start_with_retention_prunes_the_previous_runs_and_the_file_shrinks(make_config: Callable[..., Path]) -> None:
+    """Two runs of the recording; the second starts with max_db_mb below one run's verdicts: it deletes the oldest
+    (the first run's) at start, gives the pages back to the disk, and still writes its own."""
+    config = make_config()
+    with daemon(config) as d:
+        assert d.finish() == 0
+    first = _rows(config)
+    size = _db(config).stat().st_size
+    with sqlite3.connect(_db(config)) as conn:
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+        per_row = size / first
+    data = str(make_config().parent / "data")
+    config = make_config(storage={"data_dir": data, "max_db_mb": 1e-6 * per_row * first / 2, "retention_days": 30})
+    with daemon(config) as d:
+        assert d.finish() == 0
+    pruned = int(d.wait_for(r"event=pruned verdicts=(\d+) bytes_before=\d+ bytes_after=\d+").group(1))
+    with sqlite3.connect(_db(config)) as conn:
+        by_run = dict(conn.execute("SELECT run_id, COUNT(*) FROM verdicts GROUP BY run_id").fetchall())
+    assert pruned >= first // 2 and by_run.get(1, 0) == first - pruned and by_run[2] == first, (pruned, by_run)
