@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +55,8 @@ def _final_counters(d: Daemon) -> dict[str, int]:
     return counters
 
 
-def _rows(config: Path) -> int:
-    with sqlite3.connect(_db(config)) as conn:
+def _rows(config: Path, db: Path | None = None) -> int:
+    with sqlite3.connect(db or _db(config)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         return int(conn.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0])
 
@@ -232,3 +232,47 @@ def test_a_start_with_retention_prunes_the_previous_runs_and_the_file_shrinks(ma
     with sqlite3.connect(_db(config)) as conn:
         by_run = dict(conn.execute("SELECT run_id, COUNT(*) FROM verdicts GROUP BY run_id").fetchall())
     assert pruned >= first // 2 and by_run.get(1, 0) == first - pruned and by_run[2] == first, (pruned, by_run)
+
+
+@pytest.fixture
+def data_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MiB tmpfs as the daemon's data dir (room for the WAL): a real disk that the test fills and frees."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    run = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True,
+                         check=False)  # fmt: skip
+    if run.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root/CAP_SYS_ADMIN): {run.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    with filler.open("wb", buffering=0) as f:  # unbuffered: nothing left to flush (and fail) at close
+        try:
+            while f.write(b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_real_full_disk_queues_verdicts_and_writes_them_all_when_space_returns(
+    make_config: Callable[..., Path], data_disk: Path
+) -> None:
+    storage = {"data_dir": str(data_disk), "outage_limit_s": 120, "evidence_quota_mb": 1}
+    config = make_config(source=ENDLESS, storage=storage)
+    with daemon(config) as d:
+        d.wait_for(r"event=ready")
+        filler = _fill(data_disk)
+        d.wait_for(r"event=results_alarm state=on .*(full|disk I/O)", timeout_s=60)
+        time.sleep(1.0)  # verdicts queue meanwhile
+        filler.unlink()
+        d.wait_for(r"event=results_alarm state=off", timeout_s=30)
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.finish() == 0, "\n".join(d.lines[-30:])
+    c = _final_counters(d)
+    assert c["verdicts_lost"] == 0 and _rows(config, data_disk / "results.db") == c["scored"] > 0, c
