@@ -306,11 +306,7 @@ class EdgeApp:
         self.metrics.fps.set(self.stats.fps())
         line = status_line(source, self.stats.fps(), self.stats.p95(), self.stats.counts)
         self.notifier.notify(f"STATUS={line}")
-        if not self.results.alarm:
-            try:
-                self.store.update_counters(self.run_id, self.counters())
-            except StoreError as err:
-                log.warning("event=counters_not_stored error=%r", str(err))
+        self.results.store_counters(self.run_id, self.counters())
 
     def _shutdown(self, ring: FrameRing) -> int:
         """Stop capture, close the stream, let inference drain the ring, write every record, close the sinks.

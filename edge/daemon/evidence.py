@@ -188,7 +188,9 @@ class EvidenceStore:
         """Delete the oldest OK folders while OK evidence would pass its share, then the oldest of any kind while
         the whole would pass the quota (for OK evidence that can only reach NG folders beyond the reserve)."""
         while ok and self.ok_usage_bytes + size > self.ok_quota_bytes:
-            oldest_ok = next(i for i, (folder, _) in enumerate(self._folders) if _is_ok(folder))
+            oldest_ok = next((i for i, (folder, _) in enumerate(self._folders) if _is_ok(folder)), None)
+            if oldest_ok is None:
+                break
             self._delete(*self._folders[oldest_ok])
             del self._folders[oldest_ok]
         while self._folders and self.usage_bytes + size > self.quota_bytes:

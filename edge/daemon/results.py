@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Mapping
 
 from edge.core.errors import EdgeError
 from edge.core.metrics import Metrics
@@ -89,7 +90,24 @@ class ResultWriter:
             self._fail(err)
         finally:
             self.metrics.verdicts_pending.set(len(self.pending))
-        if not self.pending and self.alarm:
+        if not self.pending:
+            self._clear()
+
+    def store_counters(self, run_id: int, counters: Mapping[str, int]) -> None:
+        """Store the run's counters (after the queued verdicts: skipped while any wait). A failure raises the alarm
+        like a verdict's; a success clears it."""
+        if self.pending:
+            return
+        try:
+            self.store.update_counters(run_id, counters)
+        except StoreError as err:
+            self._fail(err)
+            return
+        self._clear()
+
+    def _clear(self) -> None:
+        """The database took a write again: the outage (if any) is over."""
+        if self.alarm:
             log.warning("event=results_alarm state=off outage_s=%.1f", time.monotonic() - self._since)
             self.error = ""
             self.metrics.results_alarm.set(0)
