@@ -129,10 +129,23 @@ def disk_report(path: Path) -> str:
     return f"disk mounted at {_mount_point(folder)}: {usage.free / 1e6:.1f} MB free of {usage.total / 1e6:.1f} MB"
 
 
-def _is_full(err: BaseException) -> bool:
+FULL_BELOW_BYTES = 1 << 20  # an I/O error on a disk with less free space than this is a full disk
+
+
+def _is_full(err: BaseException, path: Path) -> bool:
+    """ENOSPC/EDQUOT, SQLITE_FULL — or an SQLite I/O error (what opening an existing WAL database on a full disk
+    gives: its ``-shm``/``-wal`` cannot grow) while the disk has less than FULL_BELOW_BYTES free."""
     if isinstance(err, OSError):
         return err.errno in (errno.ENOSPC, errno.EDQUOT)
-    return isinstance(err, sqlite3.Error) and getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    code = getattr(err, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL:
+        return True
+    if code is None or (code & 0xFF) not in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN):
+        return False
+    try:
+        return shutil.disk_usage(path.parent).free < FULL_BELOW_BYTES
+    except OSError:
+        return False
 
 
 def _full_error(path: Path, doing: str, err: BaseException) -> StoreFullError:
@@ -169,7 +182,7 @@ class ResultStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            if _is_full(e):
+            if _is_full(e, self.path):
                 raise _full_error(self.path, "creating the folder of", e) from e
             raise StoreError(f"cannot create the folder of results database {self.path}: {e}", _FIX_PATH) from e
         try:
@@ -350,13 +363,14 @@ class ResultStore:
             except sqlite3.Error as e:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                if _is_full(e):
+                if _is_full(e, self.path):
                     raise _full_error(self.path, "writing", e) from e
                 raise StoreError(f"writing results database {self.path} failed: {e}", _FIX_WRITE) from e
 
 
 _FIX_PATH = "check the store path in the daemon config and that the daemon user may write there"
 _FIX_WRITE = "check free disk space and that no other program holds a long write lock on the file"
+_FIX_IO = "check the disk (kernel log: dmesg), its free space and its mount options; the file may be intact"
 _FIX_CORRUPT = "move the file aside (keep it for analysis) and restart the daemon; it creates a new database"
 
 
@@ -382,8 +396,10 @@ def _prepare(conn: sqlite3.Connection, path: Path, synchronous: str, busy_timeou
         if version == 0:
             conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
     except sqlite3.DatabaseError as e:
-        if _is_full(e):
+        if _is_full(e, path):
             raise _full_error(path, "opening", e) from e
+        if (getattr(e, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_IOERR:  # the disk, not the file's content
+            raise StoreError(f"results database {path}: {e} while opening it", _FIX_IO) from e
         raise StoreError(f"results database {path} is unreadable or corrupt: {e}", _FIX_CORRUPT) from e
 
 

@@ -18,6 +18,7 @@ import yaml
 
 from edge.core.scoring import file_sha256
 from edge.daemon.main import main
+from edge.daemon.store import ResultStore
 from tests.daemon.test_daemon import ROOT, Daemon, _db, _free_port, _metric, daemon
 
 # The daemon with SQLITE_FULL injected: its results database may grow EXTRA_PAGES pages past what start-up wrote,
@@ -276,3 +277,19 @@ def test_a_real_full_disk_queues_verdicts_and_writes_them_all_when_space_returns
         assert d.finish() == 0, "\n".join(d.lines[-30:])
     c = _final_counters(d)
     assert c["verdicts_lost"] == 0 and _rows(config, data_disk / "results.db") == c["scored"] > 0, c
+
+
+def test_a_start_on_a_full_results_disk_names_the_disk_and_spawns_nothing(
+    make_config: Callable[..., Path], data_disk: Path
+) -> None:
+    store = ResultStore(data_disk / "results.db")  # last week's database, then the disk filled up
+    store.open()
+    store.start_run({"source": "earlier"})
+    store.close()
+    _fill(data_disk)
+    config = make_config(storage={"data_dir": str(data_disk)})
+    with daemon(config) as d:
+        assert d.finish(timeout_s=60) == 1, "not a config error: systemd retries until space is freed"
+    fatal = d.wait_for(r"event=fatal error='(.*)'").group(1)
+    assert f"(disk mounted at {data_disk}: 0.0 MB free of 16.8 MB)" in fatal and "corrupt" not in fatal, fatal
+    assert not any("child_started" in line for line in d.lines)

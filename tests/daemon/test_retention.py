@@ -152,6 +152,15 @@ def test_writer_counts_what_does_not_fit_and_stops_after_the_outage_limit(tmp_pa
     store.close()
 
 
+def _fill(filler: Path) -> None:
+    with filler.open("wb", buffering=0) as f:
+        try:
+            while f.write(b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+
+
 def test_a_disk_full_at_start_names_the_disk(tmp_path: Path) -> None:
     """Opening on a full disk: the error says the disk is full, not that the file is corrupt."""
     mount = tmp_path / "full"
@@ -168,5 +177,16 @@ def test_a_disk_full_at_start_names_the_disk(tmp_path: Path) -> None:
         assert isinstance(err.value, StoreFullError), err.value
         assert f"(disk mounted at {mount}: 0.0 MB free of 0.0 MB)" in str(err.value), err.value
         assert "corrupt" not in str(err.value)
+        (mount / "filler").unlink()
+        subprocess.run(["mount", "-o", "remount,size=4m", str(mount)], check=True)
+        store = _store(mount / "results.db")  # an existing database (WAL) on a disk that fills up meanwhile
+        for i in range(20):
+            store.write(make_record(i))
+        store.close()
+        _fill(mount / "filler")
+        with pytest.raises(
+            StoreFullError, match=rf"opening results database .*: disk I/O error \(disk mounted at {mount}"
+        ):
+            _store(mount / "results.db")  # SQLite says "disk I/O error" here: still a full disk, not a corrupt file
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
