@@ -176,6 +176,15 @@ class RoiFile(EdgeModel):
         )
 
 
+def check_trained_with(roi: RoiFile, trained_roi_version: str, model: Path) -> None:
+    """Refuse a model trained on crops of another ROI (``trained_roi_version`` from its card; empty: not recorded)."""
+    if trained_roi_version and trained_roi_version != roi.version:
+        raise RoiError(
+            f"{model} was trained with ROI version {trained_roi_version}, the loaded roi.yaml is version {roi.version}",
+            "retrain the model on data cropped with this ROI, or load the ROI it was trained with",
+        )
+
+
 def save_roi(roi: RoiFile, path: Path) -> None:
     """Write ``roi.yaml`` atomically (a crash never leaves half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,9 +25,9 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from calibration.roi import RoiFile
+from calibration.roi import RoiFile, check_trained_with
 from edge.core.frame import Frame, StreamSpec
-from edge.core.scoring import Scorer, ScoringError, ScoringFile, Verdict
+from edge.core.scoring import Scorer, ScoringFile, Verdict
 from edge.crop import CropOutput, CropSpec, RoiCropper
 from engines.contract import ModelCard
 from engines.export import card_from_onnx, example_feeds
@@ -187,12 +187,7 @@ class Inspector:
     ) -> None:
         scoring.check_artefact(onnx_path)
         card = card_from_onnx(onnx_path)
-        if card.roi_version and card.roi_version != roi.version:
-            raise ScoringError(
-                f"{onnx_path} was trained with ROI version {card.roi_version}, the loaded roi.yaml is "
-                f"version {roi.version}",
-                "retrain the model on data cropped with this ROI, or load the ROI it was trained with",
-            )
+        check_trained_with(roi, card.roi_version, onnx_path)
         norm = scoring.normalisation
         self.stage = ModelStage(
             onnx_path, plan, runner=runner, threshold=norm.mean + scoring.threshold.value * norm.std

@@ -70,6 +70,20 @@ class Metrics:
         self.evidence_alarm = Gauge(
             "edge_evidence_alarm", "1 while evidence is not being saved (disk full).", registry=r
         )
+        self.results_alarm = Gauge(
+            "edge_results_alarm", "1 while verdicts cannot be written to the results database.", registry=r
+        )
+        self.verdicts_pending = Gauge(
+            "edge_verdicts_pending", "Verdicts held in memory until the results database can be written.", registry=r
+        )
+        self.verdicts_lost = Counter(
+            "edge_verdicts_lost_total", "Verdicts never written to the results database (queue full or exit).",
+            registry=r,
+        )  # fmt: skip
+        self.results_pruned = Counter(
+            "edge_results_pruned_total", "Verdict rows deleted by retention (storage.retention_days/max_db_mb).",
+            registry=r,
+        )  # fmt: skip
         self.ring_slots_pending = Gauge("edge_ring_slots_pending", "Ring slots written but not yet scored.", registry=r)
         self.model_runtime = Gauge(
             "edge_model_runtime_info",

@@ -394,9 +394,20 @@ class FrameRing:
         return self._live().u8
 
     def writer(self) -> RingWriter:
-        """The ring's one writer handle (the same object on every call)."""
+        """The ring's one writer handle (the same object on every call).
+
+        A writer process killed between reserving a slot and publishing it leaves the slot reserved; the next
+        writer handle abandons it, as the killed writer's exception would have (``abandoned`` + 1, the index is
+        reused), so the reader never skips an index no frame was published to and ``dropped`` stays the count of
+        frames overwritten unread.
+        """
         if self._writer is None:
-            self._writer = RingWriter(self._live(), self.name)
+            seg = self._live()
+            h = seg.header
+            if (stale := int(h[_H_RESERVED]) - int(h[_H_HEAD])) > 0:
+                h[_H_RESERVED] = int(h[_H_HEAD])
+                h[_H_ABANDONED] += stale
+            self._writer = RingWriter(seg, self.name)
         return self._writer
 
     def reader(self, poll_interval_s: float | None = None) -> RingReader:

@@ -7,6 +7,7 @@ says ``done``, and every record on the queue is written before the database is c
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -26,6 +27,7 @@ from drivers.base import FrameBuffers, FrameSource
 from drivers.errors import EndOfStreamError
 from drivers.realsense import RealSenseSourceConfig
 from edge.capture import check_fits, pump
+from edge.core.errors import EdgeError
 from edge.core.frame import Frame, StreamSpec
 from edge.core.metrics import Metrics
 from edge.core.ringbuf import FrameRing
@@ -37,7 +39,8 @@ from edge.daemon.inference import FrameEvent, inference_main
 from edge.daemon.mqtt import MqttPublisher
 from edge.daemon.record import Evidence, VerdictRecord
 from edge.daemon.release import ReleaseState, ReleaseTracker, verify_release
-from edge.daemon.store import ResultStore
+from edge.daemon.results import ResultWriter
+from edge.daemon.store import ResultStore, StoreError
 from edge.daemon.supervisor import (
     MonitoredProcess,
     ParentWatch,
@@ -55,6 +58,7 @@ STATUS_EVERY_S = 2.0
 # While an inference child may be building TensorRT engines (first start, or a changed ONNX / TensorRT / GPU /
 # precision), systemd is asked for more start-up time in these steps, so TimeoutStartSec does not kill the build.
 EXTEND_EVERY_S, EXTEND_BY_S = 10.0, 30
+PRUNE_EVERY_S = 60.0
 
 
 class ResumingSource(FrameSource):
@@ -122,14 +126,15 @@ def capture_child(source_json: dict[str, Any], ring_name: str, stop: Any, progre
 
 
 COUNTERS = (
-    "scored", "gated", "waiting", "dropped", "torn", "late", "ok", "ng", "error",
-    "evidence_saved", "evidence_skipped", "restarts_capture", "restarts_inference",
+    "scored", "gated", "waiting", "dropped", "capture_lost", "torn", "late", "ok", "ng", "error",
+    "evidence_saved", "evidence_skipped", "restarts_capture", "restarts_inference", "verdicts_lost", "published",
 )  # fmt: skip
 
 
 @dataclass
 class RunStats:
-    """What the supervisor counted; every frame read is scored, gated, waiting (per-part) or dropped."""
+    """What the supervisor counted; every frame read from the source is scored, gated, waiting (per-part), dropped
+    (lost in the ring: overwritten or torn) or capture_lost (read by a capture process killed before publishing it)."""
 
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     totals_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
@@ -138,7 +143,7 @@ class RunStats:
     @property
     def accounted(self) -> int:
         c = self.counts
-        return c["scored"] + c["gated"] + c["waiting"] + c["dropped"]
+        return c["scored"] + c["gated"] + c["waiting"] + c["dropped"] + c["capture_lost"]
 
     def fps(self) -> float:
         t = self.frame_times
@@ -151,9 +156,10 @@ class RunStats:
 class EdgeApp:
     """The daemon: ``run()`` returns the process exit code (0 after an orderly stop or the end of a recording)."""
 
-    def __init__(self, config: EdgeConfig, release: ReleaseState | None = None) -> None:
+    def __init__(self, config: EdgeConfig, release: ReleaseState | None = None, spec: StreamSpec | None = None) -> None:
         self.config = config
         self._release = release  # verified by the caller (edge-daemon does it before anything starts), else in run()
+        self.spec = spec  # the source's stream as preflight read it (None: probe the source at start)
         self.data_dir = config.storage.data_dir
         self.db_path = self.data_dir / DB_NAME
         self.stats = RunStats()
@@ -161,6 +167,7 @@ class EdgeApp:
         self.watchdog = Watchdog(self.notifier)
         self.metrics = Metrics()
         self._stop_reason = ""
+        self._stop_signals = 0
         self._reload = False
         self._ready = False
         self._done = False
@@ -169,12 +176,15 @@ class EdgeApp:
         self._builds_engines = resolve(config.runtime).backend == "tensorrt"  # checked by main() already
         self._inference_ready = False
         self.run_id = 0
+        self._capture_lost_known = 0  # frames read by dead capture processes and never published (see _account)
+        self._next_prune = 0.0
 
     # -- signals ---------------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
             self._reload = True
         else:
+            self._stop_signals += 1
             self._stop_reason = signal.Signals(signum).name
 
     def install_signals(self) -> None:
@@ -185,15 +195,27 @@ class EdgeApp:
     def run(self) -> int:
         self.install_signals()
         release = self._release if self._release is not None else verify_release(self.config)
-        with create_source(self.config.source) as probe:
-            spec = probe.spec
+        if (spec := self.spec) is None:
+            with create_source(self.config.source) as probe:
+                spec = probe.spec
         self.store = ResultStore(self.db_path)
-        self.store.open()
+        self.store.open()  # a full disk here is an error naming the disk (exit 1: systemd retries)
         self.run_id = self.store.start_run(
             {"source": spec.source, "config": self.config.model_dump(mode="json"), "versions": {"ring": "1"}}
         )
         self.release = ReleaseTracker(self.metrics.registry, self.store, self.run_id)
         self.release.accept(release, "start")
+        if unfinished := self.store.unfinished_runs():
+            log.warning("event=unfinished_runs count=%d latest=%d cause='a daemon stopped without its final count "
+                        "(killed or power lost)' see='edge-daemon --summary %s --run-id %d'", len(unfinished),
+                        unfinished[-1], self.db_path, unfinished[-1])  # fmt: skip
+        s = self.config.storage
+        self.results = ResultWriter(
+            self.store, self.metrics, pending_max=s.pending_max, outage_limit_s=s.outage_limit_s
+        )
+        if s.retention_days is not None or s.max_db_mb is not None:
+            self.store.enable_incremental_vacuum()
+            self._prune()
         self.evidence = self._open_evidence()
         self.mqtt = MqttPublisher(self.config.mqtt, serial=spec.serial) if self.config.mqtt.enabled else None
         server = None
@@ -203,15 +225,18 @@ class EdgeApp:
         policy = self.config.ring_policy()
         code = 0
         with FrameRing.create(spec, slots=self.config.ring.slots, policy=policy) as ring:
+            self.ring = ring
             log.info("event=start source=%s ring=%s policy=%s slots=%d db=%s", spec.source, ring.name, policy,
                      ring.slots, self.db_path)  # fmt: skip
             self._start_children(ring)
             try:
                 self._loop(spec.source, ring)
-            except SupervisorError as err:
+            except EdgeError as err:  # a spent restart budget, a results outage past its limit
                 log.error("event=fatal error=%r", str(err))
                 code = 1
-            self._shutdown(ring)
+            finally:  # whatever happened, the children are stopped and what can be written is written
+                if self._shutdown(ring):
+                    code = code or 1
         if server is not None:
             server.close()
         return code
@@ -222,7 +247,9 @@ class EdgeApp:
         # keeps every OK record that arrives with evidence (1), or none when sampling is off (0).
         keep_ok = min(s.sample_ok_every, 1)
         try:
-            return EvidenceStore(self.data_dir / "evidence", int(s.evidence_quota_mb * 1e6), keep_ok)
+            return EvidenceStore(
+                self.data_dir / "evidence", int(s.evidence_quota_mb * 1e6), keep_ok, ng_reserve=s.evidence_ng_reserve
+            )
         except EvidenceError as err:  # verdicts never depend on evidence: run on, with the alarm raised
             log.error("event=evidence_unavailable error=%r", str(err))
             self.metrics.evidence_alarm.set(1)
@@ -234,7 +261,7 @@ class EdgeApp:
         self.capture_stop = ctx.Value("b", 0, lock=False)
         # Lock-free shared values: a capture child SIGKILLed while holding a lock (an mp.Value's or an mp.Event's)
         # would leave it held forever and hang the restarted child. One writer each: capture / the supervisor.
-        progress = ctx.Value("q", 0, lock=False)
+        progress = self.progress = ctx.Value("q", 0, lock=False)
         source_json = self.config.source.model_dump(mode="json")
         config_json = self.config.model_dump(mode="json")
         me = os.getpid()
@@ -262,6 +289,8 @@ class EdgeApp:
 
     def _count_restart(self, name: str) -> None:
         self.stats.counts[f"restarts_{name}"] += 1
+        if name == "capture":
+            self._note_capture_lost()
         self.metrics.child_restarts.labels(process=name).inc()
 
     def _loop(self, source: str, ring: FrameRing) -> None:
@@ -277,9 +306,12 @@ class EdgeApp:
                 if self.release.reload(self.config):  # an unsigned or altered bundle is refused: the running one stays
                     self.pipes.send_control("reload")
             self._pump_results(0.2)
+            self.results.retry()
             self.capture.check()
             self.inference.check()
             self.watchdog.feed(self.stats.accounted)
+            if time.monotonic() >= self._next_prune and not self.results.alarm:
+                self._prune()
             if time.monotonic() >= next_status:
                 next_status = time.monotonic() + STATUS_EVERY_S
                 self._status(source, ring)
@@ -291,33 +323,80 @@ class EdgeApp:
         self.metrics.fps.set(self.stats.fps())
         line = status_line(source, self.stats.fps(), self.stats.p95(), self.stats.counts, self.runtime)
         self.notifier.notify(f"STATUS={line}")
-        self.store.update_counters(self.run_id, self.counters())
+        self.results.store_counters(self.run_id, self.counters())
 
-    def _shutdown(self, ring: FrameRing) -> None:
-        """Stop capture, close the stream, let inference drain the ring, write every record, close the sinks."""
+    def _shutdown(self, ring: FrameRing) -> int:
+        """Stop capture, close the stream, let inference drain the ring, write every record, close the sinks.
+
+        Bounded in time whatever fails (drain timeout, then each child is killed), and a sink that fails here is
+        logged, not raised. Returns the number of verdicts lost (not written to the database).
+        """
         self.notifier.notify("STOPPING=1")
         self.capture_stop.value = 1
-        self.capture.stop(10.0)
-        ring.writer().close_stream()
-        deadline = time.monotonic() + self.config.supervision.drain_timeout_s
-        while not self._done and time.monotonic() < deadline:
-            self._pump_results(0.2)
-            if not self.inference.alive and not self._done:
-                try:
-                    self.inference.check()
-                except SupervisorError as err:
-                    log.error("event=drain_aborted error=%r", str(err))
-                    break
-        self.inference.stop(5.0)
+        try:
+            self.capture.stop(10.0)
+            ring.writer().close_stream()
+            self._note_capture_lost()
+            deadline = time.monotonic() + self.config.supervision.drain_timeout_s
+            while not self._done and time.monotonic() < deadline and not self._stop_twice():
+                self._pump_results(0.2)
+                if not self.inference.alive and not self._done:
+                    try:
+                        self.inference.check()
+                    except SupervisorError as err:
+                        log.error("event=drain_aborted error=%r", str(err))
+                        break
+        finally:
+            self.inference.stop(5.0)
+            self.capture.stop(0.0)
         self._pump_results(0.0)
+        c = self.stats.counts
+        c["capture_lost"] += self._capture_lost_known - c["capture_lost"]  # never followed by a published frame
         stats = ring.stats()
-        log.info("event=ring_final written=%d delivered=%d dropped=%d torn=%d", stats.written, stats.delivered,
-                 stats.dropped, stats.torn)  # fmt: skip
-        self.store.finish_run(self.run_id, self.counters())
-        self.store.close()
+        log.info("event=ring_final written=%d delivered=%d dropped=%d torn=%d capture_lost=%d", stats.written,
+                 stats.delivered, stats.dropped, stats.torn, c["capture_lost"])  # fmt: skip
+        lost = c["verdicts_lost"] = self.results.close()
+        if lost:
+            log.error("event=verdicts_lost total=%d (counted in the summary; not in the database)", lost)
+        log.info("event=run_final run_id=%d counters=%s", self.run_id, json.dumps(self.counters(), sort_keys=True))
+        try:
+            self.store.finish_run(self.run_id, self.counters())
+        except StoreError as err:
+            log.error("event=final_counters_not_stored error=%r counters=%s", str(err), self.counters())
+        try:
+            self.store.close()
+        except StoreError as err:
+            log.error("event=db_close_failed error=%r", str(err))
         if self.mqtt is not None:
             self.mqtt.close()
         self.pipes.close()
+        return lost
+
+    def _stop_twice(self) -> bool:
+        """A second SIGTERM/SIGINT during the drain: stop draining now (frames still in the ring become dropped)."""
+        return self._stop_signals >= 2
+
+    def _note_capture_lost(self) -> None:
+        """After a capture process died: frames it read but never published (read count − ring's written count)."""
+        self._capture_lost_known = max(self._capture_lost_known, int(self.progress.value) - self.ring.stats().written)
+
+    def _prune(self) -> None:
+        """Retention (``storage.retention_days`` / ``storage.max_db_mb``), every PRUNE_EVERY_S while writes work."""
+        self._next_prune = time.monotonic() + PRUNE_EVERY_S
+        s = self.config.storage
+        if s.retention_days is None and s.max_db_mb is None:
+            return
+        max_age = None if s.retention_days is None else s.retention_days * 86400.0
+        max_bytes = None if s.max_db_mb is None else int(s.max_db_mb * 1e6)
+        try:
+            done = self.store.prune(max_age_s=max_age, max_bytes=max_bytes)
+        except StoreError as err:
+            log.warning("event=prune_failed error=%r", str(err))
+            return
+        if done.deleted:
+            self.metrics.results_pruned.inc(done.deleted)
+            log.info("event=pruned verdicts=%d bytes_before=%d bytes_after=%d", done.deleted, done.bytes_before,
+                     done.bytes_after)  # fmt: skip
 
     # -- results ---------------------------------------------------------------------------------
     def _pump_results(self, timeout_s: float) -> None:
@@ -342,7 +421,12 @@ class EdgeApp:
 
     def _account(self, sequence: int, gap: int) -> None:
         self._next_sequence = max(self._next_sequence, sequence + 1)
-        self.stats.counts["dropped"] += gap
+        c = self.stats.counts
+        # The first missing sequence numbers after a capture death are the frames the dead process had read but not
+        # published: capture_lost. The rest of a gap was lost in the ring (overwritten): dropped, as the ring counts.
+        in_capture = min(gap, self._capture_lost_known - c["capture_lost"])
+        c["capture_lost"] += in_capture
+        c["dropped"] += gap - in_capture
         if gap:
             self.metrics.observe_dropped("sequence_gap", gap)
         self.stats.frame_times.append(time.monotonic())
@@ -364,7 +448,7 @@ class EdgeApp:
         self._account(event.sequence, event.gap_before)
 
     def _on_record(self, record: VerdictRecord, evidence: Evidence | None) -> None:
-        self.store.write(record)  # first: the verdict is durable before anything else happens
+        self.results.write(record)  # first: the verdict is durable (or queued, during an outage) before the rest
         c = self.stats.counts
         c["scored"] += 1
         c[record.verdict.lower()] += 1
@@ -388,7 +472,10 @@ class EdgeApp:
                      record.stage_ms.get("total", 0.0))  # fmt: skip
 
     def counters(self) -> dict[str, int]:
-        return dict(self.stats.counts)
+        c = self.stats.counts
+        c["published"] = self.ring.stats().written  # frames capture put into the ring (kept if the daemon is killed)
+        c["verdicts_lost"] = self.results.lost
+        return dict(c)
 
     @property
     def evidence_dir(self) -> Path:

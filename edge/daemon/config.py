@@ -59,6 +59,22 @@ class StorageConfig(EdgeModel):
     data_dir: Path = Field(Path("/var/lib/edge-daemon"), description="results.db and evidence/ live here")
     evidence_quota_mb: float = Field(1024.0, gt=0, description="evidence stops (verdicts go on) past this size")
     sample_ok_every: int = Field(0, ge=0, description="also keep evidence of every Nth OK verdict (0: NG only)")
+    evidence_ng_reserve: float = Field(
+        0.5, ge=0.0, le=1.0, description="share of the evidence quota only NG (and ERROR) evidence may use: sampled "
+        "OK evidence stays within the rest, so it can never starve NG parts"
+    )  # fmt: skip
+    retention_days: float | None = Field(
+        None, gt=0, description="delete verdicts older than this many days (None: keep them all)"
+    )
+    max_db_mb: float | None = Field(
+        None, gt=0, description="delete the oldest verdicts while results.db uses more than this (None: no limit)"
+    )
+    pending_max: int = Field(
+        10000, ge=1, description="verdicts held in memory while results.db cannot be written; more are counted lost"
+    )
+    outage_limit_s: float = Field(
+        60.0, gt=0, description="results.db unwritable longer than this: the daemon stops in order and exits 1"
+    )
 
 
 class MetricsConfig(EdgeModel):

@@ -2,8 +2,10 @@
 
 Layout: ``<root>/<YYYYMMDD>/<seq>_<verdict>/{color.png, depth.png, overlay.png, record.json}`` (the day is the
 host's local date of the record). The quota counts file bytes; the oldest folders go first when a new one would
-exceed it. Evidence is best effort: :meth:`EvidenceStore.save` returns ``None`` instead of raising, so a
-failing disk can never hold up or change a verdict.
+exceed it. A share of the quota (``ng_reserve``) is kept for NG (and ERROR) evidence: OK evidence (sampled with
+``sample_ok_every``) never uses more than the rest, evicting older OK evidence first, so a stream of good parts
+can never push out the evidence of the bad ones. Evidence is best effort: :meth:`EvidenceStore.save` returns
+``None`` instead of raising, so a failing disk can never hold up or change a verdict.
 """
 
 from __future__ import annotations
@@ -70,6 +72,11 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def _is_ok(folder: Path) -> bool:
+    """An OK evidence folder (``<seq>_OK`` or ``<seq>_OK.<n>``); NG and ERROR ones count against the reserve."""
+    return folder.name.partition("_")[2].partition(".")[0] == "OK"
+
+
 def _folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
 
@@ -89,14 +96,17 @@ class EvidenceStore:
         *,
         recheck_every: int = 10,
         min_free_bytes: int = 0,
+        ng_reserve: float = 0.0,
     ) -> None:
-        if quota_bytes <= 0 or sample_ok_every < 0 or recheck_every < 1:
+        if quota_bytes <= 0 or sample_ok_every < 0 or recheck_every < 1 or not 0.0 <= ng_reserve <= 1.0:
             raise EvidenceError(
-                f"bad evidence settings: quota_bytes={quota_bytes}, sample_ok_every={sample_ok_every}",
-                "use a positive quota, sample_ok_every >= 0 (0 = keep no OK frames)",
+                f"bad evidence settings: quota_bytes={quota_bytes}, sample_ok_every={sample_ok_every}, "
+                f"ng_reserve={ng_reserve}",
+                "use a positive quota, sample_ok_every >= 0 (0 = keep no OK frames), 0 <= ng_reserve <= 1",
             )
         self.root = Path(root)
         self.quota_bytes = quota_bytes
+        self.ok_quota_bytes = int(quota_bytes * (1.0 - ng_reserve))  # what OK evidence may use at most
         self.sample_ok_every = sample_ok_every
         self._recheck_every = recheck_every
         self._min_free = min_free_bytes
@@ -112,6 +122,7 @@ class EvidenceStore:
             raise EvidenceError(f"cannot create evidence folder {self.root}: {e}", "fix the evidence path") from e
         self._folders: deque[tuple[Path, int]] = deque(self._scan())
         self.usage_bytes = sum(size for _, size in self._folders)
+        self.ok_usage_bytes = sum(size for folder, size in self._folders if _is_ok(folder))
 
     @property
     def alarm(self) -> bool:
@@ -139,12 +150,15 @@ class EvidenceStore:
             log.warning("evidence for sequence %d not saved: %s", record.sequence, e)
             return None
         size = sum(len(b) for b in files.values())
-        if size > self.quota_bytes:
-            log.warning("evidence of %d bytes exceeds the whole quota of %d bytes; not saved", size, self.quota_bytes)
+        ok = record.verdict == "OK"
+        limit = self.ok_quota_bytes if ok else self.quota_bytes
+        if size > limit:
+            log.warning("evidence of %d bytes exceeds the %s quota of %d bytes; not saved", size,
+                        "OK share of the" if ok else "whole", limit)  # fmt: skip
             return None
         if self.alarm and not self._space_returned(size):
             return None
-        self._make_room(size)
+        self._make_room(size, ok)
         return self._write(record, files, size)
 
     def _wanted(self, record: VerdictRecord) -> bool:
@@ -170,14 +184,26 @@ class EvidenceStore:
         self._alarm_reason = ""
         return True
 
-    def _make_room(self, size: int) -> None:
+    def _make_room(self, size: int, ok: bool) -> None:
+        """Delete the oldest OK folders while OK evidence would pass its share, then the oldest of any kind while
+        the whole would pass the quota (for OK evidence that can only reach NG folders beyond the reserve)."""
+        while ok and self.ok_usage_bytes + size > self.ok_quota_bytes:
+            oldest_ok = next((i for i, (folder, _) in enumerate(self._folders) if _is_ok(folder)), None)
+            if oldest_ok is None:
+                break
+            self._delete(*self._folders[oldest_ok])
+            del self._folders[oldest_ok]
         while self._folders and self.usage_bytes + size > self.quota_bytes:
-            folder, folder_size = self._folders.popleft()
-            shutil.rmtree(folder, ignore_errors=True)
-            self.usage_bytes -= folder_size
-            self.deleted += 1
-            if folder.parent != self.root and not any(folder.parent.iterdir()):
-                folder.parent.rmdir()
+            self._delete(*self._folders.popleft())
+
+    def _delete(self, folder: Path, folder_size: int) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        self.usage_bytes -= folder_size
+        if _is_ok(folder):
+            self.ok_usage_bytes -= folder_size
+        self.deleted += 1
+        if folder.parent != self.root and not any(folder.parent.iterdir()):
+            folder.parent.rmdir()
 
     def _write(self, record: VerdictRecord, files: dict[str, bytes], size: int) -> Path | None:
         day = datetime.fromtimestamp(record.host_ts_ns / 1e9).strftime("%Y%m%d")
@@ -196,6 +222,8 @@ class EvidenceStore:
             return None
         self._folders.append((folder, size))
         self.usage_bytes += size
+        if _is_ok(folder):
+            self.ok_usage_bytes += size
         self.saved += 1
         return folder
 

@@ -9,13 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from edge.core.errors import EdgeError
-from edge.daemon.config import ConfigError, EdgeConfig, load_config, missing_files
-from edge.daemon.mqtt import MqttError, tls_context
-from edge.daemon.release import ReleaseError, ReleaseState, verify_release
+from edge.daemon.config import ConfigError, EdgeConfig, load_config
+from edge.daemon.preflight import PreflightError, preflight
+from edge.daemon.release import ReleaseError
 from edge.daemon.store import read_summary
 from edge.daemon.supervisor import configure_logging
-from engines.runtime.base import EngineError
-from engines.runtime.select import Choice, resolve
 
 log = logging.getLogger("edge.daemon")
 
@@ -38,9 +36,27 @@ def format_summary(summary: dict[str, Any], db: Path, evidence_dir: Path | None)
         f"latency publish→verdict: p50 {ms(lat['p50'])}, p99 {ms(lat['p99'])}",
         f"database: {db}",
     ]
+    if summary["finished_ns"] is None:
+        lines[1:1] = _unfinished(summary)
+    elif c.get("verdicts_lost", 0):
+        lines.insert(1, f"LOST: {c['verdicts_lost']} verdicts could not be written to the database (see the log)")
     if evidence_dir is not None:
         lines.append(f"evidence: {evidence_dir} (saved {c.get('evidence_saved', 0)})")
     return "\n".join(lines)
+
+
+def _unfinished(summary: dict[str, Any]) -> list[str]:
+    """Lines flagging a run without a finish time: what is known of the frames it never accounted."""
+    c = summary["counters"]
+    accounted = sum(c.get(k, 0) for k in ("scored", "gated", "waiting", "dropped", "capture_lost"))
+    published = c.get("published", 0)
+    return [
+        "NOT FINISHED: no final count was stored (the daemon was killed or lost power, or it is still running); "
+        "the counters below are from its last update (every 2 s)",
+        f"at that update: {published} frames published to the ring, {accounted} accounted, "
+        f"{max(published - accounted, 0)} in flight; verdict rows in the database: {summary['records']} "
+        f"(counters: {c.get('scored', 0)} scored) — frames after that update are accounted nowhere",
+    ]
 
 
 def _print_summary(db: Path, run_id: int | None, evidence_dir: Path | None) -> int:
@@ -50,26 +66,6 @@ def _print_summary(db: Path, run_id: int | None, evidence_dir: Path | None) -> i
         print(f"edge-daemon: {err}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
-
-
-def _preflight(args: argparse.Namespace, config: EdgeConfig) -> tuple[ReleaseState, Choice] | None:
-    """The checks a start runs in the main process before any child exists (and ``--check-config``): the runtime
-    this machine can give, the MQTT TLS files, the signed release. None (after one line per problem on stderr) when
-    one refuses."""
-    if args.check_config and (missing := missing_files(config)):
-        for line in missing:
-            print(f"edge-daemon: config error: {args.config}: {line}", file=sys.stderr)
-        return None
-    try:
-        runtime = resolve(config.runtime)  # a backend this machine lacks is a config error
-        if config.mqtt.enabled and config.mqtt.tls is not None:
-            tls_context(config.mqtt.tls)  # CA, certificate and key must load before anything starts
-        return verify_release(config), runtime
-    except (EngineError, MqttError) as err:
-        print(f"edge-daemon: config error: {args.config}: {err}", file=sys.stderr)
-    except ReleaseError as err:
-        print(f"edge-daemon: release error: {err}", file=sys.stderr)
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,19 +86,33 @@ def main(argv: list[str] | None = None) -> int:
         for line in err.lines:
             print(f"edge-daemon: config error: {line}", file=sys.stderr)
         return EXIT_CONFIG
-    checked = _preflight(args, config)  # before any child exists: an unsigned or altered bundle never scores
-    if checked is None:
+    return _check_and_run(config, args)
+
+
+def _check_and_run(config: EdgeConfig, args: argparse.Namespace) -> int:
+    """The start checks (all of them for --check-config too), then the daemon unless only checking."""
+    try:  # the same checks for --check-config and a start: a start with a mismatch spawns no child
+        checked = preflight(config, open_camera=not args.check_config)
+    except PreflightError as err:
+        for line in err.lines:
+            print(f"edge-daemon: config error: {args.config}: {line}", file=sys.stderr)
         return EXIT_CONFIG
-    release, runtime = checked
+    except ReleaseError as err:  # an unsigned or altered bundle never scores
+        print(f"edge-daemon: release error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except EdgeError as err:  # the live camera cannot be opened now: not the config's fault, so retried (exit 1)
+        print(f"edge-daemon: {err}", file=sys.stderr)
+        return EXIT_FAILED
     if args.check_config:
-        signed = f", release {release.release!r} signed by {release.signed_by}" if release.signed_by else ""
+        r = checked.release
+        signed = f", release {r.release!r} signed by {r.signed_by}" if r.signed_by else ""
         print(f"edge-daemon: {args.config} is valid ({len(config.models)} model(s), source {config.source.type}"
-              f"{signed}; runtime {runtime.describe()})")  # fmt: skip
+              f"{signed}; runtime {checked.runtime.describe()})")  # fmt: skip
         return EXIT_OK
-    from edge.daemon.app import EdgeApp  # noqa: PLC0415 (--check-config/--summary stay light)
+    from edge.daemon.app import EdgeApp  # noqa: PLC0415 (--summary stays free of the pipeline's imports)
 
     configure_logging(level=getattr(logging, args.log_level))
-    app = EdgeApp(config, release)
+    app = EdgeApp(config, checked.release, spec=checked.spec)
     try:
         code = app.run()
     except EdgeError as err:

@@ -18,12 +18,17 @@ filesystem (shared memory for the ``-shm`` index): never put the database on NFS
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import os
+import shutil
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +37,10 @@ import numpy as np
 from edge.core.errors import EdgeError
 from edge.daemon.record import VerdictRecord
 
+log = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 1
+PRUNE_BATCH = 2000  # verdict rows per retention transaction (keeps the write lock short)
 
 _SCHEMA = """
 CREATE TABLE runs (
@@ -106,6 +114,64 @@ class StoreError(EdgeError):
     """The results database cannot be opened, read or written."""
 
 
+class StoreFullError(StoreError):
+    """The results database's disk (or its size limit) is full."""
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    """What one retention pass did: verdict rows deleted, database bytes in use before and after."""
+
+    deleted: int
+    bytes_before: int
+    bytes_after: int
+
+
+def _mount_point(path: Path) -> Path:
+    p = path.resolve()
+    while not p.exists() or not os.path.ismount(p):
+        if p.parent == p:
+            break
+        p = p.parent
+    return p
+
+
+def disk_report(path: Path) -> str:
+    """``disk mounted at /x: N MB free of M MB`` for the folder of ``path`` (names the disk in errors)."""
+    folder = Path(path).parent
+    try:
+        usage = shutil.disk_usage(folder)
+    except OSError:
+        return f"disk of {folder}: free space unknown"
+    return f"disk mounted at {_mount_point(folder)}: {usage.free / 1e6:.1f} MB free of {usage.total / 1e6:.1f} MB"
+
+
+FULL_BELOW_BYTES = 1 << 20  # an I/O error on a disk with less free space than this is a full disk
+
+
+def _is_full(err: BaseException, path: Path) -> bool:
+    """ENOSPC/EDQUOT, SQLITE_FULL — or an SQLite I/O error (what opening an existing WAL database on a full disk
+    gives: its ``-shm``/``-wal`` cannot grow) while the disk has less than FULL_BELOW_BYTES free."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    code = getattr(err, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL:
+        return True
+    if code is None or (code & 0xFF) not in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN):
+        return False
+    try:
+        return shutil.disk_usage(path.parent).free < FULL_BELOW_BYTES
+    except OSError:
+        return False
+
+
+def _full_error(path: Path, doing: str, err: BaseException) -> StoreFullError:
+    return StoreFullError(
+        f"{doing} results database {path} failed: {err} ({disk_report(path)})",
+        "free space on that disk (or set storage.max_db_mb / storage.retention_days so old verdicts are pruned)",
+    )
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
@@ -133,6 +199,8 @@ class ResultStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
+            if _is_full(e, self.path):
+                raise _full_error(self.path, "creating the folder of", e) from e
             raise StoreError(f"cannot create the folder of results database {self.path}: {e}", _FIX_PATH) from e
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -233,6 +301,90 @@ class ResultStore:
             ).fetchone()
         return dict(json.loads(got[0])) if got is not None else None
 
+    def used_bytes(self) -> int:
+        """Bytes of the database in use (pages minus free pages): what ``storage.max_db_mb`` limits."""
+        with self._lock:
+            conn = self._open_conn()
+            pages = (
+                conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
+            )
+            return int(pages) * int(conn.execute("PRAGMA page_size").fetchone()[0])
+
+    def enable_incremental_vacuum(self) -> bool:
+        """Switch a database created without ``auto_vacuum=INCREMENTAL`` (before retention existed) to it.
+
+        That needs one ``VACUUM``: it rewrites the file (time, and free space of about its size). When it fails
+        (no space) the database is left as it was and ``False`` returned: pruned rows' pages are then reused
+        by new verdicts, so the file stops growing but does not shrink.
+        """
+        with self._lock:
+            conn = self._open_conn()
+            if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+                return True
+            size = self.path.stat().st_size
+            log.warning("event=db_convert auto_vacuum=incremental bytes=%d (one-time VACUUM)", size)
+            try:
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+                conn.execute("VACUUM")
+            except sqlite3.Error as e:
+                log.error("event=db_convert_failed error=%r action=reuse_freed_pages", str(e))
+                return False
+            return bool(conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2)
+
+    def prune(self, *, max_age_s: float | None = None, max_bytes: int | None = None) -> PruneResult:
+        """Delete the oldest verdicts (with their scores): those older than ``max_age_s``, then more until the
+        database uses at most ``max_bytes``; give the freed pages back to the disk (incremental vacuum).
+
+        Runs rows are kept (one per daemon start). Each batch of :data:`PRUNE_BATCH` rows is one transaction.
+        """
+        before = self.used_bytes()
+        deleted = 0
+        if max_age_s is not None:
+            cutoff = time.time_ns() - int(max_age_s * 1e9)
+            while n := self._delete_oldest("WHERE host_ts_ns < ?", (cutoff,)):
+                deleted += n
+        if max_bytes is not None:
+            while (used := self.used_bytes()) > max_bytes:
+                rows = self._count_verdicts()
+                if rows == 0:
+                    break
+                per_row = used / rows  # scores and index entries included
+                n = self._delete_oldest("", (), limit=int((used - max_bytes) / per_row) + 1)
+                if n == 0:
+                    break
+                deleted += n
+        if deleted:
+            with self._lock:
+                conn = self._open_conn()
+                try:
+                    # no-op unless auto_vacuum=INCREMENTAL; executescript steps it to the end (execute frees one page)
+                    conn.executescript("PRAGMA incremental_vacuum;")
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                except sqlite3.Error as e:
+                    log.warning("event=vacuum_failed error=%r", str(e))
+        return PruneResult(deleted, before, self.used_bytes())
+
+    def _count_verdicts(self) -> int:
+        with self._lock:
+            return int(self._open_conn().execute("SELECT COUNT(*) FROM verdicts").fetchone()[0])
+
+    def _delete_oldest(self, where: str, params: tuple[Any, ...], limit: int = PRUNE_BATCH) -> int:
+        oldest = f"SELECT id FROM verdicts {where} ORDER BY id LIMIT {max(1, min(limit, PRUNE_BATCH))}"
+        with self._transaction() as conn:
+            conn.execute(f"DELETE FROM scores WHERE verdict_id IN ({oldest})", params)
+            return int(conn.execute(f"DELETE FROM verdicts WHERE id IN ({oldest})", params).rowcount)
+
+    def unfinished_runs(self) -> list[int]:
+        """Ids of earlier runs without a finish time (the daemon was killed or lost power), except the current."""
+        with self._lock:
+            rows = self._open_conn().execute("SELECT id FROM runs WHERE finished_ns IS NULL ORDER BY id").fetchall()
+        return [r[0] for r in rows if r[0] != self._run_id]
+
+    def _open_conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"results database {self.path} is not open", "call open() first")
+        return self._conn
+
     def close(self) -> None:
         """Checkpoint the WAL into the main file (so a copied ``.db`` is complete) and close."""
         with self._lock:
@@ -257,11 +409,14 @@ class ResultStore:
             except sqlite3.Error as e:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                if _is_full(e, self.path):
+                    raise _full_error(self.path, "writing", e) from e
                 raise StoreError(f"writing results database {self.path} failed: {e}", _FIX_WRITE) from e
 
 
 _FIX_PATH = "check the store path in the daemon config and that the daemon user may write there"
 _FIX_WRITE = "check free disk space and that no other program holds a long write lock on the file"
+_FIX_IO = "check the disk (kernel log: dmesg), its free space and its mount options; the file may be intact"
 _FIX_CORRUPT = "move the file aside (keep it for analysis) and restart the daemon; it creates a new database"
 
 
@@ -271,6 +426,8 @@ def _prepare(conn: sqlite3.Connection, path: Path, synchronous: str, busy_timeou
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:  # a new file: retention gives freed pages back to the disk (PRAGMA incremental_vacuum)
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"results database {path} has schema version {version}; this daemon understands {SCHEMA_VERSION}",
@@ -286,6 +443,10 @@ def _prepare(conn: sqlite3.Connection, path: Path, synchronous: str, busy_timeou
             conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
         conn.execute(_CONFIG_CHANGES)
     except sqlite3.DatabaseError as e:
+        if _is_full(e, path):
+            raise _full_error(path, "opening", e) from e
+        if (getattr(e, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_IOERR:  # the disk, not the file's content
+            raise StoreError(f"results database {path}: {e} while opening it", _FIX_IO) from e
         raise StoreError(f"results database {path} is unreadable or corrupt: {e}", _FIX_CORRUPT) from e
 
 

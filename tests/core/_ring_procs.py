@@ -10,6 +10,7 @@ prints ``ready`` once the ring is usable.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import sys
 import time
 from multiprocessing.synchronize import Event
@@ -78,6 +79,14 @@ def zero_copy_consumer(name: str, out: Any) -> None:
             }
         del frame
         out.put(result)
+
+
+def die_holding_a_reserved_slot(name: str) -> None:
+    """A writer killed between reserve and publish (no exception handler runs, as under SIGKILL)."""
+    ring = FrameRing.attach(name)
+    with ring.writer().reserve() as slot:
+        slot.color.fill(1)
+        os._exit(9)
 
 
 def attach_and_report_stats(name: str, out: Any) -> None:

@@ -20,6 +20,7 @@ from _ring_procs import (
     attach_and_report_stats,
     color_value,
     depth_value,
+    die_holding_a_reserved_slot,
     fill_slot_frames,
     small_spec,
     zero_copy_consumer,
@@ -216,6 +217,22 @@ def test_exception_inside_reserve_abandons_the_slot(ring_name: str) -> None:
         with reader.read(timeout_s=0.1) as frame:
             assert frame.sequence == 5 and frame.color[0, 0, 0] == color_value(5)
         assert ring.stats().abandoned == 1
+
+
+def test_a_writer_killed_holding_a_slot_is_abandoned_not_dropped(ring_name: str) -> None:
+    """The next writer handle abandons the dead writer's reserved slot: the reader skips no index, so ``dropped``
+    stays 0 (it counts frames overwritten unread) and ``written`` counts published frames."""
+    with FrameRing.create(small_spec(), name=ring_name, slots=4) as ring:
+        proc = SPAWN.Process(target=die_holding_a_reserved_slot, args=(ring_name,))
+        proc.start()
+        proc.join(30)
+        assert proc.exitcode == 9
+        writer, reader = ring.writer(), ring.reader()
+        assert writer.write(_frame(7)) == 0, "the abandoned index is reused"
+        with reader.read(timeout_s=1.0) as frame:
+            assert frame.sequence == 7
+        stats = ring.stats()
+        assert (stats.abandoned, stats.dropped, stats.written, stats.delivered) == (1, 0, 1, 1)
 
 
 def test_close_stream_drains_published_frames_then_signals_end(ring_name: str) -> None:

@@ -110,7 +110,9 @@ def test_check_config_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixtu
     for name in ("line.db3", "roi.yaml", "model/model.onnx", "model/scoring.yaml"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("x")
-    assert main(["--config", str(bad), "--check-config"]) == 0
+    assert main(["--config", str(bad), "--check-config"]) == 2, "files that exist must also be readable"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "roi: ROI file" in err[0], err
 
 
 def test_example_config_is_valid_and_documents_every_section() -> None:

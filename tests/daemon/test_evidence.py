@@ -181,3 +181,36 @@ def test_read_only_filesystem_is_a_write_error_alarm(small_fs: Path) -> None:
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=True)
     assert store.save(record(2), evidence()) is not None and not store.alarm
+
+
+def test_ng_evidence_keeps_its_reserved_share_whatever_ok_sampling_does(tmp_path: Path) -> None:
+    """Quota for 4 folders, half reserved for NG: a stream of sampled OK parts evicts only OK evidence, so the two
+    newest NG folders survive it; without a reserve the same stream pushes every NG folder out."""
+    probe = EvidenceStore(tmp_path / "probe", quota_bytes=10_000_000)
+    ev = evidence()
+    assert probe.save(record(0), ev) is not None
+    one = probe.usage_bytes  # OK and NG folders of the same images are within a few bytes of each other
+    quota = 4 * one + one // 2
+    root = tmp_path / "ev"
+    store = EvidenceStore(root, quota_bytes=quota, sample_ok_every=1, ng_reserve=0.5)
+    for i in range(3):
+        assert store.save(record(i, "NG"), ev) is not None
+    for i in range(3, 20):
+        assert store.save(record(i, "OK"), ev) is not None
+    names = sorted(p.name for p in root.glob("*/*"))
+    assert [n for n in names if n.endswith("_NG")] == ["00000001_NG", "00000002_NG"], names
+    assert [n for n in names if n.endswith("_OK")] == ["00000018_OK", "00000019_OK"], "OK keeps only its share"
+    assert store.ok_usage_bytes <= store.ok_quota_bytes and store.usage_bytes <= quota
+    reopened = EvidenceStore(root, quota_bytes=quota, sample_ok_every=1, ng_reserve=0.5)  # the scan knows OK from NG
+    assert reopened.ok_usage_bytes == store.ok_usage_bytes and reopened.usage_bytes == store.usage_bytes
+    assert reopened.save(record(20, "NG"), ev) is not None  # NG may use the whole quota: the oldest folder goes
+    assert sorted(p.name for p in root.glob("*/*"))[0] == "00000002_NG"
+
+    starved = EvidenceStore(tmp_path / "none", quota_bytes=quota, sample_ok_every=1, ng_reserve=0.0)
+    for i in range(3):
+        starved.save(record(i, "NG"), ev)
+    for i in range(3, 20):
+        starved.save(record(i, "OK"), ev)
+    assert not list((tmp_path / "none").glob("*/*_NG")), "the failure the reserve prevents"
+    with pytest.raises(EvidenceError, match="ng_reserve"):
+        EvidenceStore(tmp_path / "x", quota_bytes=1000, ng_reserve=1.5)

@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from edge.daemon.main import main as daemon_main
 from edge.daemon.mqtt import MqttConfig, MqttError, MqttPublisher, MqttTlsConfig, tls_context
+from tests.daemon.conftest import ConfigFactory
 from tests.daemon.test_mqtt import MOSQUITTO, free_port, record
 
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto broker not installed (apt-get install mosquitto)")
@@ -226,7 +227,9 @@ def test_a_wrong_ca_or_host_name_is_refused_with_a_clear_error(
     )
 
 
-def test_tls_settings_are_checked_before_the_daemon_starts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_tls_settings_are_checked_before_the_daemon_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make_config: ConfigFactory
+) -> None:
     with pytest.raises(ValidationError, match="cert_file and key_file go together"):
         MqttTlsConfig(ca_file=Path("ca.pem"), cert_file=Path("client.pem"))
     with pytest.raises(MqttError, match=r"mqtt\.tls\.ca_file: cannot use .*nowhere\.pem"):
@@ -234,14 +237,9 @@ def test_tls_settings_are_checked_before_the_daemon_starts(tmp_path: Path, capsy
     pki = make_pki(tmp_path / "pki")
     with pytest.raises(MqttError, match="cert_file/key_file: cannot use"):
         tls_context(MqttTlsConfig(ca_file=pki.ca, cert_file=pki.client_cert, key_file=pki.server_key))  # not its key
-    for name in ("line.db3", "roi.yaml", "model/model.onnx", "model/scoring.yaml"):
-        (tmp_path / name).parent.mkdir(exist_ok=True)
-        (tmp_path / name).write_text("x")
-    config = tmp_path / "edge.yaml"
-    config.write_text(
-        "schema_version: 1\nsource: {type: playback, path: line.db3}\nroi: roi.yaml\n"
-        "models: [{name: ast, onnx: model/model.onnx, scoring: model/scoring.yaml}]\n"
-        "mqtt: {enabled: true, host: localhost, port: 8883, tls: {ca_file: pki/missing-ca.pem}}\n"
+    # every other file is real (the preflight reads them all): only the TLS setting is wrong
+    config = make_config(
+        mqtt={"enabled": True, "host": "localhost", "port": 8883, "tls": {"ca_file": "pki/missing-ca.pem"}}
     )
     assert daemon_main(["--config", str(config), "--check-config"]) == 2
     err = capsys.readouterr().err

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="exporting the test model needs the train extra (torch)")
 
 from calibration.fit import frame_from_axis  # noqa: E402
-from calibration.roi import CameraBinding, CylinderShape, RoiFile  # noqa: E402
+from calibration.roi import CameraBinding, CylinderShape, RoiError, RoiFile  # noqa: E402
 from drivers.synthetic import SyntheticSource, SyntheticSourceConfig  # noqa: E402
 from edge.core.frame import Frame  # noqa: E402
 from edge.core.scoring import ModelIdentity, ScoringError, file_sha256, fit_scoring  # noqa: E402
@@ -103,5 +103,5 @@ def test_refuses_an_roi_other_than_the_one_the_model_was_trained_with(setup) -> 
     frames, roi, onnx, card = setup
     scoring = fit_scoring([0.5, 0.6, 0.7], _identity(onnx, card))
     other = roi.model_copy(update={"margin_m": 0.05})
-    with pytest.raises(ScoringError, match="ROI version"):
+    with pytest.raises(RoiError, match="ROI version"):
         Inspector(frames[0].spec, other, onnx, scoring)
