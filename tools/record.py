@@ -137,9 +137,7 @@ def _run_synthetic(args: argparse.Namespace) -> str:
             progress.add_task("rendering", total=args.frames)
             frames = _tee(source.frames(), sinks, progress)
             if args.out is not None:
-                summary = record_frames(
-                    frames, args.out, source.spec, overwrite=args.overwrite, compress=args.compress
-                )
+                summary = record_frames(frames, args.out, source.spec, overwrite=args.overwrite, compress=args.compress)
                 bind_labels(labels_dir_for(args.out), summary.path, summary.n_frames, summary.first_device_ts_ns,
                             summary.last_device_ts_ns)  # fmt: skip
                 done = f"{summary.n_frames} frames → {summary.path} ({summary.size_bytes / 2**20:.1f} MiB)"
