@@ -168,7 +168,7 @@ class Inspection:
     infer_ms: float
     score_ms: float  # reading the raw score and applying the scoring file
     anomaly_map: npt.NDArray[np.float32]  # S×S raw map
-    crop: CropOutput
+    crop: CropOutput  # mask and colour always on the host; rgb/xyz on the GPU path only after Inspector.host_crop()
 
 
 class Inspector:
@@ -226,13 +226,19 @@ class Inspector:
             np.copyto(self._mask[0, 0], out.mask)
         return (time.perf_counter_ns() - t0) / 1e6
 
-    def inputs(self) -> dict[str, npt.NDArray[np.float32]]:
-        """The engine's inputs as prepared by the last :meth:`prepare` (host views of reused buffers; on the
-        zero-copy GPU path they are copied back from the device first, for parity checks and the bench)."""
+    def host_crop(self) -> CropOutput:
+        """The last crop with every tensor on the host. On the zero-copy GPU path ``rgb``/``xyz`` stay on the device
+        (only mask and colour come back per frame): this copies them back first, for the bench's figures and parity
+        checks. On the CPU path it costs nothing."""
         if self._device is not None:
             self.cropper.download_inputs()
             np.copyto(self._mask[0, 0], self.cropper.out.mask)
-        out = self.cropper.out
+        out: CropOutput = self.cropper.out
+        return out
+
+    def inputs(self) -> dict[str, npt.NDArray[np.float32]]:
+        """The engine's inputs as prepared by the last :meth:`prepare` (host views of reused buffers)."""
+        out = self.host_crop()
         feed = {"rgb": out.rgb, "xyz": out.xyz, "mask": self._mask}
         return {k: feed[k] for k in self.card.inputs}
 

@@ -164,7 +164,7 @@ class Bench:
         n = layout.size
         results.gts.append(crop_mask(lf.gt, layout)[0] > 0 if lf.gt is not None else np.zeros((n, n), np.bool_))
         if lf.defect_type != "good":
-            results.rgb[i] = _rgb_uint8(ins.crop.rgb, insp.card.mean, insp.card.std)
+            results.rgb[i] = _rgb_uint8(insp.host_crop().rgb, insp.card.mean, insp.card.std)
         if len(results.feeds) < self.parity_samples:
             results.feeds.append({name: a.copy() for name, a in insp.inputs().items()})
         if timed:
