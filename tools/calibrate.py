@@ -23,6 +23,7 @@ from calibration.fit import (
 from calibration.preview import write_preview
 from calibration.roi import RoiFile, load_roi, save_roi
 from drivers.base import FrameSource
+from drivers.synthetic.stations import DEFAULT_STATION, STATIONS
 from edge.core.errors import EdgeError
 from edge.core.frame import Frame
 
@@ -52,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--synthetic-seed", type=int, help="calibrate on the synthetic line with this seed")
     src.add_argument("--from-roi", type=Path, help="adjust an existing roi.yaml with --set/--grow only (no frames)")
     p.add_argument("--clutter", choices=["low", "high"], default="low", help="synthetic clutter level")
+    p.add_argument(
+        "--station",
+        choices=list(STATIONS),
+        default=DEFAULT_STATION,
+        help="synthetic station preset (default %(default)s)",
+    )
     p.add_argument("--frames", type=int, default=5, help="frames whose depth is median-averaged (default 5)")
     p.add_argument("--skip", type=int, default=0, help="frames discarded first (live auto-exposure settling)")
     p.add_argument("--shape", choices=["cylinder", "box"], default="cylinder", help="ROI shape (default cylinder)")
@@ -99,7 +106,12 @@ def open_source(args: argparse.Namespace) -> FrameSource:
     from drivers.synthetic import SyntheticSource, SyntheticSourceConfig  # noqa: PLC0415
 
     cfg = SyntheticSourceConfig(
-        seed=args.synthetic_seed, n_frames=n, clutter=args.clutter, defect_rate=0.0, frames_per_part=n
+        seed=args.synthetic_seed,
+        n_frames=n,
+        clutter=args.clutter,
+        defect_rate=0.0,
+        frames_per_part=n,
+        station=args.station,
     )
     return SyntheticSource(cfg)
 
