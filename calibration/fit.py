@@ -458,6 +458,29 @@ def axial_extent(
     return float(np.min(inside)), float(np.max(inside))
 
 
+def _end_face(t: F64, rel: F64, axis: F64, end: float, *, side: float, reach_m: float = 0.035) -> float:
+    """Move a shell end out to the drum's end face when one is seen: a ring of points facing along the axis just
+    beyond the end (an open end's rim, the shell hidden under a flange) that covers ≥ 90° of the circumference in
+    one 6 mm slice (the median depth's noise). A support's faces beyond the end (roller tops, an end stop) cover a
+    narrow angle or lie outside the ring."""
+    beyond = side * (t - end)
+    sel = (beyond > -0.005) & (beyond < reach_m)
+    if np.count_nonzero(sel) < 20:
+        return end
+    u, v = _basis(axis)
+    ang = np.floor((np.arctan2(rel[sel] @ v, rel[sel] @ u) + np.pi) / (2 * np.pi) * 72).astype(np.int64) % 72
+    slot = np.floor(t[sel] / 0.006).astype(np.int64)
+    best_slot, best_cover = 0, 0
+    for k in np.unique(slot):
+        cover = len(np.unique(ang[slot == k]))
+        if cover > best_cover:
+            best_slot, best_cover = int(k), cover
+    if best_cover < 18:
+        return end
+    plane = float(np.median(t[sel][slot == best_slot]))
+    return min(end, plane) if side < 0 else max(end, plane)
+
+
 def fit_cylinder(cluster: F64, candidates: F64, settings: FitSettings) -> CylinderFit:
     """Robust cylinder on one candidate cluster: RANSAC on point normals with the radius range as a prior, robust
     refinement, then re-gathering surface points from every in-range point (plane removal may have taken some of
@@ -486,16 +509,30 @@ def fit_cylinder(cluster: F64, candidates: F64, settings: FitSettings) -> Cylind
     window = (t > t_lo) & (t < t_hi)
     sigma = 1.4826 * float(np.median(np.abs(res[window & (np.abs(res) < 0.006)])))
     band = max(3 * sigma, 0.004)
-    inl = (np.abs(res) < band) & window
-    lo, hi = axial_extent(candidates[inl], center, axis)
+    # normals of everything within 40 mm of the surface: a roller, cradle or end stop crossing the cylinder there
+    # has its own (non-radial) normal; the shell's are radial, the end faces' axial
+    shell_zone = np.flatnonzero(window & (np.abs(res) < 0.04))
+    zone_vox, zone_of = voxel_reduce(candidates[shell_zone], voxel_m)
+    normals = voxel_normals(zone_vox, voxel_m)[zone_of]
+    rel = candidates[shell_zone] - center
+    radial = rel - np.outer(rel @ axis, axis)
+    rho = np.linalg.norm(radial, axis=1)
+    cos_radial = np.abs(np.einsum("ij,ij->i", normals, radial)) / np.maximum(rho, 1e-9)
+    cos_axial = np.abs(normals @ axis)
+    on_shell = (np.abs(res[shell_zone]) < band) & (cos_radial > 0.8)
+    lo, hi = axial_extent(candidates[shell_zone[on_shell]], center, axis)
+    tz = t[shell_zone]
+    face = (cos_axial > 0.9) & (rho > radius - 0.06) & (rho < radius + 0.02)
+    lo = _end_face(tz[face], rel[face], axis, lo, side=-1.0)
+    hi = _end_face(tz[face], rel[face], axis, hi, side=1.0)
+    inl = np.zeros(len(candidates), dtype=bool)
+    inl[shell_zone[on_shell]] = True
     inl &= (t >= lo) & (t <= hi)
-    # support: of the cluster's points in the wall's neighbourhood (an annulus around the fitted surface within the
-    # fitted length), the share on the surface; a box, a wall corner or a heap of clutter scores low
-    rel = cluster - center
-    tc = rel @ axis
-    dc = cylinder_distance(cluster, center, axis, radius)
-    zone = (tc >= lo) & (tc <= hi) & (dc > -0.3 * radius) & (dc < 0.03)
-    support = float(np.mean(np.abs(dc[zone]) < band)) if np.any(zone) else 0.0
+    # support: of the points within 40 mm of the surface along the fitted length that do not face along the axis
+    # (end faces, the back wall), the share on the surface with a radial normal. A drum scores high even with its
+    # lifters, beads and a support touching it; a box, a wall corner or a heap of clutter scores low.
+    zone = (tz >= lo) & (tz <= hi) & (cos_axial < 0.9)
+    support = float(np.mean(on_shell[zone])) if np.any(zone) else 0.0
     return CylinderFit(center + axis * (lo + hi) / 2, axis, radius, float(hi - lo), candidates[inl], support)
 
 
