@@ -13,7 +13,7 @@ from drivers.synthetic.camera import LIGHT_DIR_W, Lighting, rig_for
 from drivers.synthetic.clutter import BELT, BELT_SPEED_M_S
 from drivers.synthetic.gbuffer import BACKGROUND, DRUM, F32, BoolA, Floats, GBuffer, value_noise
 from drivers.synthetic.primitives import Box, _box_albedo, cast_box, cast_floor_and_wall, cast_rod
-from drivers.synthetic.stations import STATIONS
+from drivers.synthetic.stations import STATIONS, Station
 from drivers.synthetic.supports import fixture
 
 
@@ -41,9 +41,9 @@ class StaticBackground:
 
 
 @functools.lru_cache(maxsize=4)
-def static_background(width: int, height: int, seed: int, station: str = "rail") -> StaticBackground:
+def static_background(width: int, height: int, seed: int, station: Station = STATIONS["rail"]) -> StaticBackground:
     """Cast once per station, size and seed: a third of a frame's ray casting is scenery that never changes."""
-    st = STATIONS[station]
+    st = station
     tex = value_noise(seed)
     gb = GBuffer(rig_for(width, height, st.camera), 0, 0, height, width)
     cast_floor_and_wall(gb, tex, st.wall_y_m)
@@ -58,7 +58,9 @@ def static_background(width: int, height: int, seed: int, station: str = "rail")
     return StaticBackground(gb, gb.last_idx.copy(), hit[0], hit[1])
 
 
-def background(seed: int, width: int, height: int, time_s: float, clutter: float, *, station: str = "rail") -> GBuffer:
+def background(
+    seed: int, width: int, height: int, time_s: float, clutter: float, *, station: Station = STATIONS["rail"]
+) -> GBuffer:
     """A fresh copy of the station's static background with the back belt (if any) advanced to ``time_s``."""
     st = static_background(width, height, seed, station)
     gb = st.gb.copy()

@@ -8,6 +8,7 @@ True, the depth intrinsics are the color ones and ``depth_to_color`` is the iden
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -59,6 +60,16 @@ class SyntheticSourceConfig(EdgeModel):
         description=f"station preset: {', '.join(STATIONS)} (drum pose, support, design, camera, light, clutter)",
     )
 
+    camera_distance_m: float | None = Field(
+        None, ge=0.5, le=3.0, description="override the station's camera distance to the drum (m)"
+    )
+    camera_elevation_deg: float | None = Field(
+        None, ge=10.0, le=85.0, description="override the station's camera angle below the horizontal (°)"
+    )
+    camera_azimuth_deg: float | None = Field(
+        None, ge=-180.0, le=180.0, description="override the station's camera azimuth about the vertical (°)"
+    )
+
     @field_validator("station")
     @classmethod
     def _known_station(cls, v: str) -> str:
@@ -74,6 +85,21 @@ class SyntheticSourceConfig(EdgeModel):
                 raise ValueError(f"clutter must be a number in 0..1 or one of {sorted(CLUTTER_LEVELS)}, got {v!r}")
             return CLUTTER_LEVELS[v]
         return v
+
+
+def station_for(config: SyntheticSourceConfig) -> Station:
+    """The configured station preset with the camera overrides applied."""
+    st = STATIONS[config.station]
+    if config.camera_distance_m is None and config.camera_elevation_deg is None and config.camera_azimuth_deg is None:
+        return st
+    return dataclasses.replace(
+        st,
+        camera_distance_m=st.camera_distance_m if config.camera_distance_m is None else config.camera_distance_m,
+        camera_elevation_deg=st.camera_elevation_deg
+        if config.camera_elevation_deg is None
+        else config.camera_elevation_deg,
+        camera_azimuth_deg=st.camera_azimuth_deg if config.camera_azimuth_deg is None else config.camera_azimuth_deg,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +121,16 @@ def stream_spec(config: SyntheticSourceConfig) -> StreamSpec:
         fps=config.fps,
         depth_aligned_to_color=True,
         source=f"synthetic:seed={config.seed},clutter={config.clutter:g},{config.width}x{config.height}"
-        + ("" if config.station == DEFAULT_STATION else f",station={config.station}"),
+        + ("" if config.station == DEFAULT_STATION else f",station={config.station}")
+        + "".join(
+            f",{k}={v:g}"
+            for k, v in (
+                ("distance", config.camera_distance_m),
+                ("elevation", config.camera_elevation_deg),
+                ("azimuth", config.camera_azimuth_deg),
+            )
+            if v is not None
+        ),
     )
 
 
@@ -105,7 +140,7 @@ def plan(config: SyntheticSourceConfig, index: int, defect: DefectType | Literal
     part, k = divmod(index, period)
     if k >= config.frames_per_part:
         return PartPlan(part, None)
-    st = STATIONS[config.station]
+    st = station_for(config)
     r = np.random.default_rng([config.seed, part, 21])
     jit = config.pose_jitter * r.uniform([-0.01, -0.01, -2.0], [0.01, 0.01, 2.0])
     x, y, z = st.center_w
@@ -143,7 +178,7 @@ def _background(
     """Static station plus everything that moves or gets moved: the part's carrier, cartons, robot, totes, cables,
     a worker, neighbouring drums; whatever could occlude the station's drum is left out."""
     t = index / config.fps
-    gb = background(config.seed, config.width, config.height, t, config.clutter, station=config.station)
+    gb = background(config.seed, config.width, config.height, t, config.clutter, station=st)
     tex = value_noise(config.seed)
     c, kinds = config.clutter, st.clutter_kinds
     prims: list[scenery.Occluder] = []
@@ -191,7 +226,7 @@ def render_arrays(
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint16], GroundTruth]:
     """Color, depth and ground truth of frame ``index`` (``defect`` overrides the part's own draw)."""
     h, w = config.height, config.width
-    st = STATIONS[config.station]
+    st = station_for(config)
     rig = rig_for(w, h, st.camera)
     tex = value_noise(config.seed)
     pp = plan(config, index, defect)
