@@ -71,7 +71,11 @@ class FitSettings(EdgeModel):
         "image half-diagonal from the image centre",
     )
     min_support: float = Field(
-        0.6, gt=0, le=1, description="share of a cluster's points that must lie on its fitted cylinder to be the drum"
+        0.6,
+        gt=0,
+        le=1,
+        description="share of the points within 40 mm of the fitted cylinder (along its length, not facing along "
+        "its axis) that must lie on it with a radial normal for the cluster to be the drum",
     )
     max_candidates: int = Field(3, ge=1, description="central clusters tried, largest first, until one fits")
     radius_range_m: tuple[float, float] = Field((0.10, 0.60), description="sane cylinder radius bounds")
@@ -520,6 +524,12 @@ def fit_cylinder(cluster: F64, candidates: F64, settings: FitSettings) -> Cylind
     cos_radial = np.abs(np.einsum("ij,ij->i", normals, radial)) / np.maximum(rho, 1e-9)
     cos_axial = np.abs(normals @ axis)
     on_shell = (np.abs(res[shell_zone]) < band) & (cos_radial > 0.8)
+    if np.count_nonzero(on_shell) < MIN_RANSAC_SCORE:
+        raise NoClusterError(
+            f"the chosen cluster is not a cylinder (only {np.count_nonzero(on_shell)} points on the fitted surface "
+            "face away from its axis)",
+            "pass --hint-pixel u,v on the drum's curved surface, or use --shape box",
+        )
     lo, hi = axial_extent(candidates[shell_zone[on_shell]], center, axis)
     tz = t[shell_zone]
     face = (cos_axial > 0.9) & (rho > radius - 0.06) & (rho < radius + 0.02)
@@ -658,8 +668,8 @@ def fit_shape(cluster: F64, scene_points: F64, settings: FitSettings) -> tuple[F
     check_limits("cylinder", (cyl.radius, cyl.length), settings)
     if cyl.support < settings.min_support:
         raise NoClusterError(
-            f"the central cluster is not drum-like: only {cyl.support:.0%} of its points lie on the fitted "
-            f"cylinder (radius {cyl.radius:.3f} m, length {cyl.length:.3f} m)",
+            f"the central cluster is not drum-like: only {cyl.support:.0%} of its points near the fitted cylinder "
+            f"(radius {cyl.radius:.3f} m, length {cyl.length:.3f} m) lie on it with a radial normal",
             "pass --hint-pixel u,v (a pixel on the drum) or --hint x,y,z, or clear the view",
         )
     return frame_from_axis(cyl.center, cyl.axis), CylinderShape(radius_m=cyl.radius, length_m=cyl.length), cyl.inliers

@@ -115,7 +115,7 @@ def render_failure(diag: Diagnostics) -> Image:
         if ok.any():
             u, v = np.median(px[ok], axis=0).astype(int)
             cv2.putText(img, str(k + 1), (int(u), int(v)), cv2.FONT_HERSHEY_SIMPLEX, 0.8, colour, 2, cv2.LINE_AA)
-        lines.append(f"{k + 1}: {cand.reason}")
+    lines += _reason_lines([c.reason for c in diag.candidates])
     if diag.hint is not None:
         uv = project_points(np.asarray([diag.hint]), intr)[0]
         cv2.drawMarker(img, (int(uv[0]), int(uv[1])), (255, 255, 255), cv2.MARKER_TILTED_CROSS, 16, 2)
@@ -124,6 +124,18 @@ def render_failure(diag: Diagnostics) -> Image:
     panel = np.full((22 + 18 * len(wrapped), img.shape[1], 3), 24, dtype=np.uint8)
     _caption(panel, wrapped)
     return np.concatenate([img, panel], axis=0)
+
+
+def _reason_lines(reasons: list[str]) -> list[str]:
+    """``k: reason`` per candidate, consecutive candidates with the same reason merged (``4–20: …``)."""
+    out: list[str] = []
+    start = 0
+    for k in range(1, len(reasons) + 1):
+        if k == len(reasons) or reasons[k] != reasons[start]:
+            label = f"{start + 1}" if k - start == 1 else f"{start + 1}–{k}"
+            out.append(f"{label}: {reasons[start]}")
+            start = k
+    return out
 
 
 def _wrap(text: str, width: int) -> list[str]:

@@ -39,7 +39,7 @@ class Station:
     robot_at: tuple[float, float] = (0.95, 0.65)
     worker_at: tuple[float, float] = (0.0, 1.2)
     wall_y_m: float = 2.2
-    defect_scale: float = 1.0  # footprints and depths of the defects (0.4: 1.2 mm scratches, Ø 12–20 mm dents)
+    defect_scale: float = 1.0  # footprints and depths of the defects (0.6: 1.8 mm scratches, Ø 18–30 mm dents)
     part_tilt_deg: float = 0.0  # per-part tilt jitter (× pose_jitter), on top of ±1 cm and ±2° yaw
     legacy_frame: bool = False  # the original rail line's drum frame (local z = world up), kept bit for bit
     axis_w: tuple[float, float, float] = field(init=False)
@@ -85,7 +85,8 @@ STATIONS: dict[str, Station] = {
         Station(
             name="roller-standing",
             description="a drum standing on its back (open end up) on a roller conveyor with legs; fine perforation "
-            "(Ø 4 mm, 12 mm pitch), two beads, a flange with 8 bolts and a tab, three lifters; neighbouring drums on "
+            "(Ø 4 mm, 12 mm pitch), two beads, a flange with 8 bolts and a tab, three lifters; fine defects (1.8 mm "
+            "scratches, Ø 18–30 mm dents); neighbouring drums on "
             "the conveyor, a worker; warm, dimmer light; camera 1.2 m, 48° down, −35° azimuth",
             design=DrumDesign(
                 radius_m=0.24,
@@ -93,12 +94,12 @@ STATIONS: dict[str, Station] = {
                 hole_pitch_m=0.012,
                 hole_radius_m=0.002,
                 plain_end_m=0.035,
-                beads=(-0.07, 0.08),
+                beads=(-0.06, 0.03),
                 flange_m=0.012,
                 bolts=8,
                 tab_deg=110.0,
                 lifters=3,
-                bracket_at=(0.03, math.radians(40.0)),
+                bracket_at=(0.105, math.radians(40.0)),
             ),
             pose="standing",
             support="rollers",
@@ -109,6 +110,7 @@ STATIONS: dict[str, Station] = {
             light_tint=(1.06, 1.0, 0.88),
             clutter_kinds=("worker", "neighbours", "totes", "cables"),
             worker_at=(0.3, 1.3),
+            defect_scale=0.6,
             part_tilt_deg=1.0,
         ),
         Station(
@@ -120,12 +122,12 @@ STATIONS: dict[str, Station] = {
                 radius_m=0.28,
                 length_m=0.32,
                 hole_radius_m=0.0,
-                beads=(-0.05, 0.06),
+                beads=(-0.05, 0.135),
                 flange_m=0.014,
                 bolts=8,
                 tab_deg=70.0,
                 back_ribs=6,
-                bracket_at=(0.0, math.radians(40.0)),
+                bracket_at=(0.09, math.radians(40.0)),
             ),
             pose="lying",
             support="cradle",
@@ -142,17 +144,17 @@ STATIONS: dict[str, Station] = {
         Station(
             name="tilted-fixture",
             description="a slim perforated drum tilted 30° in a V-cradle with an end stop on a pedestal; lifters, a "
-            "ribbed back, one bead; fine defects (1.2 mm scratches, Ø 12–20 mm dents); a worker and a robot; "
+            "ribbed back, one bead; a worker and a robot; "
             "camera 1.4 m, 40° down, 60° azimuth",
             design=DrumDesign(
                 radius_m=0.22,
                 length_m=0.40,
                 hole_pitch_m=0.012,
                 hole_radius_m=0.002,
-                beads=(0.1,),
+                beads=(0.17,),
                 lifters=3,
                 back_ribs=5,
-                bracket_at=(0.02, math.radians(40.0)),
+                bracket_at=(0.12, math.radians(40.0)),
             ),
             pose="tilted",
             tilt_deg=30.0,
@@ -165,7 +167,6 @@ STATIONS: dict[str, Station] = {
             clutter_kinds=("worker", "robot", "totes", "cables", "hanging-cable"),
             robot_at=(1.0, 0.9),
             worker_at=(0.6, 1.4),
-            defect_scale=0.4,
             part_tilt_deg=1.0,
         ),
     )

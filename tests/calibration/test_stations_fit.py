@@ -116,7 +116,7 @@ def test_failed_cli_fit_writes_the_diagnostic_preview_and_exits_2(
     argv = ["--synthetic-seed", "1", "--station", "cradle-pallet", "--frames", "2", "--radius-range", "0.4,0.6"]
     assert main([*argv, "--out", str(out), "--preview", str(preview)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("edge-calibrate: ") and "0.40–0.60 m" in err
+    assert err.count("\n") == 1 and err.startswith("edge-calibrate: ") and "--hint-pixel" in err
     assert str(preview) in err and "—" in err
     assert not out.exists()
     img = cv2.imread(str(preview))
