@@ -146,6 +146,7 @@ class TruthComparison:
     radius_error_m: float
     center_error_m: float
     length_error_m: float = float("nan")  # signed: fitted − true shell length (cylinder ROI only)
+    true_roi_iou: float = float("nan")  # the same IoU for the TRUE shell cylinder grown by the same margin
 
 
 def average_depth(frames: Sequence[Frame]) -> F32:
@@ -823,13 +824,25 @@ def compare_with_truth(result: CalibrationResult, drum: DrumPose, drum_mask: Mas
     (axis and radius compare the ROI z axis and cylinder radius: meaningful for a cylinder ROI, NaN radius for a box).
 
     IoU = |R ∩ D| / |R ∪ D| where R = :func:`roi_mask` (valid pixels whose point is inside the margin-grown ROI)
-    and D = true drum pixels that have depth in the averaged frame (``scene.valid``).
+    and D = true drum pixels that have depth in the averaged frame (``scene.valid``). ``true_roi_iou`` is the IoU
+    a perfect fit would reach: the true shell cylinder grown by the same margin (supports touching the drum within
+    the margin and parts mounted beyond it bound it below 1).
     """
     roi = result.roi
-    ours = roi_mask(roi, result.scene)
     truth = drum_mask & result.scene.valid
-    union = int(np.count_nonzero(ours | truth))
-    iou = float(np.count_nonzero(ours & truth)) / union if union else 0.0
+
+    def iou_of(r: RoiFile) -> float:
+        ours = roi_mask(r, result.scene)
+        union = int(np.count_nonzero(ours | truth))
+        return float(np.count_nonzero(ours & truth)) / union if union else 0.0
+
+    ideal = roi.model_copy(
+        update={
+            "T_camera_roi": frame_from_axis(np.asarray(drum.center), np.asarray(drum.axis)).tolist(),
+            "shape": CylinderShape(radius_m=drum.radius_m, length_m=drum.length_m),
+        }
+    )
+    iou = iou_of(roi)
     axis = roi.pose[:3, 2]
     true_axis = np.asarray(drum.axis) / np.linalg.norm(drum.axis)
     angle = math.degrees(math.acos(min(1.0, abs(float(axis @ true_axis)))))
@@ -840,4 +853,5 @@ def compare_with_truth(result: CalibrationResult, drum: DrumPose, drum_mask: Mas
         radius_error_m=abs(radius - drum.radius_m),
         center_error_m=float(np.linalg.norm(roi.pose[:3, 3] - np.asarray(drum.center))),
         length_error_m=roi.shape.length_m - drum.length_m if isinstance(roi.shape, CylinderShape) else float("nan"),
+        true_roi_iou=iou_of(ideal),
     )
