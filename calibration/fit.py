@@ -628,7 +628,7 @@ def check_limits(kind: Literal["cylinder", "box"], dims: Sequence[float], settin
     """
     rlo, rhi = settings.radius_range_m
     llo, lhi = settings.length_range_m
-    remedy = "check the drum is in view and unobstructed, pass --hint x,y,z on the drum, or widen the limits"
+    remedy = "check the drum is in view and unobstructed, pass --hint-pixel u,v on the drum, or widen the limits"
     if kind == "cylinder":
         radius, length = dims
         if not rlo <= radius <= rhi:

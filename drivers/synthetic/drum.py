@@ -88,6 +88,11 @@ class DrumSpec:
         return out
 
 
+def as_base(rot: F64 | None) -> tuple[tuple[float, ...], ...] | None:
+    """A 3×3 rotation as the hashable nested tuple :class:`DrumSpec` keeps (None stays None)."""
+    return None if rot is None else tuple(tuple(float(v) for v in row) for row in rot)
+
+
 def facing_base(axis_w: F64, toward_camera_w: F64, theta_cam: float = math.radians(56.7)) -> F64:
     """Drum-local → world rotation with local x along ``axis_w`` and the shell normal at θ = ``theta_cam``
     pointing as close to the camera as possible, so defects and the bracket (θ 20–95°) face the camera."""

@@ -23,7 +23,7 @@ from drivers.errors import EndOfStreamError, FrameTimeoutError, SourceError
 from drivers.synthetic import clutter as scenery
 from drivers.synthetic.camera import Lighting, Rig, intrinsics_for, lighting, rig_for
 from drivers.synthetic.defects import sample_defect
-from drivers.synthetic.drum import DrumSpec, defect_corners, render_drum_layer
+from drivers.synthetic.drum import DrumSpec, as_base, defect_corners, render_drum_layer
 from drivers.synthetic.gbuffer import F32, GBuffer, value_noise
 from drivers.synthetic.primitives import Box
 from drivers.synthetic.render import background, layer_difference, sensor, shade
@@ -156,8 +156,7 @@ def plan(config: SyntheticSourceConfig, index: int, defect: DefectType | Literal
         hit = d.random() < config.defect_rate
         defect = DEFECT_TYPES[int(d.integers(len(DEFECT_TYPES)))] if hit else None
     spec = None if defect is None else sample_defect(config.seed, part, defect, st.design.length_m, st.defect_scale)
-    frame = None if base is None else tuple(tuple(float(v) for v in row) for row in base)
-    return PartPlan(part, DrumSpec(center, yaw, spec, st.design, frame))
+    return PartPlan(part, DrumSpec(center, yaw, spec, st.design, as_base(base)))
 
 
 def drum_pose(drum: DrumSpec, rig: Rig) -> DrumPose:
@@ -191,11 +190,8 @@ def _background(
         prims += [p for p in loose if ("totes" in kinds if isinstance(p, Box) else "cables" in kinds)]
     if "worker" in kinds:
         prims += scenery.worker(t, c, np.array(st.worker_at))
-    if "neighbours" in kinds:
-        base = st.base()
-        frame = None if base is None else tuple(tuple(float(v) for v in row) for row in base)
-        nominal = drum if drum is not None else DrumSpec(st.center_w, 0.0, None, st.design, frame)
-        prims += scenery.neighbours(nominal, t, c, 2 * st.design.outer_radius_m + 0.15)
+    if "neighbours" in kinds:  # placed from the nominal pose: the station's part jitter does not move them
+        prims += scenery.neighbours(st.nominal_drum(), t, c, st.slot_m)
     if layer is not None and not st.legacy_frame:  # the original line's clutter never came near the drum
         prims = scenery.clear_of(layer, prims, tex)
     if drum is not None:  # what the part rests on touches it, and may hide a little of its underside

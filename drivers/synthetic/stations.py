@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 
 from drivers.synthetic.camera import CameraPose
-from drivers.synthetic.drum import DrumDesign, facing_base
+from drivers.synthetic.drum import DrumDesign, DrumSpec, as_base, facing_base
 from drivers.synthetic.gbuffer import F64
 from drivers.synthetic.supports import SupportKind, nominal_center
 
@@ -57,6 +57,15 @@ class Station:
     @property
     def camera(self) -> CameraPose:
         return CameraPose(self.camera_distance_m, self.camera_elevation_deg, self.camera_azimuth_deg, self.center_w)
+
+    @property
+    def slot_m(self) -> float:
+        """Distance between neighbouring drums along the line (centre to centre)."""
+        return 2 * self.design.outer_radius_m + 0.15
+
+    def nominal_drum(self) -> DrumSpec:
+        """A good drum at the station's nominal pose (no jitter): where neighbours and empty frames take it from."""
+        return DrumSpec(self.center_w, 0.0, None, self.design, as_base(self.base()))
 
     def base(self) -> F64 | None:
         """Drum-local → world orientation before the per-part yaw (None: the legacy frame, yaw only)."""

@@ -81,8 +81,8 @@ def test_hint_pixel_selects_the_drum_among_two() -> None:
     rig = rig_for(W, H, st.camera)
     drum = plan(cfg, N - 1).drum
     assert drum is not None
-    spacing = 2 * st.design.outer_radius_m + 0.15
-    others = neighbours(drum, (N - 1) / cfg.fps, 1.0, spacing)
+    spacing = st.slot_m
+    others = neighbours(st.nominal_drum(), (N - 1) / cfg.fps, 1.0, spacing)
     centres = [(np.asarray(d.center_w) - rig.pos) @ rig.r_wc for d in [drum, *others]]
     in_view = [c for c in centres if _inside(_pixel_of(c, fs[-1]))]
     assert len(in_view) >= 2, "the test needs two drums in view"
