@@ -43,6 +43,8 @@ class DrumDesign:
     lifters: int = 0  # ribs along the inner wall
     back_ribs: int = 0  # radial ribs on the inside of the back wall (with a hub)
     bracket_at: tuple[float, float] = (0.10, math.radians(40.0))  # (axial position, θ) of the mounted bracket
+    wall_m: float = 0.0  # sheet thickness: the inner wall's radius is radius − wall (0: an ideal thin shell)
+    ovality_m: float = 0.0  # out-of-roundness: the shell's radius varies by ± this (2 lobes, phase per part)
 
     @property
     def outer_radius_m(self) -> float:
@@ -59,6 +61,7 @@ class DrumSpec:
     defect: DefectSpec | None = None
     design: DrumDesign = DrumDesign()
     base: tuple[tuple[float, ...], ...] | None = None  # station orientation (3×3) before the yaw (None: legacy)
+    ovality_phase: float = 0.0  # where this part's shell is widest (θ, rad)
 
     @property
     def rot(self) -> F64:
@@ -206,6 +209,17 @@ def _bead_offset(dz: DrumDesign, s: F32) -> tuple[F32, F32, F32]:
     return delta, np.zeros_like(s), grad
 
 
+def _ovality_offset(drum: DrumSpec, theta: F32) -> tuple[F32, F32, F32] | None:
+    """Out-of-roundness as an inward displacement δ = −e·cos 2(θ − φ) of the outer shell, and its gradient."""
+    e = drum.design.ovality_m
+    if e <= 0:
+        return None
+    arg = 2 * (theta - np.float32(drum.ovality_phase))
+    delta = (-e * np.cos(arg)).astype(np.float32)
+    grad_u = (2 * e / drum.design.radius_m * np.sin(arg)).astype(np.float32)
+    return delta, grad_u, np.zeros_like(delta)
+
+
 def _drum_hits(
     dz: DrumDesign, o: tuple[float, float, float], d: list[F32]
 ) -> tuple[F32, npt.NDArray[np.intp], F32, F32]:
@@ -223,7 +237,13 @@ def _drum_hits(
     outer = (disc > 0) & (np.abs(x1) <= half_l)
     if dz.hole_radius_m > 0:
         outer &= ~_perforated(dz, radius * theta, x1)
+    if dz.wall_m > 0:  # the inner wall lies one sheet thickness inside the outer surface
+        disc_in = b * b - 4 * a * (o[1] ** 2 + o[2] ** 2 - (radius - dz.wall_m) ** 2)
+        t2 = (-b + np.sqrt(np.maximum(disc_in, 0))) * inv2a
+        x2 = o[0] + t2 * d[0]
     inner = (disc > 0) & (np.abs(x2) <= half_l)
+    if dz.wall_m > 0:
+        inner &= disc_in > 0
     inv_dx = _safe_inv(d[0])
     tb, tr = (half_l - o[0]) * inv_dx, (-half_l - o[0]) * inv_dx
     rho_b = (o[1] + tb * d[1]) ** 2 + (o[2] + tb * d[2]) ** 2
@@ -264,9 +284,9 @@ def cast_drum_body(gb: GBuffer, drum: DrumSpec, tex: F32, with_defect: bool, lay
     t, kind, theta, s = _drum_hits(dz, o, d)
     dfx = drum.defect if with_defect else None
     offset = surface_offset(dfx, dz.radius_m, dz.radius_m * theta, s)
-    if dz.beads:
-        bead = _bead_offset(dz, s)
-        offset = bead if offset is None else (offset[0] + bead[0], offset[1], offset[2] + bead[2])
+    for extra in (_bead_offset(dz, s) if dz.beads else None, _ovality_offset(drum, theta)):
+        if extra is not None:
+            offset = extra if offset is None else (offset[0] + extra[0], offset[1] + extra[1], offset[2] + extra[2])
     if offset is not None:  # first-order height field: the ray meets the displaced surface δ/|n·d| later
         ndot = np.minimum(-np.sin(theta) * d[1] + np.cos(theta) * d[2], -0.05)
         t = np.where(kind == 0, t - offset[0] / ndot, t)

@@ -156,7 +156,8 @@ def plan(config: SyntheticSourceConfig, index: int, defect: DefectType | Literal
         hit = d.random() < config.defect_rate
         defect = DEFECT_TYPES[int(d.integers(len(DEFECT_TYPES)))] if hit else None
     spec = None if defect is None else sample_defect(config.seed, part, defect, st.design.length_m, st.defect_scale)
-    return PartPlan(part, DrumSpec(center, yaw, spec, st.design, as_base(base)))
+    phase = float(np.random.default_rng([config.seed, part, 26]).uniform(0, math.pi)) if st.design.ovality_m else 0.0
+    return PartPlan(part, DrumSpec(center, yaw, spec, st.design, as_base(base), phase))
 
 
 def drum_pose(drum: DrumSpec, rig: Rig) -> DrumPose:
