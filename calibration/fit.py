@@ -1,4 +1,5 @@
-"""Fit the drum's 3D ROI from a few RGB-D frames: average depth, drop planes, cluster, fit a cylinder or box.
+"""Fit the drum's 3D ROI from a few RGB-D frames: average depth, drop planes, cluster, then fit a cylinder (RANSAC
+on point normals with the radius range as a prior, robust refinement, length from the shell) or a box.
 
 The library takes plain :class:`Frame` objects so it works with any source (camera, recording, synthetic).
 Geometry is in metres in the colour camera frame; open3d is imported lazily (it is the ``calibrate`` extra).
@@ -310,26 +311,6 @@ def cylinder_distance(points: F64, center: F64, axis: F64, radius: float) -> F64
     radial = rel - np.outer(rel @ axis, axis)
     distance: F64 = np.linalg.norm(radial, axis=1) - radius
     return distance
-
-
-def normal_axis(points: F64, voxel_m: float) -> F64:
-    """Cylinder axis estimate: surface normals are orthogonal to it, so it is their scatter's weakest direction."""
-    o3d = _o3d()
-    pcd = _o3d_cloud(points)
-    pcd.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=4 * voxel_m, max_nn=30))
-    n = np.asarray(pcd.normals)
-    _, vecs = np.linalg.eigh(n.T @ n)
-    return vecs[:, 0]
-
-
-def circle_fit(points: F64, axis: F64) -> tuple[F64, float]:
-    """Algebraic (Kåsa) circle through the points projected on the plane orthogonal to ``axis``."""
-    u, v = _basis(axis)
-    mean = points.mean(axis=0)
-    x, y = (points - mean) @ u, (points - mean) @ v
-    A = np.stack([2 * x, 2 * y, np.ones_like(x)], axis=1)
-    (a, b, c), *_ = np.linalg.lstsq(A, x * x + y * y, rcond=None)
-    return mean + a * u + b * v, float(math.sqrt(max(c + a * a + b * b, 1e-12)))
 
 
 def _perturbed_distance(points: F64, center: F64, axis: F64, radius: float, p: F64) -> F64:
