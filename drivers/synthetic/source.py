@@ -193,7 +193,7 @@ def _background(
         prims += scenery.worker(t, c, np.array(st.worker_at))
     if "neighbours" in kinds:  # placed from the nominal pose: the station's part jitter does not move them
         prims += scenery.neighbours(st.nominal_drum(), t, c, st.slot_m)
-    if layer is not None and not st.legacy_frame:  # the original line's clutter never came near the drum
+    if layer is not None and st != STATIONS[DEFAULT_STATION]:  # the original line's clutter never nears its drum
         prims = scenery.clear_of(layer, prims, tex)
     if drum is not None:  # what the part rests on touches it, and may hide a little of its underside
         prims += carrier(st.support, drum)
