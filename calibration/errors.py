@@ -6,7 +6,13 @@ from edge.core.errors import EdgeError
 
 
 class CalibrationError(EdgeError):
-    """The calibration frames do not yield a trustworthy ROI."""
+    """The calibration frames do not yield a trustworthy ROI.
+
+    ``diagnostics`` carries what the fit saw when it gave up (``calibration.fit.Diagnostics``: the averaged scene
+    and every candidate cluster with the reason it was rejected), so a preview can still show why.
+    """
+
+    diagnostics: object | None = None
 
 
 class TooFewPointsError(CalibrationError):

@@ -1,4 +1,5 @@
-"""Fit the drum's 3D ROI from a few RGB-D frames: average depth, drop planes, cluster, fit a cylinder or box.
+"""Fit the drum's 3D ROI from a few RGB-D frames: average depth, drop planes, cluster, then fit a cylinder (RANSAC
+on point normals with the radius range as a prior, robust refinement, length from the shell) or a box.
 
 The library takes plain :class:`Frame` objects so it works with any source (camera, recording, synthetic).
 Geometry is in metres in the colour camera frame; open3d is imported lazily (it is the ``calibrate`` extra).
@@ -6,6 +7,7 @@ Geometry is in metres in the colour camera frame; open3d is imported lazily (it 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +28,9 @@ F64 = npt.NDArray[np.float64]
 F32 = npt.NDArray[np.float32]
 Mask = npt.NDArray[np.bool_]
 
+UNLIMITED_RADIUS_M = (0.01, 10.0)
+MIN_RANSAC_SCORE = 50  # voxels on a hypothesis' surface with radial normals before it counts as a cylinder
+COVER_SHARE = 0.3  # an axial slice belongs to the drum when its points cover this share of the median slice
 SETTABLE_KEYS = ("center", "axis", "radius", "length", "extents", "margin")
 
 
@@ -36,6 +41,9 @@ class FitSettings(EdgeModel):
     shape: Literal["cylinder", "box"] = Field("cylinder", description="ROI shape to fit around the drum cluster")
     hint: tuple[float, float, float] | None = Field(
         None, description="a point on or near the drum (m, colour camera frame); selects the nearest cluster"
+    )
+    hint_pixel: tuple[int, int] | None = Field(
+        None, description="a colour-image pixel (u, v) on the drum; its depth gives the hint (overrides hint)"
     )
     hint_radius_m: float = Field(0.25, gt=0, description="the chosen cluster must come this close to the hint")
     # 30 mm: the fit finds the shell, and mounted components (the drum's bracket stands 24 mm proud) must stay inside
@@ -64,12 +72,19 @@ class FitSettings(EdgeModel):
         "image half-diagonal from the image centre",
     )
     min_support: float = Field(
-        0.6, gt=0, le=1, description="share of a cluster's points that must lie on its fitted cylinder to be the drum"
+        0.6,
+        gt=0,
+        le=1,
+        description="share of the points within 40 mm of the fitted cylinder (along its length, not facing along "
+        "its axis) that must lie on it with a radial normal for the cluster to be the drum",
     )
     max_candidates: int = Field(3, ge=1, description="central clusters tried, largest first, until one fits")
     radius_range_m: tuple[float, float] = Field((0.10, 0.60), description="sane cylinder radius bounds")
     length_range_m: tuple[float, float] = Field((0.05, 1.50), description="sane cylinder length / box edge bounds")
-    seed: int = Field(0, description="seed of open3d's RANSAC so a calibration is reproducible")
+    ransac_iterations: int = Field(
+        600, ge=10, description="cylinder hypotheses (from pairs of point normals) tried per candidate cluster"
+    )
+    seed: int = Field(0, description="seed of open3d's and the cylinder RANSAC so a calibration is reproducible")
     tool_version: str = Field("", description="recorded in the ROI file")
 
     @field_validator("radius_range_m", "length_range_m")
@@ -107,6 +122,23 @@ class CalibrationResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Candidate:
+    """A point cluster the fit considered, and why it was not taken as the drum."""
+
+    points: F64  # full-resolution points of the cluster (camera frame)
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostics:
+    """What a failed calibration saw: attached to the CalibrationError it raised, drawn by the failure preview."""
+
+    scene: Scene
+    candidates: list[Candidate]
+    hint: tuple[float, float, float] | None
+
+
+@dataclass(frozen=True, slots=True)
 class TruthComparison:
     """Errors of a calibration against a known drum (synthetic frames)."""
 
@@ -114,6 +146,8 @@ class TruthComparison:
     axis_error_deg: float
     radius_error_m: float
     center_error_m: float
+    length_error_m: float = float("nan")  # signed: fitted − true shell length (cylinder ROI only)
+    true_roi_iou: float = float("nan")  # the same IoU for the TRUE shell cylinder grown by the same margin
 
 
 def average_depth(frames: Sequence[Frame]) -> F32:
@@ -244,7 +278,7 @@ def candidate_clusters(
         raise NoClusterError(
             f"no plausible drum cluster near the image centre ({len(big)} clusters of ≥ "
             f"{settings.min_cluster_voxels} voxels after removing planes)",
-            "centre the drum in view or pass --hint x,y,z (a point on the drum, metres, colour camera frame)",
+            "centre the drum in view or pass --hint-pixel u,v (a pixel on the drum in the colour image)",
         )
     return sorted(central, key=lambda i: -int(n_points[i]))
 
@@ -277,26 +311,6 @@ def cylinder_distance(points: F64, center: F64, axis: F64, radius: float) -> F64
     radial = rel - np.outer(rel @ axis, axis)
     distance: F64 = np.linalg.norm(radial, axis=1) - radius
     return distance
-
-
-def normal_axis(points: F64, voxel_m: float) -> F64:
-    """Cylinder axis estimate: surface normals are orthogonal to it, so it is their scatter's weakest direction."""
-    o3d = _o3d()
-    pcd = _o3d_cloud(points)
-    pcd.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=4 * voxel_m, max_nn=30))
-    n = np.asarray(pcd.normals)
-    _, vecs = np.linalg.eigh(n.T @ n)
-    return vecs[:, 0]
-
-
-def circle_fit(points: F64, axis: F64) -> tuple[F64, float]:
-    """Algebraic (Kåsa) circle through the points projected on the plane orthogonal to ``axis``."""
-    u, v = _basis(axis)
-    mean = points.mean(axis=0)
-    x, y = (points - mean) @ u, (points - mean) @ v
-    A = np.stack([2 * x, 2 * y, np.ones_like(x)], axis=1)
-    (a, b, c), *_ = np.linalg.lstsq(A, x * x + y * y, rcond=None)
-    return mean + a * u + b * v, float(math.sqrt(max(c + a * a + b * b, 1e-12)))
 
 
 def _perturbed_distance(points: F64, center: F64, axis: F64, radius: float, p: F64) -> F64:
@@ -338,35 +352,179 @@ class CylinderFit:
     support: float  # share of the seed cluster's points on the fitted surface
 
 
-def fit_cylinder(seed_points: F64, candidates: F64, voxel_m: float) -> CylinderFit:
-    """Fit on the drum cluster, then re-gather nearby non-plane points in shrinking bands and refit.
+def voxel_normals(voxels: F64, voxel_m: float) -> F64:
+    """Unit surface normals of a voxel cloud (PCA over a 4-voxel neighbourhood; sign arbitrary)."""
+    o3d = _o3d()
+    pcd = _o3d_cloud(voxels)
+    pcd.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=4 * voxel_m, max_nn=30))
+    normals: F64 = np.asarray(pcd.normals)
+    return normals
 
-    Re-gathering recovers drum points the clustering lost (edges, perforation rims) and drops attached
-    clutter; the final inliers (within 3σ, at least 4 mm) give the length as their robust axial extent.
+
+def ransac_cylinder(voxels: F64, normals: F64, settings: FitSettings) -> tuple[F64, F64, float, int]:
+    """Cylinder hypotheses from pairs of points with normals, scored by points on the surface whose normal is radial.
+
+    On a cylinder every normal line meets the axis: the axis is along n₁ × n₂, a point on it is where the two
+    normal lines pass closest, the radius the distance to it (both must agree, and lie in ``radius_range_m``).
+    A hypothesis scores the voxels within 6 mm of its surface whose normal is within 30° of radial, so a support,
+    a neighbour, clutter or the back wall fused with the drum into one cluster do not pull it, and the drum's
+    outer shell and inner wall (seen through the open end or perforations) count alike.
     """
-    seeds, _ = voxel_reduce(seed_points, voxel_m)
-    axis = normal_axis(seeds, voxel_m)
-    center, radius = circle_fit(seeds, axis)
-    center, axis, radius = refine_cylinder(seed_points[:: max(1, len(seed_points) // 20000)], center, axis, radius)
-    t_seed = (seed_points - center) @ axis
-    t_lo, t_hi = float(np.min(t_seed)) - 0.02, float(np.max(t_seed)) + 0.02
-    for band in (0.03, 0.015, 0.008):
+    rng = np.random.default_rng(settings.seed)
+    rlo, rhi = settings.radius_range_m
+    n = len(voxels)
+    score_idx = rng.choice(n, size=min(n, 6000), replace=False)
+    sp, sn = voxels[score_idx], normals[score_idx]
+    k = settings.ransac_iterations
+    i, j = rng.integers(0, n, k), rng.integers(0, n, k)
+    p1, p2, n1, n2 = voxels[i], voxels[j], normals[i], normals[j]
+    axis = np.cross(n1, n2)
+    norm = np.linalg.norm(axis, axis=1)
+    b = np.einsum("ij,ij->i", n1, n2)
+    w0 = p1 - p2
+    d, e = np.einsum("ij,ij->i", n1, w0), np.einsum("ij,ij->i", n2, w0)
+    denom = np.maximum(1 - b * b, 1e-9)
+    s, t = (b * e - d) / denom, (e - b * d) / denom
+    r1, r2 = np.abs(s), np.abs(t)
+    ok = (norm > 0.3) & (np.abs(r1 - r2) < 0.02) & (r1 >= rlo) & (r1 <= rhi) & (np.linalg.norm(w0, axis=1) < 2 * rhi)
+    best = (np.zeros(3), np.array([0.0, 0.0, 1.0]), 0.0, -1)
+    hint = None if settings.hint is None else np.asarray(settings.hint)
+    for h in np.flatnonzero(ok):
+        a = axis[h] / norm[h]
+        c = (p1[h] + s[h] * n1[h] + p2[h] + t[h] * n2[h]) / 2
+        r = float(r1[h] + r2[h]) / 2
+        if hint is not None and float(np.linalg.norm((hint - c) - ((hint - c) @ a) * a)) > r + 0.03:
+            continue  # a hint on a drum lies on or inside that drum's cylinder, never outside it
+        rel = sp - c
+        radial = rel - np.outer(rel @ a, a)
+        rho = np.linalg.norm(radial, axis=1)
+        cos = np.abs(np.einsum("ij,ij->i", sn, radial)) / np.maximum(rho, 1e-9)
+        score = int(np.count_nonzero((np.abs(rho - r) < 0.006) & (cos > 0.866)))
+        if score > best[3]:
+            best = (c, a, r, score)
+    if best[3] < MIN_RANSAC_SCORE:
+        best_free = ""
+        if settings.radius_range_m != UNLIMITED_RADIUS_M:  # say what radius the cluster does have
+            wide = settings.model_copy(update={"radius_range_m": UNLIMITED_RADIUS_M, "hint": None})
+            with contextlib.suppress(FitOutOfLimitsError):
+                free = ransac_cylinder(voxels, normals, wide)[2]
+                best_free = f" (without the limit the best cylinder has radius {free:.3f} m)"
+        raise FitOutOfLimitsError(
+            f"no cylinder with a radius in {rlo:.2f}–{rhi:.2f} m fits the cluster{best_free}",
+            "pass --hint-pixel u,v on the drum's curved surface, check --radius-range, or use --shape box",
+        )
+    return best
+
+
+def axial_extent(
+    points: F64, center: F64, axis: F64, bin_m: float = 0.005, max_gap_m: float = 0.03
+) -> tuple[float, float]:
+    """The drum's extent along its axis from its surface points: the longest run of axial slices where the points
+    cover a good part of the circumference (≥ 30 % of the median covered slice), bridging gaps up to
+    ``max_gap_m``. Stray
+    surface points (a roller or cradle face crossing the cylinder beyond the drum's end) cover a narrow angle only.
+    """
+    u, v = _basis(axis)
+    rel = points - center
+    t = rel @ axis
+    ang = np.floor((np.arctan2(rel @ v, rel @ u) + np.pi) / (2 * np.pi) * 72).astype(np.int64) % 72
+    lo = float(np.min(t))
+    slot = np.floor((t - lo) / bin_m).astype(np.int64)
+    cover = np.zeros(int(slot.max()) + 1, dtype=np.int64)
+    np.add.at(cover, np.unique(slot * 72 + ang) // 72, 1)
+    good = cover >= max(2, COVER_SHARE * float(np.median(cover[cover > 0])))
+    idx = np.flatnonzero(good)
+    # bridge gaps up to 30 mm: a flange or rim hides the shell just below an open end, whose flat face is still seen
+    breaks = np.flatnonzero(np.diff(idx) > max_gap_m / bin_m) if len(idx) else np.zeros(0, np.int64)
+    starts, ends = np.r_[idx[:1], idx[breaks + 1]], np.r_[idx[breaks], idx[-1:]]
+    k = int(np.argmax(ends - starts))
+    best = (int(starts[k]), int(ends[k]) + 1)
+    t_lo, t_hi = lo + best[0] * bin_m, lo + best[1] * bin_m
+    inside = t[(t >= t_lo) & (t <= t_hi)]
+    return float(np.min(inside)), float(np.max(inside))
+
+
+def _end_face(t: F64, rel: F64, axis: F64, end: float, *, side: float, reach_m: float = 0.035) -> float:
+    """Move a shell end out to the drum's end face when one is seen: a ring of points facing along the axis just
+    beyond the end (an open end's rim, the shell hidden under a flange) that covers ≥ 90° of the circumference in
+    one 6 mm slice (the median depth's noise). A support's faces beyond the end (roller tops, an end stop) cover a
+    narrow angle or lie outside the ring."""
+    beyond = side * (t - end)
+    sel = (beyond > -0.005) & (beyond < reach_m)
+    if np.count_nonzero(sel) < 20:
+        return end
+    u, v = _basis(axis)
+    ang = np.floor((np.arctan2(rel[sel] @ v, rel[sel] @ u) + np.pi) / (2 * np.pi) * 72).astype(np.int64) % 72
+    slot = np.floor(t[sel] / 0.006).astype(np.int64)
+    best_slot, best_cover = 0, 0
+    for k in np.unique(slot):
+        cover = len(np.unique(ang[slot == k]))
+        if cover > best_cover:
+            best_slot, best_cover = int(k), cover
+    if best_cover < 18:
+        return end
+    plane = float(np.median(t[sel][slot == best_slot]))
+    return min(end, plane) if side < 0 else max(end, plane)
+
+
+def fit_cylinder(cluster: F64, candidates: F64, settings: FitSettings) -> CylinderFit:
+    """Robust cylinder on one candidate cluster: RANSAC on point normals with the radius range as a prior, robust
+    refinement, then re-gathering surface points from every in-range point (plane removal may have taken some of
+    the drum, e.g. the flat ring of an open end) in shrinking bands, and the length from the axial coverage."""
+    voxel_m = settings.voxel_m
+    seeds, _ = voxel_reduce(cluster, voxel_m)
+    center, axis, radius, _score = ransac_cylinder(seeds, voxel_normals(seeds, voxel_m), settings)
+    near = np.abs(cylinder_distance(seeds, center, axis, radius)) < 0.01
+    center, axis, radius = refine_cylinder(seeds[near], center, axis, radius)
+    t_seed = (seeds[near] - center) @ axis
+    t_lo, t_hi = float(np.min(t_seed)) - 0.05, float(np.max(t_seed)) + 0.05
+    for band in (0.02, 0.01, 0.006):
         t = (candidates - center) @ axis
-        near = (np.abs(cylinder_distance(candidates, center, axis, radius)) < band) & (t > t_lo) & (t < t_hi)
-        if np.count_nonzero(near) < 50:
+        sel = np.flatnonzero(
+            (np.abs(cylinder_distance(candidates, center, axis, radius)) < band) & (t > t_lo) & (t < t_hi)
+        )
+        if len(sel) < 50:
             raise NoClusterError(
                 "the chosen cluster is not a cylinder (too few points near the fitted surface)",
-                "pass --hint x,y,z on the drum's curved surface, or use --shape box",
+                "pass --hint-pixel u,v on the drum's curved surface, or use --shape box",
             )
-        sel = np.flatnonzero(near)
         sel = sel[:: max(1, len(sel) // 20000)]  # an even subsample bounds the cost; 20k points fix 5 parameters
         center, axis, radius = refine_cylinder(candidates[sel], center, axis, radius, iters=10)
     res = cylinder_distance(candidates, center, axis, radius)
     t = (candidates - center) @ axis
-    sigma = 1.4826 * float(np.median(np.abs(res[near])))
-    inl = (np.abs(res) < max(3 * sigma, 0.004)) & (t > t_lo) & (t < t_hi)
-    lo, hi = np.percentile(t[inl], [0.5, 99.5])
-    support = float(np.mean(np.abs(cylinder_distance(seed_points, center, axis, radius)) < max(3 * sigma, 0.004)))
+    window = (t > t_lo) & (t < t_hi)
+    sigma = 1.4826 * float(np.median(np.abs(res[window & (np.abs(res) < 0.006)])))
+    band = max(3 * sigma, 0.004)
+    # normals of everything within 40 mm of the surface: a roller, cradle or end stop crossing the cylinder there
+    # has its own (non-radial) normal; the shell's are radial, the end faces' axial
+    shell_zone = np.flatnonzero(window & (np.abs(res) < 0.04))
+    zone_vox, zone_of = voxel_reduce(candidates[shell_zone], voxel_m)
+    normals = voxel_normals(zone_vox, voxel_m)[zone_of]
+    rel = candidates[shell_zone] - center
+    radial = rel - np.outer(rel @ axis, axis)
+    rho = np.linalg.norm(radial, axis=1)
+    cos_radial = np.abs(np.einsum("ij,ij->i", normals, radial)) / np.maximum(rho, 1e-9)
+    cos_axial = np.abs(normals @ axis)
+    on_shell = (np.abs(res[shell_zone]) < band) & (cos_radial > 0.8)
+    if np.count_nonzero(on_shell) < MIN_RANSAC_SCORE:
+        raise NoClusterError(
+            f"the chosen cluster is not a cylinder (only {np.count_nonzero(on_shell)} points on the fitted surface "
+            "face away from its axis)",
+            "pass --hint-pixel u,v on the drum's curved surface, or use --shape box",
+        )
+    lo, hi = axial_extent(candidates[shell_zone[on_shell]], center, axis)
+    tz = t[shell_zone]
+    face = (cos_axial > 0.9) & (rho > radius - 0.06) & (rho < radius + 0.02)
+    lo = _end_face(tz[face], rel[face], axis, lo, side=-1.0)
+    hi = _end_face(tz[face], rel[face], axis, hi, side=1.0)
+    inl = np.zeros(len(candidates), dtype=bool)
+    inl[shell_zone[on_shell]] = True
+    inl &= (t >= lo) & (t <= hi)
+    # support: of the points within 40 mm of the surface along the fitted length that do not face along the axis
+    # (end faces, the back wall), the share on the surface with a radial normal. A drum scores high even with its
+    # lifters, beads and a support touching it; a box, a wall corner or a heap of clutter scores low.
+    zone = (tz >= lo) & (tz <= hi) & (cos_axial < 0.9)
+    support = float(np.mean(on_shell[zone])) if np.any(zone) else 0.0
     return CylinderFit(center + axis * (lo + hi) / 2, axis, radius, float(hi - lo), candidates[inl], support)
 
 
@@ -451,7 +609,7 @@ def check_limits(kind: Literal["cylinder", "box"], dims: Sequence[float], settin
     """
     rlo, rhi = settings.radius_range_m
     llo, lhi = settings.length_range_m
-    remedy = "check the drum is in view and unobstructed, pass --hint x,y,z on the drum, or widen the limits"
+    remedy = "check the drum is in view and unobstructed, pass --hint-pixel u,v on the drum, or widen the limits"
     if kind == "cylinder":
         radius, length = dims
         if not rlo <= radius <= rhi:
@@ -482,26 +640,59 @@ def _in_range_points(scene: Scene, settings: FitSettings) -> F64:
     return pts
 
 
-def fit_shape(cluster: F64, objects: F64, settings: FitSettings) -> tuple[F64, CylinderShape | BoxShape, F64]:
+def fit_shape(cluster: F64, scene_points: F64, settings: FitSettings) -> tuple[F64, CylinderShape | BoxShape, F64]:
     """Pose, shape and supporting points for one candidate cluster; refuses clusters that are not drum-like."""
     if settings.shape == "box":
         T, extents = fit_box(cluster, settings.voxel_m)
         check_limits("box", extents, settings)
         return T, BoxShape(extents_m=extents), cluster
-    cyl = fit_cylinder(cluster, objects, settings.voxel_m)
+    cyl = fit_cylinder(cluster, scene_points, settings)
     check_limits("cylinder", (cyl.radius, cyl.length), settings)
     if cyl.support < settings.min_support:
         raise NoClusterError(
-            f"the central cluster is not drum-like: only {cyl.support:.0%} of its points lie on the fitted "
-            f"cylinder (radius {cyl.radius:.3f} m, length {cyl.length:.3f} m)",
-            "pass --hint x,y,z (a point on the drum, metres, colour camera frame) or clear the view",
+            f"the central cluster is not drum-like: only {cyl.support:.0%} of its points near the fitted cylinder "
+            f"(radius {cyl.radius:.3f} m, length {cyl.length:.3f} m) lie on it with a radial normal",
+            "pass --hint-pixel u,v (a pixel on the drum) or --hint x,y,z, or clear the view",
         )
     return frame_from_axis(cyl.center, cyl.axis), CylinderShape(radius_m=cyl.radius, length_m=cyl.length), cyl.inliers
 
 
+def hint_from_pixel(scene: Scene, pixel: tuple[int, int], window: int = 4) -> tuple[float, float, float]:
+    """The 3D point under a colour-image pixel: the median of the valid points in a small window around it."""
+    u, v = pixel
+    intr = scene.spec.color_intrinsics
+    if not (0 <= u < intr.width and 0 <= v < intr.height):
+        raise CalibrationError(
+            f"--hint-pixel {u},{v} lies outside the {intr.width}×{intr.height} image",
+            "give the column,row of a pixel on the drum in the colour image (0-based, from the top left)",
+        )
+    sl = np.s_[max(v - window, 0) : v + window + 1, max(u - window, 0) : u + window + 1]
+    pts = scene.xyz[sl][scene.valid[sl]]
+    if len(pts) == 0:
+        raise NoClusterError(
+            f"no depth within {window} px of --hint-pixel {u},{v}",
+            "pick a pixel on the drum's shell that has depth (not a hole, a specular spot or the open end)",
+        )
+    p = np.median(pts, axis=0)
+    return float(p[0]), float(p[1]), float(p[2])
+
+
 def roi_from_frames(frames: Sequence[Frame], settings: FitSettings) -> CalibrationResult:
-    """Fit the drum ROI on a few frames of one part; raises a CalibrationError saying what to try on failure."""
+    """Fit the drum ROI on a few frames of one part; raises a CalibrationError saying what to try on failure
+    (with :class:`Diagnostics` attached once the scene is built, so a preview can show every candidate)."""
     scene = build_scene(frames, settings)
+    candidates: list[Candidate] = []
+    try:
+        if settings.hint_pixel is not None:
+            settings = settings.model_copy(update={"hint": hint_from_pixel(scene, settings.hint_pixel)})
+        return _fit_scene(scene, settings, candidates)
+    except CalibrationError as e:
+        e.diagnostics = Diagnostics(scene, candidates, settings.hint)
+        raise
+
+
+def _fit_scene(scene: Scene, settings: FitSettings, candidates: list[Candidate]) -> CalibrationResult:
+    """Planes out, clusters, candidates tried in order; ``candidates`` collects every rejected one and why."""
     pts = _in_range_points(scene, settings)
     voxels, _ = voxel_reduce(pts, settings.voxel_m)
     keep = remove_planes(pts, voxels, settings)
@@ -509,21 +700,31 @@ def roi_from_frames(frames: Sequence[Frame], settings: FitSettings) -> Calibrati
     if len(objects) < settings.min_cluster_voxels:
         raise NoClusterError(
             f"only {len(objects)} points are left after removing floor and wall planes",
-            "point the camera at the drum from 0.4–2 m, or pass --hint x,y,z (a point on the drum)",
+            "point the camera at the drum from 0.4–2 m, or pass --hint-pixel u,v (a pixel on the drum)",
         )
     obj_voxels, obj_voxel_of = voxel_reduce(objects, settings.voxel_m)
     labels = cluster_voxels(obj_voxels, settings)
     point_labels = labels[obj_voxel_of]
     n_points = np.bincount(point_labels[point_labels >= 0], minlength=max(int(labels.max()) + 1, 0))
-    order = candidate_clusters(obj_voxels, labels, n_points, scene.spec.color_intrinsics, settings)
+    ids, sizes = np.unique(labels[labels >= 0], return_counts=True)
+    big = [int(i) for i in ids[sizes >= settings.min_cluster_voxels]]
+    try:
+        order = candidate_clusters(obj_voxels, labels, n_points, scene.spec.color_intrinsics, settings)
+    except NoClusterError:
+        candidates += [Candidate(objects[point_labels == i], "not near the image centre / the hint") for i in big]
+        raise
+    tried = order[: settings.max_candidates]
     errors: list[CalibrationError] = []
-    for label in order[: settings.max_candidates]:
+    for label in tried:
         try:
-            T, shape, drum = fit_shape(objects[point_labels == label], objects, settings)
+            T, shape, drum = fit_shape(objects[point_labels == label], pts, settings)
             break
         except (FitOutOfLimitsError, NoClusterError) as e:
             errors.append(e)
+            candidates.append(Candidate(objects[point_labels == label], e.problem))
     else:
+        why = "not tried (off-centre, smaller, or not the hinted cluster)"
+        candidates += [Candidate(objects[point_labels == i], why) for i in big if i not in tried]
         first = errors[0]
         others = f" (and {len(errors) - 1} smaller candidate cluster(s) failed too)" if len(errors) > 1 else ""
         raise type(first)(first.problem + others, first.remedy)
@@ -604,13 +805,25 @@ def compare_with_truth(result: CalibrationResult, drum: DrumPose, drum_mask: Mas
     (axis and radius compare the ROI z axis and cylinder radius: meaningful for a cylinder ROI, NaN radius for a box).
 
     IoU = |R ∩ D| / |R ∪ D| where R = :func:`roi_mask` (valid pixels whose point is inside the margin-grown ROI)
-    and D = true drum pixels that have depth in the averaged frame (``scene.valid``).
+    and D = true drum pixels that have depth in the averaged frame (``scene.valid``). ``true_roi_iou`` is the IoU
+    a perfect fit would reach: the true shell cylinder grown by the same margin (supports touching the drum within
+    the margin and parts mounted beyond it bound it below 1).
     """
     roi = result.roi
-    ours = roi_mask(roi, result.scene)
     truth = drum_mask & result.scene.valid
-    union = int(np.count_nonzero(ours | truth))
-    iou = float(np.count_nonzero(ours & truth)) / union if union else 0.0
+
+    def iou_of(r: RoiFile) -> float:
+        ours = roi_mask(r, result.scene)
+        union = int(np.count_nonzero(ours | truth))
+        return float(np.count_nonzero(ours & truth)) / union if union else 0.0
+
+    ideal = roi.model_copy(
+        update={
+            "T_camera_roi": frame_from_axis(np.asarray(drum.center), np.asarray(drum.axis)).tolist(),
+            "shape": CylinderShape(radius_m=drum.radius_m, length_m=drum.length_m),
+        }
+    )
+    iou = iou_of(roi)
     axis = roi.pose[:3, 2]
     true_axis = np.asarray(drum.axis) / np.linalg.norm(drum.axis)
     angle = math.degrees(math.acos(min(1.0, abs(float(axis @ true_axis)))))
@@ -620,4 +833,6 @@ def compare_with_truth(result: CalibrationResult, drum: DrumPose, drum_mask: Mas
         axis_error_deg=angle,
         radius_error_m=abs(radius - drum.radius_m),
         center_error_m=float(np.linalg.norm(roi.pose[:3, 3] - np.asarray(drum.center))),
+        length_error_m=roi.shape.length_m - drum.length_m if isinstance(roi.shape, CylinderShape) else float("nan"),
+        true_roi_iou=iou_of(ideal),
     )

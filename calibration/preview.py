@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration.errors import CalibrationError
-from calibration.fit import CalibrationResult, projection_mask, roi_mask, shape_outline
+from calibration.fit import CalibrationResult, Diagnostics, projection_mask, roi_mask, shape_outline
 from edge.core.geometry import project_points
 
 ROI_TINT = (0, 200, 0)  # BGR
@@ -95,12 +95,68 @@ def render_preview(result: CalibrationResult) -> Image:
     return np.concatenate([left, right], axis=1)
 
 
+CANDIDATE_COLOURS = [(60, 60, 255), (255, 160, 40), (40, 220, 255), (255, 60, 200), (80, 255, 80), (200, 200, 200)]
+
+
+def render_failure(diag: Diagnostics) -> Image:
+    """Why a calibration failed (BGR): every candidate cluster painted in its own colour over the colour image,
+    numbered, with the reason each was rejected listed below the image."""
+    scene = diag.scene
+    intr = scene.spec.color_intrinsics
+    img = np.asarray(cv2.cvtColor(scene.color, cv2.COLOR_RGB2BGR), dtype=np.uint8)
+    img = (img * 0.6).astype(np.uint8)
+    lines = [f"calibration FAILED: {len(diag.candidates)} candidate cluster(s)"]
+    for k, cand in enumerate(diag.candidates):
+        colour = CANDIDATE_COLOURS[k % len(CANDIDATE_COLOURS)]
+        pts = cand.points[cand.points[:, 2] > 0.01]
+        px = np.round(project_points(pts, intr)).astype(np.int64)
+        ok = (px[:, 0] >= 0) & (px[:, 0] < intr.width) & (px[:, 1] >= 0) & (px[:, 1] < intr.height)
+        img[px[ok, 1], px[ok, 0]] = colour
+        if ok.any():
+            u, v = np.median(px[ok], axis=0).astype(int)
+            cv2.putText(img, str(k + 1), (int(u), int(v)), cv2.FONT_HERSHEY_SIMPLEX, 0.8, colour, 2, cv2.LINE_AA)
+    lines += _reason_lines([c.reason for c in diag.candidates])
+    if diag.hint is not None:
+        uv = project_points(np.asarray([diag.hint]), intr)[0]
+        cv2.drawMarker(img, (int(uv[0]), int(uv[1])), (255, 255, 255), cv2.MARKER_TILTED_CROSS, 16, 2)
+        lines.append("x: the hint")
+    wrapped = [chunk for line in lines for chunk in _wrap(line, max(20, img.shape[1] // 8))]
+    panel = np.full((22 + 18 * len(wrapped), img.shape[1], 3), 24, dtype=np.uint8)
+    _caption(panel, wrapped)
+    return np.concatenate([img, panel], axis=0)
+
+
+def _reason_lines(reasons: list[str]) -> list[str]:
+    """``k: reason`` per candidate, consecutive candidates with the same reason merged (``4–20: …``)."""
+    out: list[str] = []
+    start = 0
+    for k in range(1, len(reasons) + 1):
+        if k == len(reasons) or reasons[k] != reasons[start]:
+            label = f"{start + 1}" if k - start == 1 else f"{start + 1}–{k}"
+            out.append(f"{label}: {reasons[start]}")
+            start = k
+    return out
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    return [text[i : i + width] for i in range(0, len(text), width)] or [""]
+
+
+def write_failure_preview(diag: Diagnostics, path: Path) -> None:
+    """Write the diagnostic PNG of a failed calibration; refuse loudly when it cannot be written."""
+    _write(render_failure(diag), path)
+
+
 def write_preview(result: CalibrationResult, path: Path) -> None:
     """Write the preview PNG; refuse loudly when it cannot be written."""
+    _write(render_preview(result), path)
+
+
+def _write(image: Image, path: Path) -> None:
     remedy = "use a writable path ending in .png"
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        ok = cv2.imwrite(str(path), render_preview(result))
+        ok = cv2.imwrite(str(path), image)
     except cv2.error as e:  # unknown extension, unwritable directory
         raise CalibrationError(f"could not write the preview image {path}: {e.err}", remedy) from None
     if not ok:

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from calibration.errors import CalibrationError
 from calibration.fit import (
     CalibrationResult,
+    Diagnostics,
     FitSettings,
     adjust_roi,
     compare_with_truth,
@@ -20,9 +21,10 @@ from calibration.fit import (
     restat,
     roi_from_frames,
 )
-from calibration.preview import write_preview
+from calibration.preview import write_failure_preview, write_preview
 from calibration.roi import RoiFile, load_roi, save_roi
 from drivers.base import FrameSource
+from drivers.synthetic.stations import DEFAULT_STATION, STATIONS
 from edge.core.errors import EdgeError
 from edge.core.frame import Frame
 
@@ -44,6 +46,15 @@ def _floats(n: int) -> Callable[[str], tuple[float, ...]]:
     return parse
 
 
+def _pixel(text: str) -> tuple[int, int]:
+    """argparse type for ``u,v`` pixel coordinates."""
+    try:
+        u, v = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected u,v (two integers, column and row), got {text!r}") from None
+    return u, v
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__)
     src = p.add_mutually_exclusive_group(required=True)
@@ -52,10 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--synthetic-seed", type=int, help="calibrate on the synthetic line with this seed")
     src.add_argument("--from-roi", type=Path, help="adjust an existing roi.yaml with --set/--grow only (no frames)")
     p.add_argument("--clutter", choices=["low", "high"], default="low", help="synthetic clutter level")
+    p.add_argument(
+        "--station",
+        choices=list(STATIONS),
+        default=DEFAULT_STATION,
+        help="synthetic station preset (default %(default)s)",
+    )
     p.add_argument("--frames", type=int, default=5, help="frames whose depth is median-averaged (default 5)")
     p.add_argument("--skip", type=int, default=0, help="frames discarded first (live auto-exposure settling)")
     p.add_argument("--shape", choices=["cylinder", "box"], default="cylinder", help="ROI shape (default cylinder)")
     p.add_argument("--hint", type=_floats(3), help="x,y,z of a point on the drum (m, colour camera frame)")
+    p.add_argument(
+        "--hint-pixel", type=_pixel, help="u,v of a colour-image pixel on the drum (column, row); overrides --hint"
+    )
     p.add_argument(
         "--margin",
         type=float,
@@ -99,7 +119,12 @@ def open_source(args: argparse.Namespace) -> FrameSource:
     from drivers.synthetic import SyntheticSource, SyntheticSourceConfig  # noqa: PLC0415
 
     cfg = SyntheticSourceConfig(
-        seed=args.synthetic_seed, n_frames=n, clutter=args.clutter, defect_rate=0.0, frames_per_part=n
+        seed=args.synthetic_seed,
+        n_frames=n,
+        clutter=args.clutter,
+        defect_rate=0.0,
+        frames_per_part=n,
+        station=args.station,
     )
     return SyntheticSource(cfg)
 
@@ -159,6 +184,7 @@ def settings_from_args(args: argparse.Namespace) -> FitSettings:
         return FitSettings(
             shape=args.shape,
             hint=args.hint,
+            hint_pixel=args.hint_pixel,
             margin_m=args.margin,
             radius_range_m=args.radius_range,
             length_range_m=args.length_range,
@@ -181,7 +207,17 @@ def run(args: argparse.Namespace) -> None:
         return
     settings = settings_from_args(args)
     frames = collect_frames(open_source(args), args.frames, args.skip)
-    result = roi_from_frames(frames, settings)
+    try:
+        result = roi_from_frames(frames, settings)
+    except CalibrationError as e:
+        if not isinstance(e.diagnostics, Diagnostics):
+            raise
+        if args.preview is not None:
+            write_failure_preview(e.diagnostics, args.preview)
+            more = f"; every candidate and why it was rejected is drawn in {args.preview}"
+        else:
+            more = "; add --preview PATH.png to see every candidate and why it was rejected"
+        raise type(e)(e.problem, e.remedy + more) from None
     if sets or args.grow:
         result = restat(result, adjust_roi(result.roi, sets, args.grow))
     save_roi(result.roi, args.out)

@@ -20,7 +20,7 @@ from drivers.mvtec import MvtecExportConfig, MvtecWriter
 from drivers.playback import PlaybackSource, PlaybackSourceConfig
 from drivers.realsense import connected_serials
 from drivers.recorder import check_output_path, record_frames
-from drivers.synthetic import SyntheticSource, SyntheticSourceConfig
+from drivers.synthetic import STATIONS, SyntheticSource, SyntheticSourceConfig
 from edge.core.errors import EdgeError
 from edge.core.frame import Frame
 
@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     syn = p.add_argument_group("synthetic line")
     syn.add_argument("--seed", type=int, help="seed of the synthetic line (default 0)")
+    syn.add_argument("--station", choices=list(STATIONS), help="station preset (default rail, the original line)")
     syn.add_argument("--frames", type=int, default=60, help="frames to render (default 60)")
     syn.add_argument("--clutter", help='background activity: 0..1 or "none", "low", "high"')
     syn.add_argument("--defect-rate", type=float, help="share of parts with a defect")
@@ -113,6 +114,7 @@ def _synthetic_config(args: argparse.Namespace) -> SyntheticSourceConfig:
         "defect_rate": args.defect_rate,
         "frames_per_part": args.frames_per_part,
         "gap_frames": args.gap_frames,
+        "station": args.station,
     }
     try:
         return SyntheticSourceConfig(**{k: v for k, v in given.items() if v is not None})

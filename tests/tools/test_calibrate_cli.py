@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from calibration.roi import CameraBinding, CylinderShape, RoiFile, load_roi, save_roi
+from drivers.synthetic import STATIONS
 from edge.core.frame import Extrinsics, Intrinsics, StreamSpec
 from tools.calibrate import main
+from tools.record import main as record
 
 pytest.importorskip("open3d", reason="open3d is the calibrate extra (pip install -e .[calibrate])")
 
@@ -126,5 +128,19 @@ def test_real_recording_without_a_drum_is_refused(tmp_path: Path, capsys: pytest
     assert main(["--recording", str(OFFICE_BAG), "--frames", "1", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("edge-calibrate: ") and "—" in err
-    assert any(s in err for s in ("outside", "no plausible drum cluster", "not a cylinder")), err
+    assert any(s in err for s in ("outside", "no plausible drum cluster", "not a cylinder", "not drum-like")), err
     assert not out.exists()
+
+
+def test_standing_drum_recording_calibrates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue's failing case as a user meets it: a recording of a drum standing on a roller conveyor."""
+    pytest.importorskip("drivers.playback", reason="drivers/playback.py is not in this checkout")
+    clip, out = tmp_path / "calib.db3", tmp_path / "roi.yaml"
+    argv = ["--source", "synthetic", "--station", "roller-standing", "--seed", "2", "--frames", "3"]
+    size = ["--width", "424", "--height", "318", "--defect-rate", "0", "--frames-per-part", "3"]
+    assert record([*argv, *size, "--out", str(clip)]) == 0
+    assert main(["--recording", str(clip), "--frames", "3", "--out", str(out)]) == 0, capsys.readouterr().err
+    roi = load_roi(out)
+    design = STATIONS["roller-standing"].design
+    assert isinstance(roi.shape, CylinderShape)
+    assert abs(roi.shape.radius_m - design.radius_m) < 0.003 and abs(roi.shape.length_m - design.length_m) < 0.01

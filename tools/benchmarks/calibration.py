@@ -1,63 +1,112 @@
-"""Calibration accuracy on the synthetic line: fitted ROI vs the true drum, over seeds and clutter levels."""
+"""Calibration accuracy on every synthetic station preset: the fitted ROI vs the true drum, over seeds."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
 
-from calibration.fit import FitSettings, compare_with_truth, roi_from_frames
-from drivers.synthetic import SyntheticSource, SyntheticSourceConfig
+from calibration.errors import CalibrationError
+from calibration.fit import FitSettings, TruthComparison, compare_with_truth, roi_from_frames
+from drivers.synthetic import STATIONS, SyntheticSource, SyntheticSourceConfig
 from tools.benchmarks.report import BenchSection
 
 N_FRAMES = 5
+CLUTTER = "high"
+TARGETS = {"axis_deg": 1.0, "centre_m": 0.005, "radius_m": 0.003, "iou": 0.97}
+
+
+def calibrate_station(station: str, seed: int) -> tuple[TruthComparison | None, str, float]:
+    """One calibration on N frames of one defect-free part: (comparison or None, failure message, fit seconds)."""
+    cfg = SyntheticSourceConfig(
+        seed=seed, n_frames=N_FRAMES, clutter=CLUTTER, defect_rate=0.0, frames_per_part=N_FRAMES, station=station
+    )
+    with SyntheticSource(cfg) as src:
+        frames = list(src.frames())
+    t0 = time.perf_counter()
+    try:
+        result = roi_from_frames(frames, FitSettings())
+    except CalibrationError as e:
+        return None, e.problem, time.perf_counter() - t0
+    fit_s = time.perf_counter() - t0
+    truth = frames[-1].truth
+    assert truth is not None and truth.drum is not None and truth.drum_mask is not None
+    return compare_with_truth(result, truth.drum, truth.drum_mask), "", fit_s
 
 
 def run(quick: bool) -> BenchSection:
-    seeds = range(3) if quick else range(6)
+    seeds = range(3) if quick else range(5)
     rows: list[list[str]] = []
-    worst = {"iou": 1.0, "axis": 0.0, "radius": 0.0}
-    for clutter in ("low", "high"):
+    results: dict[str, list[TruthComparison]] = {name: [] for name in STATIONS}
+    failures = 0
+    for name in STATIONS:
         for seed in seeds:
-            cfg = SyntheticSourceConfig(
-                seed=seed, n_frames=N_FRAMES, clutter=clutter, defect_rate=0.0, frames_per_part=N_FRAMES
-            )
-            with SyntheticSource(cfg) as src:
-                frames = list(src.frames())
-            t0 = time.perf_counter()
-            result = roi_from_frames(frames, FitSettings())
-            fit_s = time.perf_counter() - t0
-            truth = frames[-1].truth
-            assert truth is not None and truth.drum is not None and truth.drum_mask is not None
-            cmp = compare_with_truth(result, truth.drum, truth.drum_mask)
-            worst["iou"] = min(worst["iou"], cmp.iou)
-            worst["axis"] = max(worst["axis"], cmp.axis_error_deg)
-            worst["radius"] = max(worst["radius"], cmp.radius_error_m)
+            cmp, failure, fit_s = calibrate_station(name, seed)
+            if cmp is None:
+                failures += 1
+                rows.append([name, str(seed), "FAILED", "", "", "", "", "", f"{fit_s:.2f} s", failure])
+                continue
+            results[name].append(cmp)
             rows.append(
                 [
-                    clutter,
+                    name,
                     str(seed),
                     f"{cmp.iou:.4f}",
+                    f"{cmp.true_roi_iou:.4f}",
                     f"{cmp.axis_error_deg:.3f}°",
+                    f"{cmp.center_error_m * 1000:.1f} mm",
                     f"{cmp.radius_error_m * 1000:.2f} mm",
-                    f"{cmp.center_error_m * 1000:.2f} mm",
+                    f"{cmp.length_error_m * 1000:+.1f} mm",
                     f"{fit_s:.2f} s",
+                    "",
                 ]
             )
+    everything = [c for cs in results.values() for c in cs]
+
+    def worst(key: str) -> float:
+        vals = [float(getattr(c, key)) for c in everything]
+        if not vals:
+            return math.nan
+        return min(vals) if key == "iou" else max(vals)
+
+    shortfall = max((c.true_roi_iou - c.iou for c in everything), default=math.nan)
+    per_station_iou = ", ".join(f"{name} {min(c.iou for c in cs):.4f}" for name, cs in results.items() if cs)
     return BenchSection(
-        title="ROI calibration accuracy (synthetic line, cylinder fit)",
-        headers=["clutter", "seed", "mask IoU", "axis error", "radius error", "centre error", "fit time"],
+        title="ROI calibration accuracy (synthetic station presets, cylinder fit)",
+        headers=[
+            "station",
+            "seed",
+            "mask IoU",
+            "IoU of the true cylinder",
+            "axis error",
+            "centre error",
+            "radius error",
+            "length error",
+            "fit time",
+            "failure",
+        ],
         rows=rows,
         targets={
-            f"mask IoU ≥ 0.95 (worst {worst['iou']:.4f})": worst["iou"] >= 0.95,
-            f"axis error ≤ 2° (worst {worst['axis']:.3f}°)": worst["axis"] <= 2.0,
-            f"radius error ≤ 5 mm (worst {worst['radius'] * 1000:.2f} mm)": worst["radius"] <= 0.005,
+            f"0 failures ({failures} of {len(rows)})": failures == 0,
+            f"axis error ≤ 1° (worst {worst('axis_error_deg'):.3f}°)": worst("axis_error_deg") <= TARGETS["axis_deg"],
+            f"centre error ≤ 5 mm (worst {worst('center_error_m') * 1000:.1f} mm)": worst("center_error_m")
+            <= TARGETS["centre_m"],
+            f"shell radius error ≤ 3 mm (worst {worst('radius_error_m') * 1000:.2f} mm)": worst("radius_error_m")
+            <= TARGETS["radius_m"],
+            f"mask IoU ≥ 0.97 (worst per station: {per_station_iou})": worst("iou") >= TARGETS["iou"],
         },
         notes=[
-            f"{N_FRAMES} frames of one defect-free part per fit (640×480), default FitSettings "
-            f"({FitSettings().margin_m * 1000:.0f} mm margin)",
-            "IoU over pixels with depth in the median-averaged frame: ROI mask (deprojected point inside the ROI) "
-            "vs the true drum mask; see calibration.fit.compare_with_truth",
-            f"mean IoU {np.mean([float(r[2]) for r in rows]):.4f}",
+            f"{N_FRAMES} frames of one defect-free part per fit (640×480, clutter {CLUTTER}), default FitSettings "
+            f"({FitSettings().margin_m * 1000:.0f} mm margin); station presets in docs/synthetic.md",
+            "errors against the drum's shell (the true DrumPose): centre = ROI centre vs the shell's mid-length point "
+            "on the axis; length error is signed (fitted − true); radius and axis from the ROI cylinder",
+            "IoU over pixels with depth in the median-averaged frame: ROI mask (deprojected point inside the "
+            "margin-grown ROI) vs the true drum mask, which includes everything mounted on the drum (flange, bolts, "
+            "tab, bracket); see calibration.fit.compare_with_truth. 'IoU of the true cylinder' is the same measure for "
+            "the true shell cylinder grown by the same margin: what a perfect fit of this ROI shape reaches (supports "
+            "touching the drum inside the margin keep it below 1)",
+            f"largest shortfall of the fit's IoU from the true cylinder's: {shortfall:.4f}",
+            f"mean IoU {np.mean([c.iou for c in everything]):.4f}" if everything else "no successful fit",
         ],
     )

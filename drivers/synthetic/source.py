@@ -8,6 +8,7 @@ True, the depth intrinsics are the color ones and ``depth_to_color`` is the iden
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -17,9 +18,17 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field, field_validator
 
-from drivers import _drumscene as scene
 from drivers.base import FrameBuffers, FrameSource, require_open
 from drivers.errors import EndOfStreamError, FrameTimeoutError, SourceError
+from drivers.synthetic import clutter as scenery
+from drivers.synthetic.camera import Lighting, Rig, intrinsics_for, lighting, rig_for
+from drivers.synthetic.defects import sample_defect
+from drivers.synthetic.drum import DrumSpec, as_base, defect_corners, render_drum_layer
+from drivers.synthetic.gbuffer import F32, GBuffer, value_noise
+from drivers.synthetic.primitives import Box
+from drivers.synthetic.render import background, layer_difference, sensor, shade
+from drivers.synthetic.stations import DEFAULT_STATION, STATIONS, Station
+from drivers.synthetic.supports import carrier
 from edge.core.config import EdgeModel
 from edge.core.frame import DEFECT_TYPES, DefectType, DrumPose, Extrinsics, Frame, GroundTruth, StreamSpec
 
@@ -46,6 +55,27 @@ class SyntheticSourceConfig(EdgeModel):
     frames_per_part: int = Field(1, ge=1, description="consecutive frames showing the same drum")
     gap_frames: int = Field(0, ge=0, description="empty-station frames between two parts")
     realtime: bool = Field(False, description="pace reads to fps like a camera (False: as fast as rendering)")
+    station: str = Field(
+        DEFAULT_STATION,
+        description=f"station preset: {', '.join(STATIONS)} (drum pose, support, design, camera, light, clutter)",
+    )
+
+    camera_distance_m: float | None = Field(
+        None, ge=0.5, le=3.0, description="override the station's camera distance to the drum (m)"
+    )
+    camera_elevation_deg: float | None = Field(
+        None, ge=10.0, le=85.0, description="override the station's camera angle below the horizontal (°)"
+    )
+    camera_azimuth_deg: float | None = Field(
+        None, ge=-180.0, le=180.0, description="override the station's camera azimuth about the vertical (°)"
+    )
+
+    @field_validator("station")
+    @classmethod
+    def _known_station(cls, v: str) -> str:
+        if v not in STATIONS:
+            raise ValueError(f"unknown station {v!r}; the presets are {', '.join(STATIONS)}")
+        return v
 
     @field_validator("clutter", mode="before")
     @classmethod
@@ -57,16 +87,31 @@ class SyntheticSourceConfig(EdgeModel):
         return v
 
 
+def station_for(config: SyntheticSourceConfig) -> Station:
+    """The configured station preset with the camera overrides applied."""
+    st = STATIONS[config.station]
+    if config.camera_distance_m is None and config.camera_elevation_deg is None and config.camera_azimuth_deg is None:
+        return st
+    return dataclasses.replace(
+        st,
+        camera_distance_m=st.camera_distance_m if config.camera_distance_m is None else config.camera_distance_m,
+        camera_elevation_deg=st.camera_elevation_deg
+        if config.camera_elevation_deg is None
+        else config.camera_elevation_deg,
+        camera_azimuth_deg=st.camera_azimuth_deg if config.camera_azimuth_deg is None else config.camera_azimuth_deg,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class PartPlan:
     """What frame ``index`` shows: which part, and that part's drum (None on an empty station)."""
 
     part: int
-    drum: scene.DrumSpec | None
+    drum: DrumSpec | None
 
 
 def stream_spec(config: SyntheticSourceConfig) -> StreamSpec:
-    intr = scene.intrinsics_for(config.width, config.height)
+    intr = intrinsics_for(config.width, config.height)
     return StreamSpec(
         serial=f"SYN-{config.seed}",
         color_intrinsics=intr,
@@ -75,39 +120,18 @@ def stream_spec(config: SyntheticSourceConfig) -> StreamSpec:
         depth_scale=DEPTH_SCALE,
         fps=config.fps,
         depth_aligned_to_color=True,
-        source=f"synthetic:seed={config.seed},clutter={config.clutter:g},{config.width}x{config.height}",
+        source=f"synthetic:seed={config.seed},clutter={config.clutter:g},{config.width}x{config.height}"
+        + ("" if config.station == DEFAULT_STATION else f",station={config.station}")
+        + "".join(
+            f",{k}={v:g}"
+            for k, v in (
+                ("distance", config.camera_distance_m),
+                ("elevation", config.camera_elevation_deg),
+                ("azimuth", config.camera_azimuth_deg),
+            )
+            if v is not None
+        ),
     )
-
-
-def sample_defect(seed: int, part: int, kind: DefectType) -> scene.DefectSpec:
-    """Subtle defect parameters for a part, on the shell's camera-facing side, clear of the bracket."""
-    r = np.random.default_rng([seed, part, 25, DEFECT_TYPES.index(kind)])
-    theta = math.radians(r.uniform(20.0, 95.0))
-    s = r.uniform(-0.12, 0.04)
-    sign = float(r.choice([-1.0, 1.0]))
-    match kind:
-        case "dent":  # a local inward push: 15-25 mm radius, 4-7 mm deep
-            radius = r.uniform(0.015, 0.025)
-            spec = scene.DefectSpec(kind, s, theta, (radius, radius), r.uniform(0.004, 0.007))
-        case "deformation":  # a broad, shallow flattening or bulge of the shell
-            size = (r.uniform(0.045, 0.07), r.uniform(0.06, 0.09))
-            spec = scene.DefectSpec(kind, r.uniform(-0.08, 0.0), theta, size, sign * r.uniform(0.005, 0.008))
-        case "foreign_object":  # a 16-26 mm ball or a 24-40 mm bolt
-            variant = int(r.integers(2))
-            size = (r.uniform(0.008, 0.013), 0.0) if variant == 0 else (0.005, r.uniform(0.012, 0.02))
-            spec = scene.DefectSpec(kind, s, theta, size, 0.0, r.uniform(0, math.pi), variant)
-        case "misaligned_part":  # bracket 15-25 mm off along the axis, turned 6-11°
-            shift, turn = sign * r.uniform(0.015, 0.025), float(r.choice([-1, 1])) * r.uniform(0.1, 0.2)
-            spec = scene.DefectSpec(kind, shift, r.uniform(-0.03, 0.03), (0.0, 0.0), 0.0, turn)
-        case "missing_part":
-            spec = scene.DefectSpec(kind, 0.0, 0.0, (0.0, 0.0), 0.0)
-        case "scratch":  # 3 mm wide, 50-90 mm long, brighter or darker than the brushed steel
-            length = r.uniform(0.025, 0.045)
-            spec = scene.DefectSpec(kind, s, theta, (0.0015, length), 1.45 if sign > 0 else 0.6, r.uniform(0, math.pi))
-        case _:  # discoloration: a 40-80 mm heat-tint blotch, 10-20 % darker and yellower
-            size = (r.uniform(0.02, 0.04), r.uniform(0.02, 0.04))
-            spec = scene.DefectSpec(kind, s, theta, size, r.uniform(0.8, 0.9))
-    return spec
 
 
 def plan(config: SyntheticSourceConfig, index: int, defect: DefectType | Literal["auto"] | None = "auto") -> PartPlan:
@@ -116,64 +140,80 @@ def plan(config: SyntheticSourceConfig, index: int, defect: DefectType | Literal
     part, k = divmod(index, period)
     if k >= config.frames_per_part:
         return PartPlan(part, None)
+    st = station_for(config)
     r = np.random.default_rng([config.seed, part, 21])
     jit = config.pose_jitter * r.uniform([-0.01, -0.01, -2.0], [0.01, 0.01, 2.0])
-    x, y, z = scene.DRUM_CENTER_W
+    x, y, z = st.center_w
     center = (x + float(jit[0]), y + float(jit[1]), z)
     yaw = math.radians(jit[2])
+    base = st.base()
+    if base is not None and st.part_tilt_deg > 0:  # a part sits up to ~1° off its fixture's nominal tilt
+        tilt = math.radians(config.pose_jitter * st.part_tilt_deg * float(r.uniform(-1.0, 1.0)))
+        c, sn = math.cos(tilt), math.sin(tilt)
+        base = np.array([[c, 0.0, sn], [0.0, 1.0, 0.0], [-sn, 0.0, c]]) @ base
     if defect == "auto":
         d = np.random.default_rng([config.seed, part, 22])
         hit = d.random() < config.defect_rate
         defect = DEFECT_TYPES[int(d.integers(len(DEFECT_TYPES)))] if hit else None
-    spec = None if defect is None else sample_defect(config.seed, part, defect)
-    return PartPlan(part, scene.DrumSpec(center, yaw, spec))
+    spec = None if defect is None else sample_defect(config.seed, part, defect, st.design.length_m, st.defect_scale)
+    phase = float(np.random.default_rng([config.seed, part, 26]).uniform(0, math.pi)) if st.design.ovality_m else 0.0
+    return PartPlan(part, DrumSpec(center, yaw, spec, st.design, as_base(base), phase))
 
 
-def drum_pose(drum: scene.DrumSpec, rig: scene.Rig) -> DrumPose:
+def drum_pose(drum: DrumSpec, rig: Rig) -> DrumPose:
     """The drum as a cylinder in the color camera frame (metres)."""
     c = (np.asarray(drum.center_w) - rig.pos) @ rig.r_wc
     a = drum.rot[:, 0] @ rig.r_wc
     return DrumPose(
         center=(float(c[0]), float(c[1]), float(c[2])),
         axis=(float(a[0]), float(a[1]), float(a[2])),
-        radius_m=scene.DRUM_RADIUS_M,
-        length_m=scene.DRUM_LENGTH_M,
+        radius_m=drum.design.radius_m,
+        length_m=drum.design.length_m,
     )
 
 
-def _background(config: SyntheticSourceConfig, part: int, index: int) -> scene.GBuffer:
-    """Static station plus everything that moves or gets moved: cartons, robot, totes, cables."""
+def _background(
+    config: SyntheticSourceConfig, st: Station, part: int, index: int, *, drum: DrumSpec | None, layer: GBuffer | None
+) -> GBuffer:
+    """Static station plus everything that moves or gets moved: the part's carrier, cartons, robot, totes, cables,
+    a worker, neighbouring drums; whatever could occlude the station's drum is left out."""
     t = index / config.fps
-    gb = scene.background(config.seed, config.width, config.height, t, config.clutter)
-    tex = scene.value_noise(config.seed)
-    prims = [
-        *scene.cartons(config.seed, t, config.clutter),
-        *scene.robot_arm(t, config.clutter),
-        *scene.loose_clutter(config.seed, part, index, t, config.clutter),
-    ]
+    gb = background(config.seed, config.width, config.height, t, config.clutter, station=st)
+    tex = value_noise(config.seed)
+    c, kinds = config.clutter, st.clutter_kinds
+    prims: list[scenery.Occluder] = []
+    if "cartons" in kinds:
+        prims += scenery.cartons(config.seed, t, c)
+    if "robot" in kinds:
+        prims += scenery.robot_arm(t, c, st.robot_at)
+    if "totes" in kinds or "cables" in kinds:
+        loose = scenery.loose_clutter(config.seed, part, index, t, c, hanging="hanging-cable" in kinds)
+        prims += [p for p in loose if ("totes" in kinds if isinstance(p, Box) else "cables" in kinds)]
+    if "worker" in kinds:
+        prims += scenery.worker(t, c, np.array(st.worker_at))
+    if "neighbours" in kinds:  # placed from the nominal pose: the station's part jitter does not move them
+        prims += scenery.neighbours(st.nominal_drum(), t, c, st.slot_m)
+    if layer is not None and st != STATIONS[DEFAULT_STATION]:  # the original line's clutter never nears its drum
+        prims = scenery.clear_of(layer, prims, tex)
+    if drum is not None:  # what the part rests on touches it, and may hide a little of its underside
+        prims += carrier(st.support, drum)
+    prims += [q for p in prims if isinstance(p, DrumSpec) for q in carrier(st.support, p)]
     for p in prims:
-        if isinstance(p, scene.Box):
-            scene.cast_box(gb, p, 1, tex)
-        else:
-            scene.cast_rod(gb, p, 1)
+        scenery.cast_occluder(gb, p, tex)
     return gb
 
 
-def _defect_pixels(
-    rig: scene.Rig, drum: scene.DrumSpec, layer: scene.GBuffer, tex: scene.F32, light: scene.Lighting
-) -> npt.NDArray[np.bool_]:
+def _defect_pixels(rig: Rig, drum: DrumSpec, layer: GBuffer, tex: F32, light: Lighting) -> npt.NDArray[np.bool_]:
     """Over the drum layer's rectangle: pixels where it differs from the same drum rendered without the defect.
 
     The defect-free drum is rendered only over the defect's own screen rectangle: nothing outside it can differ.
     """
     mask = np.zeros((layer.h, layer.w), dtype=bool)
-    nominal = scene.render_drum_layer(rig, drum, tex, with_defect=False, within=scene.defect_corners(drum))
+    nominal = render_drum_layer(rig, drum, tex, with_defect=False, within=defect_corners(drum))
     v0, u0 = max(nominal.v0, layer.v0), max(nominal.u0, layer.u0)
     v1, u1 = min(nominal.v0 + nominal.h, layer.v0 + layer.h), min(nominal.u0 + nominal.w, layer.u0 + layer.w)
     if v1 > v0 and u1 > u0:
-        diff = scene.layer_difference(
-            layer.crop(v0, u0, v1 - v0, u1 - u0), nominal.crop(v0, u0, v1 - v0, u1 - u0), light
-        )
+        diff = layer_difference(layer.crop(v0, u0, v1 - v0, u1 - u0), nominal.crop(v0, u0, v1 - v0, u1 - u0), light)
         mask[v0 - layer.v0 : v1 - layer.v0, u0 - layer.u0 : u1 - layer.u0] = diff
     return mask
 
@@ -183,21 +223,22 @@ def render_arrays(
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint16], GroundTruth]:
     """Color, depth and ground truth of frame ``index`` (``defect`` overrides the part's own draw)."""
     h, w = config.height, config.width
-    rig = scene.rig_for(w, h)
-    tex = scene.value_noise(config.seed)
+    st = station_for(config)
+    rig = rig_for(w, h, st.camera)
+    tex = value_noise(config.seed)
     pp = plan(config, index, defect)
-    gb = _background(config, pp.part, index)
+    layer = None if pp.drum is None else render_drum_layer(rig, pp.drum, tex, with_defect=True)
+    gb = _background(config, st, pp.part, index, drum=pp.drum, layer=layer)
     drum_mask = np.zeros((h, w), dtype=bool)
     defect_mask = np.zeros((h, w), dtype=bool)
-    light = scene.lighting(config.seed, index, index / config.fps, config.clutter)
-    if pp.drum is not None:
-        layer = scene.render_drum_layer(rig, pp.drum, tex, with_defect=True)
+    light = lighting(config.seed, index, index / config.fps, config.clutter, level=st.light_level, tint=st.light_tint)
+    if pp.drum is not None and layer is not None:
         sl = np.s_[layer.v0 : layer.v0 + layer.h, layer.u0 : layer.u0 + layer.w]
         drum_mask[sl] = gb.paste(layer)
         if pp.drum.defect is not None:
             defect_mask[sl] = _defect_pixels(rig, pp.drum, layer, tex, light) & drum_mask[sl]
-    color, spec = scene.shade(gb, light)
-    color_f, depth_f = scene.sensor(gb, color, spec, np.random.default_rng([config.seed, index, 31]), DEPTH_SCALE)
+    color, spec = shade(gb, light)
+    color_f, depth_f = sensor(gb, color, spec, np.random.default_rng([config.seed, index, 31]), DEPTH_SCALE)
     color_u8 = np.clip(np.rint(color_f), 0, 255).astype(np.uint8)
     depth_u16 = np.clip(depth_f, 0, 65535).astype(np.uint16)
     if pp.drum is None:

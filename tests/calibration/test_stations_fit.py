@@ -1,0 +1,125 @@
+"""edge-calibrate on the station presets: a standing drum on a roller conveyor, a lying drum in a V-cradle on a
+pallet, the hint pixel choosing between two drums, and a refused fit's diagnostic preview."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from calibration.errors import CalibrationError, FitOutOfLimitsError
+from calibration.fit import CalibrationResult, Diagnostics, FitSettings, compare_with_truth, roi_from_frames
+from drivers.synthetic import SyntheticSource, SyntheticSourceConfig, plan
+from drivers.synthetic.camera import rig_for
+from drivers.synthetic.clutter import neighbours
+from drivers.synthetic.source import station_for
+from edge.core.frame import Frame
+from edge.core.geometry import project_points
+from tools.calibrate import main
+
+pytest.importorskip("open3d", reason="open3d is the calibrate extra (pip install -e .[calibrate])")
+
+W, H = 424, 318  # small, fast frames (fx scales with the width)
+N = 3
+
+
+@functools.cache
+def frames(station: str, seed: int) -> list[Frame]:
+    cfg = SyntheticSourceConfig(
+        seed=seed, width=W, height=H, n_frames=N, clutter="high", defect_rate=0.0, frames_per_part=N, station=station
+    )
+    with SyntheticSource(cfg) as src:
+        return list(src.frames())
+
+
+@functools.cache
+def fitted(station: str, seed: int) -> CalibrationResult:
+    return roi_from_frames(frames(station, seed), FitSettings())
+
+
+@pytest.mark.parametrize(
+    ("station", "min_iou"),
+    [
+        # a lying drum in a V-cradle on a pallet: every target of the issue
+        ("cradle-pallet", 0.97),
+        # a standing drum on rollers: the rollers it stands on lie inside the 30 mm margin below it, so the IoU
+        # target (0.97) is NOT met there (docs/calibration.md); the pose targets are
+        ("roller-standing", 0.94),
+    ],
+)
+def test_station_calibration_meets_the_pose_targets(station: str, min_iou: float) -> None:
+    truth = frames(station, 1)[-1].truth
+    assert truth is not None and truth.drum is not None and truth.drum_mask is not None
+    cmp = compare_with_truth(fitted(station, 1), truth.drum, truth.drum_mask)
+    print(station, cmp)
+    assert cmp.axis_error_deg <= 1.0, cmp
+    assert cmp.center_error_m <= 0.005, cmp
+    assert cmp.radius_error_m <= 0.003, cmp
+    assert abs(cmp.length_error_m) <= 0.01, cmp
+    assert cmp.iou >= min_iou, cmp
+
+
+def _pixel_of(point: npt.NDArray[np.float64], frame: Frame) -> tuple[int, int]:
+    uv = project_points(point[None], frame.spec.color_intrinsics)[0]
+    return round(float(uv[0])), round(float(uv[1]))
+
+
+def test_hint_pixel_selects_the_drum_among_two() -> None:
+    """With the camera 1.9 m back, the roller conveyor shows the station's drum and a neighbour one slot on,
+    both whole; a pixel on either picks that drum (its centre within 10 mm of the true one)."""
+    cfg = SyntheticSourceConfig(
+        seed=1, width=W, height=H, n_frames=N, clutter="high", defect_rate=0.0, frames_per_part=N,
+        station="roller-standing", camera_distance_m=1.9,
+    )  # fmt: skip
+    with SyntheticSource(cfg) as src:
+        fs = list(src.frames())
+    st = station_for(cfg)
+    rig = rig_for(W, H, st.camera)
+    drum = plan(cfg, N - 1).drum
+    assert drum is not None
+    spacing = st.slot_m
+    others = neighbours(st.nominal_drum(), (N - 1) / cfg.fps, 1.0, spacing)
+    centres = [(np.asarray(d.center_w) - rig.pos) @ rig.r_wc for d in [drum, *others]]
+    in_view = [c for c in centres if _inside(_pixel_of(c, fs[-1]))]
+    assert len(in_view) >= 2, "the test needs two drums in view"
+    fits = [roi_from_frames(fs, FitSettings(hint_pixel=_pixel_of(c, fs[-1]))).roi.pose[:3, 3] for c in in_view[:2]]
+    for centre, fit in zip(in_view[:2], fits, strict=True):
+        assert np.linalg.norm(fit - centre) < 0.01, (fit, centre)
+    assert np.linalg.norm(fits[0] - fits[1]) > 0.5 * spacing
+
+
+def _inside(px: tuple[int, int], pad: int = 40) -> bool:
+    return pad <= px[0] < W - pad and pad <= px[1] < H - pad
+
+
+def test_hint_pixel_outside_the_image_is_refused() -> None:
+    with pytest.raises(CalibrationError, match="outside the 424×318 image"):
+        roi_from_frames(frames("cradle-pallet", 1), FitSettings(hint_pixel=(500, 10)))
+
+
+def test_refused_fit_carries_its_candidates() -> None:
+    with pytest.raises(FitOutOfLimitsError) as err:
+        roi_from_frames(frames("cradle-pallet", 1), FitSettings(radius_range_m=(0.4, 0.6)))
+    diag = err.value.diagnostics
+    assert isinstance(diag, Diagnostics) and diag.candidates
+    assert any("radius in 0.40–0.60 m" in c.reason for c in diag.candidates)
+
+
+def test_failed_cli_fit_writes_the_diagnostic_preview_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, preview = tmp_path / "roi.yaml", tmp_path / "why.png"
+    argv = ["--synthetic-seed", "1", "--station", "cradle-pallet", "--frames", "2", "--radius-range", "0.4,0.6"]
+    assert main([*argv, "--out", str(out), "--preview", str(preview)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("edge-calibrate: ") and "--hint-pixel" in err
+    assert str(preview) in err and "—" in err
+    assert not out.exists()
+    img = cv2.imread(str(preview))
+    assert img is not None and img.shape[1] == 640 and img.shape[0] > 480  # the image, then the reasons below it
+    assert main([*argv, "--out", str(out)]) == 2
+    assert "add --preview" in capsys.readouterr().err
