@@ -18,12 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+
+from edge.core.errors import EdgeError
 
 INPUT_NAMES: tuple[str, ...] = ("rgb", "xyz", "mask")
 OUTPUT_NAMES: tuple[str, ...] = ("anomaly_map", "image_score")
 PRESETS: tuple[str, ...] = ("paper", "edge", "tiny")
 CropMode = Literal["foreground", "full"]
+S = TypeVar("S")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,3 +118,43 @@ class ModelFamily(Protocol):
         """Train ``model`` on batches of normal samples (dicts of tensors named as above).
 
         ``train`` is re-iterable: each epoch iterates it again (a DataLoader or a list of batches)."""
+
+
+@runtime_checkable
+class FitsValidation(Protocol):
+    """Optional second step of a family: fit what needs *normal validation* frames (thresholds, quantiles, score
+    alignment) after ``fit``, on frames the training never saw. ``edge-train`` calls it when the family has it,
+    after ``fit`` and before export, so whatever it fits (as buffers of the model) is in the checkpoint and graph."""
+
+    def fit_validation(
+        self, model: Any, validation: Iterable[Mapping[str, Any]], settings: FitSettings, context: TrainContext
+    ) -> Mapping[str, float]:
+        """Fit on batches of normal validation samples; returns numbers worth recording (in the checkpoint's
+        training metrics). Must not change what ``fit`` learned from the training split."""
+
+
+# ------------------------------------------------------------------------------------------------------ card checks
+
+
+def preset_settings(presets: Mapping[str, S], preset: str, family: str, error: type[EdgeError]) -> S:
+    """The settings of ``preset`` among a family's ``presets``; an unknown name raises ``error`` listing them."""
+    if preset not in presets:
+        raise error(f"{family} has no preset {preset!r}", f"pick one of {sorted(presets)}")
+    return presets[preset]
+
+
+def check_card(card: ModelCard, family: str, input_size: int, error: type[EdgeError]) -> None:
+    """Refuse a card of another family, or one whose input size is not its preset's (``error``, with the remedy)."""
+    if card.family != family:
+        raise error(f"card is for family {card.family!r}, not {family!r}", "build it with its own family")
+    if card.input_size != input_size:
+        raise error(
+            f"card input size {card.input_size} differs from preset {card.preset!r} ({input_size})",
+            f"make the card with the {family} family's card(preset, …)",
+        )
+
+
+def check_card_inputs(card: ModelCard, inputs: tuple[str, ...], what: str, error: type[EdgeError]) -> None:
+    """Refuse a card whose graph inputs are not ``inputs`` (those ``what``, e.g. "mode 'rgbd'", needs)."""
+    if tuple(card.inputs) != inputs:
+        raise error(f"card inputs {card.inputs} do not fit {what}", f"use {inputs}")
