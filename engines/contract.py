@@ -89,10 +89,11 @@ class TrainContext(Protocol):
         """Report progress of a phase (e.g. "teacher", "student") for the progress bar and logs."""
 
     def save_state(self, phase: str, epoch: int, state: Mapping[str, Any]) -> None:
-        """Persist resumable state after ``epoch`` of ``phase`` (tensors and plain values; no pickle)."""
+        """Persist resumable state once ``epoch`` epochs of ``phase`` are done (1 after the first); ``state`` is in
+        the one resume format of ``engines.training.training_state`` (flat name → tensor; no pickle)."""
 
     def resume_state(self) -> tuple[str, int, dict[str, Any]] | None:
-        """The last saved (phase, epoch, state), or None for a fresh run."""
+        """The last saved (phase, epochs done, state), or None for a fresh run; a family continues at that epoch."""
 
 
 class ModelFamily(Protocol):

@@ -84,7 +84,7 @@ class CliTrainContext:
         save_state(self.path, phase, epoch, wrapped, {"card": self.card.to_dict(), "passes": self.batches.passes})
         self.saved += 1
         if self.stop_after is not None and self.saved >= self.stop_after:
-            raise TrainingPaused(f"paused after {phase} epoch {epoch + 1}")
+            raise TrainingPaused(f"paused after {phase} epoch {epoch}")
 
     def resume_state(self) -> tuple[str, int, dict[str, Any]] | None:
         if not self.resume:
