@@ -56,7 +56,7 @@ Deviations from the paper's code, and why:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from types import MappingProxyType
 from typing import Any, Literal
@@ -413,26 +413,31 @@ def fit_ast(model: AstModel, train: Iterable[Mapping[str, Any]], settings: FitSe
     )
     n = inp.shape[0]
 
+    def run(index: int, net: nn.Module, step: Callable[[Tensor], Tensor]) -> None:
+        """Phase ``PHASES[index]`` from its first undone epoch, with a fresh (or the saved) optimiser state."""
+        phase = PHASES[index]
+        if first[phase] < settings.epochs:
+            opt = _optimizer(net, settings.learning_rate)
+            if saved is not None and saved[0] == phase:
+                training.load_training_state(saved[2], {}, opt, AstTrainError)
+            net.train()
+            training.train_phase(
+                phase,
+                nets,
+                opt,
+                settings=settings,
+                context=context,
+                first_epoch=first[phase],
+                batches=lambda epoch: training.batch_order(n, settings.batch_size, settings.seed, epoch, phase=index),
+                step=step,
+            )
+        net.eval()
+
     def teacher_step(idx: Tensor) -> Tensor:
         z, logdet = model.teacher(inp[idx], model.cond(len(idx)))
         return teacher_nll(z, logdet, fg[idx])
 
-    if first["teacher"] < settings.epochs:
-        opt = _optimizer(model.teacher, settings.learning_rate)
-        if saved is not None and saved[0] == "teacher":
-            training.load_training_state(saved[2], {}, opt, AstTrainError)
-        model.teacher.train()
-        training.train_phase(
-            "teacher",
-            nets,
-            opt,
-            settings=settings,
-            context=context,
-            first_epoch=first["teacher"],
-            batches=lambda epoch: training.batch_order(n, settings.batch_size, settings.seed, epoch, phase=0),
-            step=teacher_step,
-        )
-    model.teacher.eval()
+    run(0, model.teacher, teacher_step)
     with torch.no_grad():
         z_t = torch.cat([model.teacher(i, model.cond(i.shape[0]))[0] for i in torch.split(inp, settings.batch_size)])
 
@@ -440,21 +445,7 @@ def fit_ast(model: AstModel, train: Iterable[Mapping[str, Any]], settings: FitSe
         x = inp[idx]
         return student_loss(z_t[idx], model.student(torch.cat([model.cond(x.shape[0]), x], 1)), fg[idx])
 
-    opt = _optimizer(model.student, settings.learning_rate)
-    if saved is not None and saved[0] == "student":
-        training.load_training_state(saved[2], {}, opt, AstTrainError)
-    model.student.train()
-    training.train_phase(
-        "student",
-        nets,
-        opt,
-        settings=settings,
-        context=context,
-        first_epoch=first["student"],
-        batches=lambda epoch: training.batch_order(n, settings.batch_size, settings.seed, epoch, phase=1),
-        step=student_step,
-    )
-    model.student.eval()
+    run(1, model.student, student_step)
     training.finish(model)
 
 

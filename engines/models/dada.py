@@ -374,10 +374,15 @@ def fit_dada(
     Batches are generated on the CPU and trained on ``settings.device`` with the shared harness
     (``engines.training``); the model comes back on the CPU."""
     device = training.start(settings, Dsr3dTrainError)
-    (real,) = training.cache_features(
-        train, model.input_names, lambda **t: (model.prepare(**t),), torch.device("cpu"), Dsr3dTrainError,
+    frames = training.cache_features(  # DADA inputs of the given normal frames, for the corpus's real crops
+        train,
+        model.input_names,
+        lambda **t: (model.prepare(**t),),
+        torch.device("cpu"),
+        Dsr3dTrainError,
         allow_empty=True,
-    ) or (None,)  # fmt: skip
+    )
+    real = frames[0] if frames else None
     model.to(device)
     nets = {"net": model.net}
     opt = torch.optim.Adam(model.net.parameters(), lr=settings.learning_rate)

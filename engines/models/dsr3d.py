@@ -48,7 +48,6 @@ from engines.contract import CropMode, FitSettings, ModelCard, TrainContext
 from engines.models import _perlin
 from engines.models.dada import (
     DADA_FAMILY,
-    MODES,
     PRESETS,
     DadaNet,
     Dsr3dConfigError,
@@ -64,23 +63,6 @@ from engines.models.dada import (
     family_card,
     mode_option,
 )
-
-__all__ = [
-    "DSR3D_FAMILY",
-    "MODES",
-    "AnomalyUNet",
-    "Dsr3dConfigError",
-    "Dsr3dModel",
-    "Dsr3dSettings",
-    "Dsr3dTrainError",
-    "ObjectDecoder",
-    "SubspaceRestriction",
-    "fit_dsr3d",
-    "make_anomalies",
-    "replace_codes",
-    "shuffle_patches",
-    "training_mask",
-]
 
 # ------------------------------------------------------------------------------------------------------------ layers
 
