@@ -26,7 +26,7 @@ INPUT_NAMES: tuple[str, ...] = ("rgb", "xyz", "mask")
 OUTPUT_NAMES: tuple[str, ...] = ("anomaly_map", "image_score")
 PRESETS: tuple[str, ...] = ("paper", "edge", "tiny")
 CropMode = Literal["foreground", "full"]
-S = TypeVar("S")
+SettingsT = TypeVar("SettingsT")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +97,10 @@ class TrainContext(Protocol):
 
 
 class ModelFamily(Protocol):
-    """One model family (AST, 3DSR, …): presets, construction and training. Torch types appear as Any."""
+    """One model family (AST, 3DSR, …): presets, construction and training. Torch types appear as Any.
+
+    A family is one module under ``engines/models/`` and one line in ``engines/_registry.py``; it may also implement
+    ``FitsValidation``. ``tests/engines/test_families.py`` checks every registered family against this contract."""
 
     name: str
     presets: Mapping[str, Mapping[str, Any]]  # preset name → documented constructor settings
@@ -118,7 +121,9 @@ class ModelFamily(Protocol):
     ) -> None:
         """Train ``model`` on batches of normal samples (dicts of tensors named as above).
 
-        ``train`` is re-iterable: each epoch iterates it again (a DataLoader or a list of batches)."""
+        ``train`` is re-iterable: each epoch may iterate it again (a DataLoader or a list of batches). Families are
+        written with the shared harness (``engines/training.py``: seeding, feature cache, batch order, schedule,
+        the epoch loop and its one resume format) and hand the model back on the CPU in eval mode."""
 
 
 @runtime_checkable
@@ -137,7 +142,7 @@ class FitsValidation(Protocol):
 # ------------------------------------------------------------------------------------------------------ card checks
 
 
-def preset_settings(presets: Mapping[str, S], preset: str, family: str, error: type[EdgeError]) -> S:
+def preset_settings(presets: Mapping[str, SettingsT], preset: str, family: str, error: type[EdgeError]) -> SettingsT:
     """The settings of ``preset`` among a family's ``presets``; an unknown name raises ``error`` listing them."""
     if preset not in presets:
         raise error(f"{family} has no preset {preset!r}", f"pick one of {sorted(presets)}")
