@@ -18,12 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+
+from edge.core.errors import EdgeError
 
 INPUT_NAMES: tuple[str, ...] = ("rgb", "xyz", "mask")
 OUTPUT_NAMES: tuple[str, ...] = ("anomaly_map", "image_score")
 PRESETS: tuple[str, ...] = ("paper", "edge", "tiny")
 CropMode = Literal["foreground", "full"]
+SettingsT = TypeVar("SettingsT")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,14 +89,18 @@ class TrainContext(Protocol):
         """Report progress of a phase (e.g. "teacher", "student") for the progress bar and logs."""
 
     def save_state(self, phase: str, epoch: int, state: Mapping[str, Any]) -> None:
-        """Persist resumable state after ``epoch`` of ``phase`` (tensors and plain values; no pickle)."""
+        """Persist resumable state once ``epoch`` epochs of ``phase`` are done (1 after the first); ``state`` is in
+        the one resume format of ``engines.training.training_state`` (flat name → tensor; no pickle)."""
 
     def resume_state(self) -> tuple[str, int, dict[str, Any]] | None:
-        """The last saved (phase, epoch, state), or None for a fresh run."""
+        """The last saved (phase, epochs done, state), or None for a fresh run; a family continues at that epoch."""
 
 
 class ModelFamily(Protocol):
-    """One model family (AST, 3DSR, …): presets, construction and training. Torch types appear as Any."""
+    """One model family (AST, 3DSR, …): presets, construction and training. Torch types appear as Any.
+
+    A family is one module under ``engines/models/`` and one line in ``engines/_registry.py``; it may also implement
+    ``FitsValidation``. ``tests/engines/test_families.py`` checks every registered family against this contract."""
 
     name: str
     presets: Mapping[str, Mapping[str, Any]]  # preset name → documented constructor settings
@@ -114,4 +121,46 @@ class ModelFamily(Protocol):
     ) -> None:
         """Train ``model`` on batches of normal samples (dicts of tensors named as above).
 
-        ``train`` is re-iterable: each epoch iterates it again (a DataLoader or a list of batches)."""
+        ``train`` is re-iterable: each epoch may iterate it again (a DataLoader or a list of batches). Families are
+        written with the shared harness (``engines/training.py``: seeding, feature cache, batch order, schedule,
+        the epoch loop and its one resume format) and hand the model back on the CPU in eval mode."""
+
+
+@runtime_checkable
+class FitsValidation(Protocol):
+    """Optional second step of a family: fit what needs *normal validation* frames (thresholds, quantiles, score
+    alignment) after ``fit``, on frames the training never saw. ``edge-train`` calls it when the family has it,
+    after ``fit`` and before export, so whatever it fits (as buffers of the model) is in the checkpoint and graph."""
+
+    def fit_validation(
+        self, model: Any, validation: Iterable[Mapping[str, Any]], settings: FitSettings, context: TrainContext
+    ) -> Mapping[str, float]:
+        """Fit on batches of normal validation samples; returns numbers worth recording (in the checkpoint's
+        training metrics). Must not change what ``fit`` learned from the training split."""
+
+
+# ------------------------------------------------------------------------------------------------------ card checks
+
+
+def preset_settings(presets: Mapping[str, SettingsT], preset: str, family: str, error: type[EdgeError]) -> SettingsT:
+    """The settings of ``preset`` among a family's ``presets``; an unknown name raises ``error`` listing them."""
+    if preset not in presets:
+        raise error(f"{family} has no preset {preset!r}", f"pick one of {sorted(presets)}")
+    return presets[preset]
+
+
+def check_card(card: ModelCard, family: str, input_size: int, error: type[EdgeError]) -> None:
+    """Refuse a card of another family, or one whose input size is not its preset's (``error``, with the remedy)."""
+    if card.family != family:
+        raise error(f"card is for family {card.family!r}, not {family!r}", "build it with its own family")
+    if card.input_size != input_size:
+        raise error(
+            f"card input size {card.input_size} differs from preset {card.preset!r} ({input_size})",
+            f"make the card with the {family} family's card(preset, …)",
+        )
+
+
+def check_card_inputs(card: ModelCard, inputs: tuple[str, ...], what: str, error: type[EdgeError]) -> None:
+    """Refuse a card whose graph inputs are not ``inputs`` (those ``what``, e.g. "mode 'rgbd'", needs)."""
+    if tuple(card.inputs) != inputs:
+        raise error(f"card inputs {card.inputs} do not fit {what}", f"use {inputs}")

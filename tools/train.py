@@ -30,7 +30,7 @@ from edge.crop import CropSpec
 from edge.inspect import GOLDEN_NAME, ModelStage
 from engines._registry import get_family
 from engines.checkpoint import TrainInfo, load_state, save_checkpoint, save_state, utc_now
-from engines.contract import FitSettings, ModelCard, ModelFamily
+from engines.contract import FitSettings, FitsValidation, ModelCard, ModelFamily
 from engines.datasets import Batches, Dataset, Sample, open_dataset
 from engines.export import check_onnx, onnx_from_model
 from engines.runtime.select import RunnerPlan, RuntimeConfig
@@ -84,7 +84,7 @@ class CliTrainContext:
         save_state(self.path, phase, epoch, wrapped, {"card": self.card.to_dict(), "passes": self.batches.passes})
         self.saved += 1
         if self.stop_after is not None and self.saved >= self.stop_after:
-            raise TrainingPaused(f"paused after {phase} epoch {epoch + 1}")
+            raise TrainingPaused(f"paused after {phase} epoch {epoch}")
 
     def resume_state(self) -> tuple[str, int, dict[str, Any]] | None:
         if not self.resume:
@@ -267,17 +267,25 @@ def _prepare(args: argparse.Namespace) -> tuple[ModelFamily, ModelCard, Dataset]
     return family, dataclasses.replace(card, roi_version=roi.version, data_hash=data.data_hash), data
 
 
-def _fit(family: ModelFamily, card: ModelCard, data: Dataset, args: argparse.Namespace) -> Any:
-    """Seeded training with progress bar and resumable state; returns the trained model (eval mode)."""
+def _fit(family: ModelFamily, card: ModelCard, data: Dataset, args: argparse.Namespace) -> tuple[Any, dict[str, float]]:
+    """Seeded training with progress bar and resumable state, then the family's validation fit when it has one
+    (``engines.contract.FitsValidation``, on the validation/good samples); returns the trained model (eval mode)
+    and the numbers the validation fit reported (prefixed ``validation_fit_``)."""
     _seed(args.seed, args.threads)
     model = family.build(card)
     settings = FitSettings(args.epochs, args.batch_size, args.lr, args.seed, args.threads, args.device)
     train = Batches(data.split("train"), args.batch_size, shuffle=True, seed=args.seed)
+    fitted: dict[str, float] = {}
     with _progress() as bar:
         ctx = CliTrainContext(args.out / "state", card, bar, train, resume=args.resume, stop_after=args.stop_after)
         family.fit(model, train, settings, ctx)
+        if isinstance(family, FitsValidation):
+            val = data.split("validation")
+            normal = Batches([val[i] for i in data.good("validation")], args.batch_size)
+            reported = family.fit_validation(model, normal, settings, ctx)
+            fitted = {f"validation_fit_{k}": float(v) for k, v in reported.items()}
     model.eval()
-    return model
+    return model, fitted
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
@@ -290,7 +298,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     )
     head = f"{PROG}: {card.family}/{card.preset} {card.input_size}px {card.crop_mode} on {args.device}; data {counts}"
     _STDERR.print(head, soft_wrap=True)
-    model = _fit(family, card, data, args)
+    model, fitted = _fit(family, card, data, args)
     onnx_path = onnx_from_model(model, card, out / "model.onnx")
     val, good_val = data.split("validation"), data.good("validation")
     first = val[good_val[0]]
@@ -320,6 +328,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     metrics = {
         "threshold": scoring.threshold.value,
         "validation_good": float(len(good_val)),
+        **fitted,
         **_evaluate(onnx_path, data, card, scoring),
     }
     metrics |= {f"parity_max_abs_{k}": v.max_abs for k, v in parity.outputs.items()}

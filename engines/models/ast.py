@@ -56,7 +56,7 @@ Deviations from the paper's code, and why:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from types import MappingProxyType
 from typing import Any, Literal
@@ -67,7 +67,16 @@ import torch.nn.functional as nnf
 from torch import Tensor, nn
 
 from edge.core.errors import EdgeError
-from engines.contract import CropMode, FitSettings, ModelCard, TrainContext
+from engines import training
+from engines.contract import (
+    CropMode,
+    FitSettings,
+    ModelCard,
+    TrainContext,
+    check_card,
+    check_card_inputs,
+    preset_settings,
+)
 from engines.models.backbones import (
     LITE_MEAN,
     LITE_STD,
@@ -76,6 +85,7 @@ from engines.models.backbones import (
     input_affine,
     lite_block_args,
 )
+from engines.models.layers import fill_gaps
 
 Mode = Literal["rgb", "depth", "rgbd"]
 MODES: tuple[str, ...] = ("rgb", "depth", "rgbd")
@@ -241,17 +251,6 @@ class Student(nn.Module):
         return out
 
 
-def fill_gaps(z: Tensor, valid: Tensor, passes: int) -> tuple[Tensor, Tensor]:
-    """Fill invalid pixels with the mean of their valid 3×3 neighbours, ``passes`` times; returns (z, valid)."""
-    for _ in range(passes):
-        total = nnf.avg_pool2d(z * valid, 3, stride=1, padding=1)
-        count = nnf.avg_pool2d(valid, 3, stride=1, padding=1)
-        grow = (1 - valid) * (count > 0).float()
-        z = z * valid + grow * total / count.clamp_min(1e-6)
-        valid = valid + grow
-    return z, valid
-
-
 # ------------------------------------------------------------------------------------------------------------- model
 
 
@@ -384,138 +383,70 @@ def student_loss(z_t: Tensor, z_s: Tensor, fg: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------------------------------------------- training
 
-
-def _cache(model: AstModel, train: Iterable[Mapping[str, Any]], device: torch.device) -> tuple[Tensor, Tensor]:
-    """Frozen inputs of every training sample, computed once on ``device``: (teacher/student input, soft fg)."""
-    inputs, weights = [], []
-    with torch.no_grad():
-        for batch in train:
-            missing = [n for n in model.input_names if n not in batch]
-            if missing:
-                raise AstTrainError(
-                    f"training batch lacks {missing} (has {sorted(batch)})",
-                    f"feed batches with {list(model.input_names)} as the card lists",
-                )
-            tensors = {n: torch.as_tensor(batch[n]).float().to(device) for n in model.input_names}
-            inp, soft, _ = model.prepare(**tensors)
-            inputs.append(inp)
-            weights.append(soft)
-    if not inputs:
-        raise AstTrainError("the training set is empty", "give fit() at least one batch of normal samples")
-    return torch.cat(inputs), torch.cat(weights)
-
-
-def _order(n: int, batch: int, seed: int, phase: int, epoch: int) -> list[Tensor]:
-    """Shuffled index batches, fixed by (seed, phase, epoch) so a resumed run draws the same batches."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + phase * 10_007 + epoch)
-    return list(torch.split(torch.randperm(n, generator=gen), batch))
+PHASES: tuple[str, ...] = ("teacher", "student")
 
 
 def _optimizer(net: nn.Module, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(net.parameters(), lr=lr, eps=1e-8, weight_decay=1e-5)
 
 
-def _flat_state(teacher: nn.Module, student: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Tensor]:
-    """Resumable state as one flat name → tensor mapping (safetensors-friendly; no pickled objects)."""
-    state = {f"teacher.{k}": v.detach().cpu().clone() for k, v in teacher.state_dict().items()}
-    state |= {f"student.{k}": v.detach().cpu().clone() for k, v in student.state_dict().items()}
-    for idx, slots in opt.state_dict()["state"].items():
-        state |= {f"optim.{idx}.{k}": torch.as_tensor(v).cpu().clone() for k, v in slots.items()}
-    return state
-
-
-def _load_state(net: nn.Module, prefix: str, state: Mapping[str, Any]) -> None:
-    sub = {k[len(prefix) + 1 :]: torch.as_tensor(v) for k, v in state.items() if k.startswith(prefix + ".")}
-    try:
-        net.load_state_dict(sub, strict=True)
-    except RuntimeError as err:
-        raise AstTrainError(
-            f"the saved {prefix} state does not fit this model ({err})",
-            "resume with the same preset and mode, or start a fresh run",
-        ) from err
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:
-    slots: dict[int, dict[str, Tensor]] = {}
-    for key, value in state.items():
-        if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            slots.setdefault(int(idx), {})[name] = torch.as_tensor(value)
-    opt.load_state_dict({"state": slots, "param_groups": opt.state_dict()["param_groups"]})
-
-
-def _run_phase(
-    model: AstModel,
-    phase: str,
-    data: tuple[Tensor, ...],
-    *,
-    settings: FitSettings,
-    context: TrainContext,
-    resume: tuple[int, Mapping[str, Any]] | None,
-) -> None:
-    """Train the teacher (data = input, fg) or the student (data = input, fg, teacher z) from a saved epoch on."""
-    net = model.teacher if phase == "teacher" else model.student
-    opt = _optimizer(net, settings.learning_rate)
-    start = 0
-    if resume is not None:
-        start, state = resume
-        _load_optimizer(opt, state)
-    net.train()
-    n = data[0].shape[0]
-    for epoch in range(start, settings.epochs):
-        losses = []
-        for idx in _order(n, settings.batch_size, settings.seed, int(phase == "student"), epoch):
-            inp, fg = data[0][idx], data[1][idx]
-            cond = model.cond(inp.shape[0])
-            if phase == "teacher":
-                z, logdet = model.teacher(inp, cond)
-                loss = teacher_nll(z, logdet, fg)
-            else:
-                loss = student_loss(data[2][idx], model.student(torch.cat([cond, inp], 1)), fg)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
-            opt.step()
-            losses.append(float(loss.detach()))
-        context.progress(phase, epoch + 1, settings.epochs, loss=float(np.mean(losses)))
-        context.save_state(phase, epoch + 1, _flat_state(model.teacher, model.student, opt))
-    net.eval()
-
-
 def fit_ast(model: AstModel, train: Iterable[Mapping[str, Any]], settings: FitSettings, context: TrainContext) -> None:
     """Cache frozen features once, train the teacher, then the student; resumes from the context's saved state.
 
-    Runs on ``settings.device`` (features cached there, batch order still drawn on the CPU so a run's batches do not
-    depend on the device) and hands the model back on the CPU, where checkpointing and export expect it.
+    Runs on ``settings.device`` with the shared harness (``engines.training``: features cached there, batch order
+    drawn on the CPU per (seed, phase, epoch), state saved after every epoch in the one resume format holding both
+    nets) and hands the model back on the CPU, where checkpointing and export expect it.
     """
-    if settings.epochs < 1 or settings.batch_size < 1:
-        raise AstTrainError(
-            f"epochs={settings.epochs}, batch_size={settings.batch_size}", "use at least one epoch and batch size 1"
-        )
-    torch.set_num_threads(settings.threads)
-    torch.manual_seed(settings.seed)
-    saved = context.resume_state()
-    teacher_from: tuple[int, Mapping[str, Any]] | None = None
-    student_from: tuple[int, Mapping[str, Any]] | None = None
+    device = training.start(settings, AstTrainError)
+    nets = {"teacher": model.teacher, "student": model.student}
+    saved = training.resume_point(context, PHASES, AstTrainError)
+    first = {"teacher": 0, "student": 0}
     if saved is not None:
         phase, epoch, state = saved
-        if phase not in ("teacher", "student"):
-            raise AstTrainError(f"saved state is of phase {phase!r}", "resume an AST run, or start a fresh run")
-        _load_state(model.teacher, "teacher", state)
-        _load_state(model.student, "student", state)  # saved in both phases: the student's initial weights too
-        if phase == "teacher":
-            teacher_from = (epoch, state)
-        else:
-            teacher_from, student_from = (settings.epochs, {}), (epoch, state)
-    device = torch.device(settings.device)
+        training.load_training_state(state, nets, None, AstTrainError)  # both nets: the student's start too
+        first = (
+            {"teacher": epoch, "student": 0} if phase == "teacher" else {"teacher": settings.epochs, "student": epoch}
+        )
     model.to(device).train()
-    inp, fg = _cache(model, train, device)
-    if teacher_from is None or teacher_from[0] < settings.epochs:
-        _run_phase(model, "teacher", (inp, fg), settings=settings, context=context, resume=teacher_from)
-    model.teacher.eval()
+    inp, fg = training.cache_features(
+        train, model.input_names, lambda **t: model.prepare(**t)[:2], device, AstTrainError
+    )
+    n = inp.shape[0]
+
+    def run(index: int, net: nn.Module, step: Callable[[Tensor], Tensor]) -> None:
+        """Phase ``PHASES[index]`` from its first undone epoch, with a fresh (or the saved) optimiser state."""
+        phase = PHASES[index]
+        if first[phase] < settings.epochs:
+            opt = _optimizer(net, settings.learning_rate)
+            if saved is not None and saved[0] == phase:
+                training.load_training_state(saved[2], {}, opt, AstTrainError)
+            net.train()
+            training.train_phase(
+                phase,
+                nets,
+                opt,
+                settings=settings,
+                context=context,
+                first_epoch=first[phase],
+                batches=lambda epoch: training.batch_order(n, settings.batch_size, settings.seed, epoch, phase=index),
+                step=step,
+            )
+        net.eval()
+
+    def teacher_step(idx: Tensor) -> Tensor:
+        z, logdet = model.teacher(inp[idx], model.cond(len(idx)))
+        return teacher_nll(z, logdet, fg[idx])
+
+    run(0, model.teacher, teacher_step)
     with torch.no_grad():
         z_t = torch.cat([model.teacher(i, model.cond(i.shape[0]))[0] for i in torch.split(inp, settings.batch_size)])
-    _run_phase(model, "student", (inp, fg, z_t), settings=settings, context=context, resume=student_from)
-    model.cpu().eval()
+
+    def student_step(idx: Tensor) -> Tensor:
+        x = inp[idx]
+        return student_loss(z_t[idx], model.student(torch.cat([model.cond(x.shape[0]), x], 1)), fg[idx])
+
+    run(1, model.student, student_step)
+    training.finish(model)
 
 
 # ----------------------------------------------------------------------------------------------------- family object
@@ -539,9 +470,7 @@ def _check_options(options: Mapping[str, Any]) -> tuple[Mode, str]:
 
 
 def _settings(preset: str) -> AstSettings:
-    if preset not in PRESETS:
-        raise AstConfigError(f"AST has no preset {preset!r}", f"pick one of {sorted(PRESETS)}")
-    return PRESETS[preset]
+    return preset_settings(PRESETS, preset, "AST", AstConfigError)
 
 
 class AstFamily:
@@ -567,17 +496,10 @@ class AstFamily:
 
     def build(self, card: ModelCard) -> AstModel:
         """A fresh (untrained) AST for ``card``; the backbone carries its ImageNet weights."""
-        if card.family != self.name:
-            raise AstConfigError(f"card is for family {card.family!r}, not AST", "build it with its own family")
         settings = _settings(card.preset)
-        if card.input_size != settings.input_size:
-            raise AstConfigError(
-                f"card input size {card.input_size} differs from preset {card.preset!r} ({settings.input_size})",
-                "make the card with AST_FAMILY.card(preset, …)",
-            )
+        check_card(card, self.name, settings.input_size, AstConfigError)
         mode, score = _check_options(card.options)
-        if tuple(card.inputs) != card_inputs(mode):
-            raise AstConfigError(f"card inputs {card.inputs} do not fit mode {mode!r}", f"use {card_inputs(mode)}")
+        check_card_inputs(card, card_inputs(mode), f"mode {mode!r}", AstConfigError)
         return AstModel(settings, mode, score, card.mean, card.std, roi_mask=card.crop_mode == "foreground")
 
     def fit(self, model: Any, train: Iterable[Mapping[str, Any]], settings: FitSettings, context: TrainContext) -> None:

@@ -33,6 +33,7 @@ import torch.nn.functional as nnf
 from torch import Tensor, nn
 
 from edge.core.errors import EdgeError
+from engines.models.layers import colour_affine
 
 LITE_MEAN = (127 / 255, 127 / 255, 127 / 255)
 LITE_STD = (128 / 255, 128 / 255, 128 / 255)
@@ -284,6 +285,4 @@ def efficientnet_lite(variant: str, image_size: int, pretrained: bool = True) ->
 
 def input_affine(mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, Tensor]:
     """Per-channel (scale, shift) taking colour normalised with ``mean``/``std`` to Lite's normalisation."""
-    m, s = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
-    lm, ls = torch.tensor(LITE_MEAN, dtype=torch.float32), torch.tensor(LITE_STD, dtype=torch.float32)
-    return (s / ls).view(1, 3, 1, 1), ((m - lm) / ls).view(1, 3, 1, 1)
+    return colour_affine(mean, std, LITE_MEAN, LITE_STD)

@@ -1,7 +1,8 @@
 """A small model family implementing the contract, so framework tests do not depend on a real model.
 
 ``toy``: a two-layer convolutional autoencoder over rgb+xyz; the anomaly map is its per-pixel reconstruction error
-inside the mask and the image score the map's maximum. It trains with Adam and resumes from TrainContext state.
+inside the mask and the image score the map's maximum. It trains with Adam through the shared harness
+(``engines/training.py``: its loop and its one resume format), one pass over the given batches per epoch.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from calibration.fit import frame_from_axis
 from calibration.roi import CameraBinding, CylinderShape, RoiFile, save_roi
 from drivers.mvtec import MvtecExportConfig, export_mvtec
 from drivers.synthetic import SyntheticSource, SyntheticSourceConfig
+from edge.core.errors import EdgeError
 from edge.core.frame import Frame
 from edge.crop import IMAGENET_MEAN, IMAGENET_STD
+from engines import training
 from engines.contract import CropMode, FitSettings, ModelCard, TrainContext
 
 PRESETS: dict[str, dict[str, Any]] = {"tiny": {"input_size": 32, "hidden": 8}, "edge": {"input_size": 48, "hidden": 16}}
@@ -61,26 +64,29 @@ class ToyFamily:
         return ToyNet(int(PRESETS[card.preset]["hidden"]))
 
     def fit(self, model: Any, train: Iterable[Mapping[str, Any]], settings: FitSettings, context: TrainContext) -> None:
+        """Adam on the mean map, one pass over ``train`` per epoch, with the shared harness's state and loop."""
+        training.start(settings, EdgeError)
         opt = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-        start = 0
-        resumed = context.resume_state()
-        if resumed is not None:
-            _, epoch, state = resumed
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            start = epoch + 1
+        saved = training.resume_point(context, ("toy",), EdgeError)
+        if saved is not None:
+            training.load_training_state(saved[2], {"model": model}, opt, EdgeError)
+
+        def step(batch: Mapping[str, Any]) -> torch.Tensor:
+            amap, _ = model(rgb=batch["rgb"], xyz=batch["xyz"], mask=batch["mask"])
+            loss: torch.Tensor = amap.mean()
+            return loss
+
         model.train()
-        for epoch in range(start, settings.epochs):
-            total = 0.0
-            for batch in train:
-                amap, _ = model(rgb=batch["rgb"], xyz=batch["xyz"], mask=batch["mask"])
-                loss = amap.mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += float(loss.detach())
-            context.progress("toy", epoch + 1, settings.epochs, loss=total)
-            context.save_state("toy", epoch, {"model": model.state_dict(), "optimizer": opt.state_dict()})
+        training.train_phase(
+            "toy",
+            {"model": model},
+            opt,
+            settings=settings,
+            context=context,
+            first_epoch=0 if saved is None else saved[1],
+            batches=lambda _: train,
+            step=step,
+        )
         model.eval()
 
 

@@ -15,21 +15,18 @@ from engines.checkpoint import CheckpointMismatchError, TrainInfo, load_state, s
 from engines.contract import OUTPUT_NAMES, FitSettings, ModelCard
 from engines.export import check_onnx, onnx_from_model
 from engines.models import _perlin
-from engines.models.dsr3d import (
+from engines.models.dada import (
     DADA_FAMILY,
-    DSR3D_FAMILY,
     MODES,
     UNIT_MEAN,
     UNIT_STD,
     DadaModel,
     Dsr3dConfigError,
-    Dsr3dModel,
     Dsr3dTrainError,
     VectorQuantizerEMA,
     dada_batch,
-    make_anomalies,
-    training_mask,
 )
+from engines.models.dsr3d import DSR3D_FAMILY, Dsr3dModel, make_anomalies, training_mask
 
 S = 64  # tiny preset input size
 SETTINGS = FitSettings(epochs=2, batch_size=2, learning_rate=1e-3, seed=3, threads=1)

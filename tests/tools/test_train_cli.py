@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from calibration.roi import load_roi
 from edge.core.scoring import load_scoring
+from edge.inspect import GOLDEN_NAME, ModelStage
 from engines._registry import register_family
 from engines.checkpoint import load_checkpoint, read_checkpoint_meta
+from engines.contract import FitSettings, FitsValidation, ModelCard, TrainContext
 from engines.export import card_from_onnx
-from tests.engines._toy import TOY_FAMILY, make_mvtec
+from engines.runtime.select import RunnerPlan, RuntimeConfig
+from tests.engines._toy import PRESETS, TOY_FAMILY, ToyFamily, ToyNet, make_mvtec
 from tools.train import CliTrainContext, main
 
 
@@ -103,3 +108,64 @@ def test_ctrl_c_then_resume(data: tuple[Path, Path], tmp_path: Path, monkeypatch
     assert (out / "state" / "state.safetensors").is_file() and not (out / "model.onnx").exists()
     assert main(argv(data, out, "--resume")) == 0
     assert read_checkpoint_meta(out)[1].epochs == 3
+
+
+class ScaledToyNet(ToyNet):
+    """The toy net divided by a scale that only the validation fit sets (a stand-in for score alignment)."""
+
+    scale: torch.Tensor
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__(hidden)
+        self.register_buffer("scale", torch.ones(()))
+
+    def forward(self, rgb: torch.Tensor, xyz: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        amap, score = super().forward(rgb, xyz, mask)
+        return amap / self.scale, score / self.scale
+
+
+class ValidatedToyFamily(ToyFamily):
+    """The toy family plus the contract's optional validation fit: scale = median validation image score."""
+
+    name = "toyval"
+
+    def __init__(self) -> None:
+        self.labels_seen: list[int] = []
+
+    def build(self, card: ModelCard) -> nn.Module:
+        return ScaledToyNet(int(PRESETS[card.preset]["hidden"]))
+
+    def fit_validation(
+        self, model: Any, validation: Iterable[Mapping[str, Any]], settings: FitSettings, context: TrainContext
+    ) -> Mapping[str, float]:
+        assert not model.training  # after fit
+        scores = []
+        with torch.no_grad():
+            for batch in validation:
+                self.labels_seen += [int(v) for v in batch["label"]]
+                scores.append(model(rgb=batch["rgb"], xyz=batch["xyz"], mask=batch["mask"])[1])
+        median = torch.quantile(torch.cat(scores).double(), 0.5).float()
+        model.scale.fill_(median)
+        return {"scale": float(median)}
+
+
+def test_validation_fit_runs_on_normal_validation_frames_before_export(data: tuple[Path, Path], tmp_path: Path) -> None:
+    family = ValidatedToyFamily()
+    assert isinstance(family, FitsValidation) and not isinstance(TOY_FAMILY, FitsValidation)
+    register_family(family, replace=True)
+    out = tmp_path / "run"
+    assert main([*argv(data, out), "--model", "toyval"]) == 0
+    assert family.labels_seen == [0, 0]  # the two validation/good samples of make_mvtec's export, nothing else
+    model, _, info = load_checkpoint(out, {"family": "toyval"})
+    assert float(model.scale) == pytest.approx(info.metrics["validation_fit_scale"]) and float(model.scale) != 1.0
+    stage = ModelStage(out / "model.onnx", RunnerPlan(RuntimeConfig(backend="onnxruntime", device="cpu")))
+    try:  # the exported graph carries the fitted scale: the median validation score is now 1
+        golden = np.load(out / GOLDEN_NAME)
+        raw = stage.raw_scores({k: golden[k][i] for k in ("rgb", "xyz", "mask")} for i in range(2))
+    finally:
+        stage.close()
+    assert float(np.median(raw)) == pytest.approx(1.0, rel=1e-4)
+    plain = tmp_path / "plain"
+    assert main(argv(data, plain)) == 0
+    _, _, plain_info = load_checkpoint(plain, {"family": "toy"})
+    assert not any(k.startswith("validation_fit_") for k in plain_info.metrics)
