@@ -49,7 +49,9 @@ class SceneFrame:
 
 
 def _valid_points(xyz: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
-    valid: npt.NDArray[np.bool_] = np.isfinite(xyz).all(axis=2) & (np.nan_to_num(xyz[..., 2]) > 0)
+    """Points with depth: z > 0 (NaN compares False; MVTec 3D-AD stores missing points as zeros)."""
+    with np.errstate(invalid="ignore"):
+        valid: npt.NDArray[np.bool_] = np.asarray(xyz[..., 2] > 0) & np.isfinite(xyz[..., :2]).all(axis=2)
     return valid
 
 
@@ -85,8 +87,9 @@ def plane_foreground(xyz: npt.NDArray[np.float32], settings: PlaneSettings | Non
     normal = np.array([a, bb, c], dtype=np.float64)
     if d < 0:  # orient the normal towards the camera (the origin is on the positive side)
         normal, d = -normal, -d
-    dist = np.nan_to_num(xyz.astype(np.float64)) @ normal + d
-    candidates = (valid & (dist > s.keep_above_m)).astype(np.uint8)
+    dist = xyz @ normal.astype(np.float32) + np.float32(d)  # float32: µm resolution at a few metres; NaN → False
+    with np.errstate(invalid="ignore"):
+        candidates = (valid & (dist > s.keep_above_m)).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(candidates, connectivity=8)
     if n <= 1:
         return np.zeros((h, w), dtype=np.bool_)
@@ -165,11 +168,14 @@ class SceneCropper:
                 )
             keep = np.ones((h, w), dtype=np.bool_)
             out.xyz[...] = 0.0
+            out.mask[...] = self._nearest(keep, False)
         else:
-            keep = plane_foreground(frame.xyz, self.plane) if fg else _valid_points(frame.xyz)
-            xyz = np.where(keep[..., None], np.nan_to_num(frame.xyz), 0.0).astype(np.float32)
-            out.xyz[0] = self._nearest(xyz, 0.0).transpose(2, 0, 1)
-        out.mask[...] = self._nearest(keep, False)
+            # Sampling is nearest, so per-pixel tests commute with it: only the foreground (connectivity) needs
+            # the full-resolution cloud.
+            xyz = np.asarray(self._nearest(frame.xyz, 0.0), dtype=np.float32)
+            keep_s = self._nearest(plane_foreground(frame.xyz, self.plane), False) if fg else _valid_points(xyz)
+            out.mask[...] = keep_s
+            out.xyz[0] = np.where(out.mask[..., None], np.nan_to_num(xyz), np.float32(0)).transpose(2, 0, 1)
         bg = tuple(float(c) for c in self.crop_spec.background_rgb)
         map1, map2 = self._maps
         cv2.remap(frame.color, map1, map2, cv2.INTER_LINEAR, dst=out.color, borderMode=cv2.BORDER_CONSTANT,
