@@ -8,6 +8,7 @@ Models are the test-only ``toy`` family (trained in seconds) and 3DSR's ``tiny``
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -146,9 +147,15 @@ def test_bench_trains_3dsr_with_its_dada_first(tmp_path: Path) -> None:
         assert m["card"]["family"] == "dsr3d" and m["card"]["options"]["dada"] == str(dada / "model.safetensors")
     assert_study(report, out, "dsr3d/tiny (mode=rgbd)")
     # A second run reuses DADA and both 3DSR models: it only scores.
-    stamp = (dada / "model.onnx").stat().st_mtime_ns
+    dsr = out / "models" / "drum" / "dsr3d-tiny-full" / "model.safetensors"
+    stamps = (dada / "model.onnx").stat().st_mtime_ns, dsr.stat().st_mtime_ns
     code, _ = bench(out, *argv)
-    assert code == 0 and (dada / "model.onnx").stat().st_mtime_ns == stamp
+    assert code == 0 and ((dada / "model.onnx").stat().st_mtime_ns, dsr.stat().st_mtime_ns) == stamps
+    # A DADA checkpoint newer than a 3DSR model (DADA was trained again): that model is trained again too.
+    newer = dsr.stat().st_mtime_ns + 1_000_000_000
+    os.utime(dada / "model.safetensors", ns=(newer, newer))
+    code, _ = bench(out, "--crop", "full", *argv[:-2])
+    assert code == 0 and dsr.stat().st_mtime_ns > stamps[1]
 
 
 def test_camera_data_without_roi_is_refused_before_reading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,7 +9,7 @@ A family that declares pretraining dependencies (``engines._registry.pretrained_
 ``{"dada": "dada"}``) gets them trained first, once per data path and shared by both crop modes: the dependency
 family with the same preset, epochs and data, crop mode ``full``, and the dependent's options less the dependency
 keys (plus its own ``--option dada:KEY=VALUE``); its ``model.safetensors`` is passed as ``--option dada=<path>``.
-A dependency trained afresh makes its dependents train afresh too (their reused folders would name old weights).
+A dependent folder older than its dependency's checkpoint is trained afresh (it was trained on older weights).
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def train_model(
     the family's pretraining dependencies (into ``<out's folder>/<dependency>-<preset>``, reused likewise)."""
     roi_version = roi.version if roi is not None else ""
     options = list(recipe.options.get(family, []))
-    fresh_dependency = False
+    newest_dependency = 0  # mtime (ns) of the newest dependency checkpoint
     for key, dependency in pretrained_from(family).items():
         dep_out = out.parent / f"{dependency}-{recipe.preset}"
         keys = {o.partition("=")[0] for o in recipe.options.get(dependency, [])}
@@ -172,14 +172,17 @@ def train_model(
         if _reusable(dep_out, dep_expect) is None:
             argv = recipe.argv(dependency, "full", data, roi=roi_path, out=dep_out, labels=labels, options=dep_options)
             _edge_train(argv, dep_out)
-            fresh_dependency = True
+        checkpoint = (dep_out / CHECKPOINT_FILE).resolve()
+        newest_dependency = max(newest_dependency, checkpoint.stat().st_mtime_ns)
         options = [o for o in options if o.partition("=")[0] != key]
-        options.append(f"{key}={(dep_out / CHECKPOINT_FILE).resolve()}")
+        options.append(f"{key}={checkpoint}")
     expect = {"family": family, "preset": recipe.preset, "crop_mode": mode, "data_hash": data_hash}
     expect["roi_version"] = roi_version
-    if not fresh_dependency and (done := _reusable(out, expect)) is not None:
-        return done
-    if fresh_dependency and (out / "state").exists():
-        shutil.rmtree(out / "state")  # state of a run on the dependency's old weights: start over
+    if (done := _reusable(out, expect)) is not None:
+        own = out / CHECKPOINT_FILE
+        if not newest_dependency or (own.is_file() and own.stat().st_mtime_ns > newest_dependency):
+            return done
+        # trained on an older checkpoint of a dependency (it was trained again since): train afresh
+        shutil.rmtree(out / "state", ignore_errors=True)
     argv = recipe.argv(family, mode, data, roi=roi_path, out=out, labels=labels, options=options)
     return _edge_train(argv, out)
