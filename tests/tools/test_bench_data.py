@@ -75,10 +75,15 @@ def test_public_3d_folder_without_dataset_json_trains_and_scores_in_both_modes(t
 
 
 def test_rgb_only_folders_work_for_full_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """MVTec AD's layout with a real AST in RGB mode, and an rgb/-only MVTec 3D-AD layout with the toy model."""
     register_family(TOY_FAMILY, replace=True)
-    for root in (make_public_2d(tmp_path / "bottle"), make_public_3d(tmp_path / "flat", with_xyz=False)):
+    runs = [
+        (make_public_2d(tmp_path / "bottle"), ["--models", "ast", "--option", "ast:mode=rgb"]),
+        (make_public_3d(tmp_path / "flat", with_xyz=False), ["--models", "toy"]),
+    ]
+    for root, model in runs:
         out = tmp_path / f"r-{root.name}"
-        code, report = bench(out, "--data", str(root), "--models", "toy", "--preset", "tiny", "--crop", "full")
+        code, report = bench(out, "--data", str(root), *model, "--preset", "tiny", "--crop", "full")
         assert code == 0, report.get("inputs")
         (m,) = report["models"]
         assert m["accuracy"]["defective"] == 3 and m["accuracy"]["image_auroc"] is not None
