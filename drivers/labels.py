@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from drivers.errors import RecordingError
-from edge.core.frame import DEFECT_TYPES, DefectType, DrumPose, Frame, GroundTruth
+from edge.core.frame import DrumPose, Frame, GroundTruth, defect_type_problem
 from edge.core.scoring import file_sha256
 
 LABELS_FILE = "labels.jsonl"
@@ -59,7 +59,7 @@ class FrameLabel:
     color_frame_number: int
     device_ts_ns: int
     label: Literal["good", "defect", "empty"]
-    defect_type: DefectType | None
+    defect_type: str | None  # free text, see edge.core.frame.defect_type_problem
     drum: DrumPose | None
     defect_mask: str | None
     drum_mask: str | None
@@ -80,8 +80,10 @@ class FrameLabel:
     @classmethod
     def from_json(cls, line: str) -> FrameLabel:
         d = json.loads(line)
-        if d["label"] not in _LABELS or (d["defect_type"] is not None and d["defect_type"] not in DEFECT_TYPES):
-            raise ValueError(f"unknown label {d['label']!r} / defect type {d['defect_type']!r}")
+        if d["label"] not in _LABELS:
+            raise ValueError(f"unknown label {d['label']!r} (good, defect or empty)")
+        if d["defect_type"] is not None and (why := defect_type_problem(d["defect_type"])) is not None:
+            raise ValueError(why)
         return cls(
             sequence=int(d["sequence"]),
             color_frame_number=int(d["color_frame_number"]),
@@ -292,7 +294,10 @@ def read_labels(directory: Path) -> LabelSet:
             try:
                 lab = FrameLabel.from_json(line)
             except (ValueError, KeyError, TypeError) as err:
-                raise LabelsError(f"{path} line {i} is not a frame label: {err}", "export the labels again") from err
+                raise LabelsError(
+                    f"{path} line {i} is not a frame label: {err}",
+                    "fix that line (label good/defect/empty; defect type free text) or export the labels again",
+                ) from err
             if lab.color_frame_number in by_number:
                 raise LabelsError(f"{path} line {i} repeats frame number {lab.color_frame_number}", "export again")
             by_number[lab.color_frame_number] = lab

@@ -35,6 +35,7 @@ from engines.parity import ParityBudget, ParityReport, compare_runners
 from engines.runtime.base import EngineError, Runner
 from engines.runtime.ort import OrtRunner, OrtRunnerConfig
 from engines.runtime.select import Choice, RunnerPlan, create_runner
+from engines.scene import SceneFrame
 
 log = logging.getLogger(__name__)
 
@@ -176,18 +177,25 @@ class Inspector:
 
     def __init__(
         self,
-        spec: StreamSpec,
-        roi: RoiFile,
+        spec: StreamSpec | None,
+        roi: RoiFile | None,
         onnx_path: Path,
         scoring: ScoringFile,
         *,
         plan: RunnerPlan | None = None,
         runner: Runner | None = None,
         allow_mismatch: bool = False,
+        cropper: Any = None,
     ) -> None:
+        """``cropper``: a crop built by the caller for data without a camera stream (the bench's
+        ``engines.scene.SceneCropper``: ``crop(sample)``, ``out``, ``layout``); then ``spec`` and ``roi`` are unused.
+        Otherwise the ROI crop of ``spec`` and ``roi`` (both required)."""
         scoring.check_artefact(onnx_path)
         card = card_from_onnx(onnx_path)
-        check_trained_with(roi, card.roi_version, onnx_path)
+        if cropper is None and (spec is None or roi is None):
+            raise ValueError("Inspector needs the stream spec and ROI, or a cropper")
+        if roi is not None:
+            check_trained_with(roi, card.roi_version, onnx_path)
         norm = scoring.normalisation
         self.stage = ModelStage(
             onnx_path, plan, runner=runner, threshold=norm.mean + scoring.threshold.value * norm.std
@@ -198,20 +206,26 @@ class Inspector:
         crop = CropSpec(mode=card.crop_mode, size=card.input_size, mean=card.mean, std=card.std)
         self._device = self.stage.device_runner if self.choice.crop == "cuda" else None
         self.cropper: Any
-        if self.choice.crop == "cuda":
+        if cropper is not None:
+            self._device = None  # the caller's crop runs on the host
+            self.cropper = cropper
+        elif self.choice.crop == "cuda":
             from edge.crop_cuda import CudaRoiCropper  # noqa: PLC0415  (pycuda only on a GPU box)
 
+            assert spec is not None and roi is not None  # checked above
             self.cropper = CudaRoiCropper(
                 spec, roi, crop, allow_mismatch=allow_mismatch, device=self.choice.device_index
             )
         else:
+            assert spec is not None and roi is not None  # checked above
             self.cropper = RoiCropper(spec, roi, crop, allow_mismatch=allow_mismatch)
         self.scorer = Scorer(scoring)
         n = card.input_size
         self._mask = np.zeros((1, 1, n, n), dtype=np.float32)
 
-    def prepare(self, frame: Frame) -> float:
-        """Crop ``frame`` into this model's input buffers; returns the crop time in ms.
+    def prepare(self, frame: Frame | SceneFrame) -> float:
+        """Crop ``frame`` into this model's input buffers; returns the crop time in ms (a ``SceneFrame`` only with
+        the caller's scene cropper).
 
         The frame's arrays may be ring-slot views: after ``prepare`` the slot is no longer needed, so a slow
         engine never holds it (under backlog the ring's writer would tear it). On the zero-copy GPU path the kernel

@@ -6,6 +6,7 @@ Looking a family up never imports torch by itself; only a lazy entry's module (t
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import cast
 
 from edge.core.errors import EdgeError
@@ -82,3 +83,18 @@ def get_family(name: str) -> ModelFamily:
         )
     _FAMILIES[name] = family
     return cast(ModelFamily, family)  # getattr gives Any; checked above
+
+
+def pretrained_from(family: ModelFamily | str) -> dict[str, str]:
+    """The family's declared pretraining dependencies: option name → family (``ModelFamily.pretrained_from``).
+
+    Empty for a family that declares none, and for a name no family answers to (a folder's card of a family this
+    build does not know). Asking by name imports the family's module (it may import torch).
+    """
+    if isinstance(family, str):
+        try:
+            family = get_family(family)
+        except ModelRegistryError:
+            return {}
+    declared: Mapping[str, str] = getattr(family, "pretrained_from", None) or {}
+    return {str(k): str(v) for k, v in declared.items()}

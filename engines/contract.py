@@ -104,6 +104,10 @@ class ModelFamily(Protocol):
 
     name: str
     presets: Mapping[str, Mapping[str, Any]]  # preset name → documented constructor settings
+    # Optional (read with ``engines._registry.pretrained_from``): option name → family whose trained checkpoint that
+    # option names, e.g. 3DSR's ``{"dada": "dada"}``. A tool that trains this family trains those first (same data,
+    # preset and options less these keys; crop mode ``full``) and passes ``--option NAME=<out>/model.safetensors``.
+    # pretrained_from: Mapping[str, str]
 
     def build(self, card: ModelCard) -> Any:
         """A ``torch.nn.Module`` whose ``forward(**{name: tensor for name in card.inputs})`` returns

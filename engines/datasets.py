@@ -8,8 +8,12 @@ so training, bench and daemon see identical tensors. A sample is a dict of numpy
 
 MVTec folders: ROI cropping needs the stream (intrinsics, depth scale) the ROI was calibrated on, which our exporter
 (``drivers.mvtec``) stores in ``dataset.json``. Depth is rebuilt as ``round(z / depth_scale)`` — exact for
-exported data, whose z came from those integers. A folder without that spec (the public MVTec 3D-AD release) is
-refused: its scenes were never seen by an ROI calibration, so there is no ROI to crop with.
+exported data, whose z came from those integers. A folder without that spec (the public MVTec 3D-AD release, or
+MVTec AD) comes from a camera no ROI was calibrated on: it is cropped by :class:`engines.scene.SceneCropper`
+(``full``: the whole image; ``foreground``: the background plane removed) and an ROI is refused for it. Such a
+folder may be RGB-only (no ``xyz/``; ``full`` mode only) and may use MVTec AD's layout (``<split>/<type>/*.png``,
+masks in ``ground_truth/<type>/<stem>_mask.png``); without ``validation/good`` the last 10 % (at least 2) of
+``train/good`` validate. Mask files are binarised with ``> 0`` (MVTec stores class ids, not only 0/255).
 Recordings: played back once (depth aligned to colour), labelled from the ``<rec>.labels`` sidecar, cropped and kept
 in memory (8·S² float32 per sample: 2 MB at S = 256); runs of equal labels are parts and a part goes whole into one
 split (no near-identical frames across train and test).
@@ -17,6 +21,7 @@ split (no near-identical frames across train and test).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
@@ -36,6 +41,7 @@ from drivers.playback import PlaybackSource, PlaybackSourceConfig
 from edge.core.errors import EdgeError
 from edge.core.frame import Frame, StreamSpec
 from edge.crop import CropLayout, CropSpec, RoiCropper
+from engines.scene import SceneCropper, SceneFrame
 
 Sample = dict[str, Any]
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -56,20 +62,29 @@ def crop_mask(mask: npt.NDArray[Any], layout: CropLayout) -> npt.NDArray[np.floa
 
 
 class FrameCropper:
-    """RoiCropper plus ground truth: turns a frame and its defect mask into one sample (owned arrays)."""
+    """The crop plus ground truth: turns a frame (RoiCropper) or a sample from outside (SceneCropper) and its defect
+    mask into one sample (owned arrays)."""
 
-    def __init__(self, spec: StreamSpec, roi: RoiFile, crop: CropSpec, *, allow_mismatch: bool = False) -> None:
-        self.cropper = RoiCropper(spec, roi, crop, allow_mismatch=allow_mismatch)
-        self.layout = self.cropper.layout
+    def __init__(self, cropper: RoiCropper | SceneCropper) -> None:
+        self.cropper = cropper
 
-    def sample(self, frame: Frame, gt: npt.NDArray[Any] | None, defect_type: str, source: str) -> Sample:
-        out = self.cropper.crop(frame)
-        n = self.layout.size
+    def sample(self, frame: Frame | SceneFrame, gt: npt.NDArray[Any] | None, defect_type: str, source: str) -> Sample:
+        if isinstance(self.cropper, SceneCropper):
+            if not isinstance(frame, SceneFrame):
+                raise DatasetError("a camera frame was given to the scene crop", "report this bug")
+            out = self.cropper.crop(frame)
+        else:
+            if not isinstance(frame, Frame):
+                raise DatasetError("a sample from outside was given to the ROI crop", "report this bug")
+            out = self.cropper.crop(frame)
+        layout = self.cropper.layout
+        assert layout is not None  # set by the crop above
+        n = layout.size
         return {
             "rgb": out.rgb[0].copy(),
             "xyz": out.xyz[0].copy(),
             "mask": out.mask.astype(np.float32).reshape(1, n, n),
-            "gt": crop_mask(gt, self.layout) if gt is not None else np.zeros((1, n, n), np.float32),
+            "gt": crop_mask(gt, layout) if gt is not None else np.zeros((1, n, n), np.float32),
             "label": 0 if defect_type == "good" else 1,
             "defect_type": defect_type,
             "source": source,
@@ -78,12 +93,12 @@ class FrameCropper:
 
 @dataclass(frozen=True, slots=True)
 class SampleRef:
-    """One MVTec sample on disk."""
+    """One MVTec sample on disk (``xyz`` None in an RGB-only folder)."""
 
     split: str
     defect_type: str
     rgb: Path
-    xyz: Path
+    xyz: Path | None
     gt: Path | None
 
 
@@ -118,43 +133,103 @@ class MvtecFolder:
                 f"{meta_path} is unreadable or holds a malformed stream spec ({err!r})", "export the data set again"
             ) from None
 
-    def refs(self, split: str) -> list[SampleRef]:
+    @property
+    def public(self) -> bool:
+        """True for data from outside (no camera stream): cropped by the scene cropper, never with an ROI."""
+        return self.spec is None
+
+    def _kind_refs(self, split: str, kind_dir: Path) -> list[SampleRef]:
+        """The samples of one ``<split>/<type>`` folder: ``rgb/`` (+ ``xyz/``, ``gt/``) or MVTec AD's flat PNGs."""
         out: list[SampleRef] = []
+        if not (kind_dir / "rgb").is_dir():  # MVTec AD: <split>/<type>/NNN.png, masks under ground_truth/<type>/
+            for rgb in sorted(kind_dir.glob("*.png")):
+                gt = self.root / "ground_truth" / kind_dir.name / f"{rgb.stem}_mask.png"
+                out.append(SampleRef(split, kind_dir.name, rgb, None, gt if gt.is_file() else None))
+            return out
+        has_xyz = (kind_dir / "xyz").is_dir()
+        for rgb in sorted((kind_dir / "rgb").glob("*.png")):
+            xyz = kind_dir / "xyz" / f"{rgb.stem}.tiff"
+            gt = kind_dir / "gt" / f"{rgb.stem}.png"
+            if has_xyz and not xyz.is_file():
+                raise DatasetError(f"{rgb} has no point cloud {xyz}", "the data set is incomplete: export it again")
+            out.append(SampleRef(split, kind_dir.name, rgb, xyz if has_xyz else None, gt if gt.is_file() else None))
+        return out
+
+    def _split_refs(self, split: str) -> list[SampleRef]:
         base = self.root / split
-        for kind_dir in sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []:
-            for rgb in sorted((kind_dir / "rgb").glob("*.png")):
-                xyz = kind_dir / "xyz" / f"{rgb.stem}.tiff"
-                gt = kind_dir / "gt" / f"{rgb.stem}.png"
-                if not xyz.is_file():
-                    raise DatasetError(f"{rgb} has no point cloud {xyz}", "the data set is incomplete: export it again")
-                out.append(SampleRef(split, kind_dir.name, rgb, xyz, gt if gt.is_file() else None))
+        kinds = sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+        return [r for kind_dir in kinds for r in self._kind_refs(split, kind_dir)]
+
+    def refs(self, split: str) -> list[SampleRef]:
+        """The samples of ``split``; without a ``validation/good`` folder the last 10 % (≥ 2) of train/good validate."""
+        if split not in ("train", "validation") or (self.root / "validation" / "good").is_dir():
+            out = self._split_refs(split)
+        else:
+            train = self._split_refs("train")
+            good = [r for r in train if r.defect_type == "good"]
+            n_val = max(2, len(good) // 10) if len(good) > 2 else 0
+            held = {r.rgb for r in good[len(good) - n_val :]}
+            out = [dataclasses.replace(r, split="validation") for r in train if r.rgb in held]
+            out = out if split == "validation" else [r for r in train if r.rgb not in held]
+        if self.spec is not None and any(r.xyz is None for r in out):
+            raise DatasetError(
+                f"{self.root}/{split} has samples without xyz/ though dataset.json names a camera stream",
+                "the data set is incomplete: export it again",
+            )
         return out
 
     def data_hash(self) -> str:
-        """sha256 over every file's relative path and size (cheap, and changes with any re-export)."""
+        """sha256 over the relative path and size of every sample file and ``dataset.json`` (cheap, changes with any
+        re-export; files beside them, such as a bench report written into the folder, do not count)."""
         h = hashlib.sha256()
-        for p in sorted(self.root.rglob("*")):
-            if p.is_file():
-                h.update(f"{p.relative_to(self.root).as_posix()}\0{p.stat().st_size}\n".encode())
+        files = [self.root / "dataset.json"] + [
+            p for s in SPLITS for r in self._split_refs(s) for p in (r.rgb, r.xyz, r.gt) if p is not None
+        ]
+        for p in sorted(f for f in files if f.is_file()):
+            h.update(f"{p.relative_to(self.root).as_posix()}\0{p.stat().st_size}\n".encode())
         return h.hexdigest()
 
-    def cropper(self, roi: RoiFile, crop: CropSpec, *, allow_mismatch: bool = False) -> FrameCropper:
+    def cropper(self, roi: RoiFile | None, crop: CropSpec, *, allow_mismatch: bool = False) -> FrameCropper:
+        """The ROI crop for our exports (``roi`` required); the scene crop for data from outside (``roi`` refused)."""
         if self.spec is None:
+            if roi is not None:
+                raise DatasetError(
+                    f"{self.root} has no camera stream (no dataset.json from our exporter), so an ROI cannot "
+                    "be applied to it",
+                    "leave out --roi: such data is cropped whole (--crop full) or with its background plane removed "
+                    "(--crop foreground)",
+                )
+            return FrameCropper(SceneCropper(crop))
+        if roi is None:
             raise DatasetError(
-                f"{self.root} has no stream spec (dataset.json from our exporter), so the ROI cannot be applied: "
-                "public MVTec 3D-AD data has no calibrated camera or ROI",
-                "export the data with edge-record --mvtec from a recording or the synthetic line",
+                f"{self.root} comes from a calibrated camera but no ROI was given", "pass --roi roi.yaml"
             )
-        return FrameCropper(self.spec, roi, crop, allow_mismatch=allow_mismatch)
+        return FrameCropper(RoiCropper(self.spec, roi, crop, allow_mismatch=allow_mismatch))
+
+    def scene(self, ref: SampleRef) -> SceneFrame:
+        """A sample from outside: colour from the image, the point cloud as stored (None in an RGB-only folder)."""
+        color = cast(npt.NDArray[np.uint8], cv2.cvtColor(_read_image(ref.rgb, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
+        xyz = self._xyz(ref) if ref.xyz is not None else None
+        return SceneFrame(color, xyz, f"{ref.split}/{ref.defect_type}/{ref.rgb.name}")
+
+    def _xyz(self, ref: SampleRef) -> npt.NDArray[np.float32]:
+        assert ref.xyz is not None
+        try:
+            xyz = np.asarray(tifffile.imread(ref.xyz), dtype=np.float32)
+        except (OSError, ValueError) as err:
+            raise DatasetError(f"cannot read the point cloud {ref.xyz}: {err}", "export the data set again") from None
+        if xyz.ndim != 3 or xyz.shape[2] != 3:
+            raise DatasetError(
+                f"{ref.xyz} holds an array of shape {xyz.shape}, not H×W×3 (x, y, z)",
+                "store organised point clouds as H×W×3 float32 TIFFs (MVTec 3D-AD layout)",
+            )
+        return xyz
 
     def frame(self, ref: SampleRef) -> Frame:
         """The frame the sample was exported from: colour from the PNG, depth = round(z / depth_scale)."""
         assert self.spec is not None
         color = cast(npt.NDArray[np.uint8], cv2.cvtColor(_read_image(ref.rgb, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
-        try:
-            xyz = tifffile.imread(ref.xyz)
-        except (OSError, ValueError) as err:
-            raise DatasetError(f"cannot read the point cloud {ref.xyz}: {err}", "export the data set again") from None
+        xyz = self._xyz(ref)
         if xyz.shape != (*color.shape[:2], 3) or color.shape != self.spec.color_shape:
             raise DatasetError(
                 f"{ref.rgb} is {color.shape}, {ref.xyz} is {xyz.shape}; dataset.json says {self.spec.color_shape}",
@@ -162,6 +237,17 @@ class MvtecFolder:
             )
         depth = np.clip(np.rint(xyz[..., 2] / self.spec.depth_scale), 0, 65535).astype(np.uint16)
         return Frame(color, depth, self.spec, 0, 0, 0, 0)
+
+    def read(self, ref: SampleRef) -> Frame | SceneFrame:
+        """What the cropper takes: the exported frame (our exports) or the scene (data from outside)."""
+        return self.scene(ref) if self.spec is None else self.frame(ref)
+
+    def mask(self, ref: SampleRef) -> npt.NDArray[np.bool_] | None:
+        """The sample's defect mask (``> 0``: MVTec stores class ids, not only 0/255), None when it has none."""
+        if ref.gt is None:
+            return None
+        mask: npt.NDArray[np.bool_] = _read_image(ref.gt, cv2.IMREAD_GRAYSCALE) > 0
+        return mask
 
 
 class MvtecSplit(Sequence[Sample]):
@@ -181,9 +267,8 @@ class MvtecSplit(Sequence[Sample]):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         ref = self.refs[index]
-        gt = _read_image(ref.gt, cv2.IMREAD_GRAYSCALE) if ref.gt is not None else None
         source = f"mvtec:{ref.split}/{ref.defect_type}/{ref.rgb.stem}"
-        return self.cropper.sample(self.folder.frame(ref), gt, ref.defect_type, source)
+        return self.cropper.sample(self.folder.read(ref), self.folder.mask(ref), ref.defect_type, source)
 
     def labels(self) -> list[int]:
         return [0 if r.defect_type == "good" else 1 for r in self.refs]
@@ -208,7 +293,7 @@ class Dataset:
         return [i for i, y in enumerate(labels) if y == 0]
 
 
-def load_mvtec(root: Path, roi: RoiFile, crop: CropSpec, *, allow_mismatch: bool = False) -> Dataset:
+def load_mvtec(root: Path, roi: RoiFile | None, crop: CropSpec, *, allow_mismatch: bool = False) -> Dataset:
     folder = MvtecFolder(root)
     cropper = folder.cropper(roi, crop, allow_mismatch=allow_mismatch)
     splits: dict[str, Sequence[Sample]] = {}
@@ -289,7 +374,7 @@ def recording_hash(path: Path, labels_dir: Path) -> str:
 
 def load_recording(
     path: Path,
-    roi: RoiFile,
+    roi: RoiFile | None,
     crop: CropSpec,
     *,
     labels_dir: Path | None = None,
@@ -313,7 +398,9 @@ def load_recording(
         assert truth is not None
         if truth.label == "empty":
             continue
-        cropper = cropper or FrameCropper(frame.spec, roi, crop, allow_mismatch=allow_mismatch)
+        if roi is None:
+            raise DatasetError(f"{path} comes from a calibrated camera but no ROI was given", "pass --roi roi.yaml")
+        cropper = cropper or FrameCropper(RoiCropper(frame.spec, roi, crop, allow_mismatch=allow_mismatch))
         kind = "good" if truth.label == "good" else truth.defect_type or "defect"
         sample = cropper.sample(frame, truth.defect_mask, kind, f"{path.name}#{frame.color_frame_number}")
         splits[split_of[frame.color_frame_number]].append(sample)
@@ -329,9 +416,10 @@ def _kinds(samples: Sequence[Sample]) -> dict[str, int]:
 
 
 def open_dataset(
-    data: Path, roi: RoiFile, crop: CropSpec, *, labels_dir: Path | None = None, allow_mismatch: bool = False
+    data: Path, roi: RoiFile | None, crop: CropSpec, *, labels_dir: Path | None = None, allow_mismatch: bool = False
 ) -> Dataset:
-    """An MVTec folder or a labelled recording (by suffix), cropped with ``roi`` and ``crop``."""
+    """An MVTec folder or a labelled recording (by suffix), cropped with ``roi`` and ``crop`` (``roi`` None: a folder
+    from outside, cropped by the scene cropper)."""
     data = Path(data)
     if not data.exists():
         raise DatasetError(f"{data} does not exist", "pass an MVTec folder (edge-record --mvtec) or a .db3/.bag")

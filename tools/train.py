@@ -113,9 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model family (e.g. ast)")
     p.add_argument("--preset", default="edge", help="preset of the family (default edge)")
-    p.add_argument("--data", type=Path, required=True, help="MVTec 3D-AD folder (our export) or a .db3/.bag")
+    p.add_argument(
+        "--data", type=Path, required=True, help="MVTec 3D-AD/AD folder (our export or a public one) or a .db3/.bag"
+    )
     p.add_argument("--labels", type=Path, help="labels sidecar of a recording (default <recording>.labels)")
-    p.add_argument("--roi", type=Path, required=True, help="roi.yaml of the camera the data was recorded with")
+    p.add_argument(
+        "--roi",
+        type=Path,
+        help="roi.yaml of the camera the data was recorded with (required, except for a folder without dataset.json: "
+        "public data is cropped whole, or with its background plane removed in --crop foreground)",
+    )
     p.add_argument(
         "--crop", choices=["foreground", "full"], default="foreground", help="crop mode (default foreground)"
     )
@@ -255,7 +262,7 @@ def _prepare(args: argparse.Namespace) -> tuple[ModelFamily, ModelCard, Dataset]
     args.device = resolve_device(args.device)
     family = get_family(args.model)
     card = _card(family, args)
-    roi = load_roi(args.roi)
+    roi = load_roi(args.roi) if args.roi is not None else None
     crop = CropSpec(mode=card.crop_mode, size=card.input_size, mean=card.mean, std=card.std)
     data = open_dataset(args.data, roi, crop, labels_dir=args.labels, allow_mismatch=args.allow_mismatch)
     n_val = len(data.good("validation"))
@@ -264,7 +271,8 @@ def _prepare(args: argparse.Namespace) -> tuple[ModelFamily, ModelCard, Dataset]
             f"{args.data} has {len(data.split('train'))} training and {n_val} normal validation samples",
             "export more good parts: training needs ≥ 1 and the threshold fit ≥ 2 validation/good samples",
         )
-    return family, dataclasses.replace(card, roi_version=roi.version, data_hash=data.data_hash), data
+    roi_version = roi.version if roi is not None else ""  # "": cropped without an ROI (data from outside)
+    return family, dataclasses.replace(card, roi_version=roi_version, data_hash=data.data_hash), data
 
 
 def _fit(family: ModelFamily, card: ModelCard, data: Dataset, args: argparse.Namespace) -> tuple[Any, dict[str, float]]:

@@ -185,6 +185,22 @@ DEFECT_TYPES: tuple[DefectType, ...] = (
 )
 
 
+def defect_type_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a defect type, or None when it can.
+
+    Defect types are free text (``misaligned``, ``hole``, ``cut``, ``contamination``, ...): any non-empty name
+    that can also be a folder name (``test/<type>/`` of an MVTec export) and is not ``good`` (the normal class).
+    """
+    if not isinstance(name, str) or not name.strip():
+        return f"defect type {name!r} is not a non-empty text"
+    if name != name.strip() or name in (".", "..", "good") or any(c in name for c in "/\\") or not name.isprintable():
+        return (
+            f"defect type {name!r} cannot be a folder name (no surrounding spaces, '/', '\\', control characters, "
+            "'.', '..') or is 'good' (the normal class)"
+        )
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class DrumPose:
     """A drum as a finite cylinder in the color camera frame (metres)."""
@@ -222,7 +238,8 @@ class GroundTruth:
     """
 
     label: Literal["good", "defect", "empty"]
-    defect_type: DefectType | None
+    defect_type: str | None  # free text (``defect_type_problem`` says which names are refused); the synthetic line
+    # uses DEFECT_TYPES
     drum: DrumPose | None
     defect_mask: npt.NDArray[np.bool_] | None = None
     drum_mask: npt.NDArray[np.bool_] | None = None

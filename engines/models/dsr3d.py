@@ -350,6 +350,7 @@ class Dsr3dFamily:
 
     name = "dsr3d"
     presets: Mapping[str, Mapping[str, Any]] = MappingProxyType({k: asdict(v) for k, v in PRESETS.items()})
+    pretrained_from: Mapping[str, str] = MappingProxyType({"dada": "dada"})  # option 'dada' names a DADA checkpoint
 
     def card(self, preset: str, crop_mode: CropMode, **options: Any) -> ModelCard:
         """Card naming the DADA checkpoint (``dada=<path>``, required); mode defaults to the DADA's."""

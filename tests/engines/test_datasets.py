@@ -80,8 +80,10 @@ def test_folder_errors(mvtec: tuple[Path, RoiFile, list[Frame]], tmp_path: Path)
         MvtecFolder(tmp_path)
     real = tmp_path / "real" / "cookie"
     (real / "train" / "good" / "rgb").mkdir(parents=True)
-    with pytest.raises(DatasetError, match="public MVTec 3D-AD data has no calibrated camera"):
-        load_mvtec(real, roi, CROP)
+    with pytest.raises(DatasetError, match=r"has no camera stream .* so an ROI cannot be applied .* leave out --roi"):
+        load_mvtec(real, roi, CROP)  # data from outside is cropped without an ROI (tests/engines/test_scene.py)
+    with pytest.raises(DatasetError, match="comes from a calibrated camera but no ROI was given"):
+        load_mvtec(root, None, CROP)
     with pytest.raises(DatasetError, match="does not exist"):
         open_dataset(tmp_path / "missing", roi, CROP)
     (real / "dataset.json").write_text('{"spec": {"serial": "x"}}')
@@ -89,16 +91,25 @@ def test_folder_errors(mvtec: tuple[Path, RoiFile, list[Frame]], tmp_path: Path)
         MvtecFolder(real)
 
 
-def test_data_hash_follows_the_files(mvtec: tuple[Path, RoiFile, list[Frame]]) -> None:
+def test_data_hash_follows_the_sample_files_only(mvtec: tuple[Path, RoiFile, list[Frame]]) -> None:
     root, _, _ = mvtec
     h = MvtecFolder(root).data_hash()
     assert h == MvtecFolder(root).data_hash() and len(h) == 64
-    extra = root / "train" / "good" / "rgb" / "zzz.txt"
-    extra.write_text("x")
+    # A bench report or model written into the folder is not data: both crop modes' cards keep one hash.
+    (root / "bench" / "models").mkdir(parents=True)
+    (root / "bench" / "models" / "model.onnx").write_bytes(b"x")
+    (root / "train" / "good" / "notes.txt").write_text("x")
+    ref = MvtecFolder(root).refs("train")[0]
+    assert ref.xyz is not None
+    extra = [ref.rgb.with_name("zzz.png"), ref.xyz.with_name("zzz.tiff")]
     try:
-        assert MvtecFolder(root).data_hash() != h
+        assert MvtecFolder(root).data_hash() == h
+        for src, dst in zip((ref.rgb, ref.xyz), extra, strict=True):
+            dst.write_bytes(src.read_bytes())
+        assert MvtecFolder(root).data_hash() != h  # one more sample
     finally:
-        extra.unlink()
+        for p in [*extra, root / "bench" / "models" / "model.onnx", root / "train" / "good" / "notes.txt"]:
+            p.unlink(missing_ok=True)
 
 
 def test_batches_are_reiterable_tensors(mvtec: tuple[Path, RoiFile, list[Frame]]) -> None:

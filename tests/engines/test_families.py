@@ -6,8 +6,8 @@ ONNX export reproduces PyTorch; one epoch of ``fit`` runs through the shared har
 format; a run resumed from its first saved epoch (through the CLI's state file) ends with the same weights as an
 uninterrupted one; a state of another family is refused with a remedy.
 
-The only per-family knowledge here is ``PRETRAINED``: a family trained on top of another's checkpoint names it by
-option. (Issue #15 moves that declaration onto the family; this table then goes.)
+A family trained on top of another's checkpoint declares it (``pretrained_from``, read with
+``engines._registry.pretrained_from``): this file trains that checkpoint first, knowing no family by name.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import pytest
 import torch
 
 from edge.core.errors import EdgeError
-from engines._registry import get_family, list_families
+from engines._registry import get_family, list_families, pretrained_from
 from engines.checkpoint import TrainInfo, load_state, save_checkpoint, save_state
 from engines.contract import INPUT_NAMES, OUTPUT_NAMES, PRESETS, FitSettings, FitsValidation, ModelCard
 from engines.export import check_onnx, onnx_from_model
 
 FAMILIES = list_families()
-PRETRAINED: dict[str, tuple[str, str]] = {"dsr3d": ("dada", "dada")}  # family → (option, family of the checkpoint)
+PRETRAINED: dict[str, dict[str, str]] = {name: deps for name in FAMILIES if (deps := pretrained_from(name))}
 ONE_EPOCH = FitSettings(epochs=1, batch_size=2, learning_rate=1e-3, seed=3, threads=1)
 TWO_EPOCHS = FitSettings(epochs=2, batch_size=2, learning_rate=1e-3, seed=3, threads=1)
 
@@ -85,7 +85,7 @@ def pretrained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny checkpoint (one epoch) of every family another family builds on, as edge-train writes it."""
     folder = tmp_path_factory.mktemp("pretrained")
     files = {}
-    for family_name in {dep for _, dep in PRETRAINED.values()}:
+    for family_name in {dep for deps in PRETRAINED.values() for dep in deps.values()}:
         family = get_family(family_name)
         card = family.card("tiny", "foreground")
         torch.manual_seed(0)
@@ -97,10 +97,7 @@ def pretrained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def tiny(name: str, pretrained: Mapping[str, Path], seed: int = 0) -> tuple[ModelCard, Any]:
     family = get_family(name)
-    options = {}
-    if name in PRETRAINED:
-        option, dep = PRETRAINED[name]
-        options[option] = str(pretrained[dep])
+    options = {option: str(pretrained[dep]) for option, dep in PRETRAINED.get(name, {}).items()}
     card = family.card("tiny", "foreground", **options)
     torch.manual_seed(seed)
     return card, family.build(card)

@@ -19,14 +19,17 @@ def test_dsr3d_study_trains_on_a_pretrained_dada_and_writes_its_own_page() -> No
     assert (study.model, study.frames, study.roi_margin_m) == ("dsr3d", 60, 0.03)
     assert study.dada_epochs == FULL_STUDIES["dsr3d"].dada_epochs > 0
     assert study.doc() == Path("docs/models/dsr3d.md") and args.doc is None
-    assert study.options(Path("/runs/dada/model.safetensors")) == ["mode=rgbd", "dada=/runs/dada/model.safetensors"]
+    assert study.options({"dada": Path("/runs/dada/model.safetensors")}) == [
+        "mode=rgbd",
+        "dada=/runs/dada/model.safetensors",
+    ]
     _, edge = parse(["--model", "dsr3d", "--preset", "edge"])
     assert (edge.preset, edge.epochs) == ("edge", FULL_STUDIES["dsr3d"].epochs)
     _, ast = parse(["--image-score", "mean"])
     assert (
         ast.preset == "edge"
         and ast.doc() == Path("docs/models/ast.md")
-        and ast.options(None) == ["mode=rgbd", "image_score=mean"]
+        and ast.options({}) == ["mode=rgbd", "image_score=mean"]
     )
 
 

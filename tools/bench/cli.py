@@ -29,7 +29,7 @@ from engines.parity import ParityBudget
 from engines.runtime.select import RuntimeConfig
 from tools.bench import analysis, figures
 from tools.bench.backends import BACKENDS, BackendSettings, check_backend, parity, runner_factory
-from tools.bench.inputs import BenchInput, Split, open_input
+from tools.bench.inputs import BenchInput, MvtecInput, Split, open_input
 from tools.bench.machine import describe, machine_info
 from tools.bench.measure import Bench, InputOutcome, ModelResults
 from tools.bench.models import BenchModel, TrainRecipe, family_name, load_model_dir, train_model
@@ -56,7 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, nargs="+", required=True, help="labelled .db3/.bag recordings or MVTec folders")
     p.add_argument("--labels", type=Path, help="labels sidecar (only with one recording; default <recording>.labels)")
-    p.add_argument("--roi", type=Path, required=True, help="roi.yaml of the camera the data was recorded with")
+    p.add_argument(
+        "--roi",
+        type=Path,
+        help="roi.yaml of the camera the data was recorded with (not used for MVTec folders without dataset.json: "
+        "data from outside is cropped whole, or with its background plane removed in --crop foreground)",
+    )
     p.add_argument("--models", required=True, help="comma-separated edge-train folders and/or families to train here")
     p.add_argument(
         "--crop", choices=sorted(CROPS), default="foreground", help="crop modes trained (default foreground)"
@@ -96,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 class Plan:
     """What the arguments ask for, checked before any frame is read."""
 
-    roi: RoiFile
+    roi: RoiFile | None  # None: only data from outside (folders without a camera stream)
     folders: list[BenchModel]
     families: list[str]
     recipe: TrainRecipe
@@ -119,6 +124,10 @@ def plan(args: argparse.Namespace) -> Plan:
     if args.warmup < 0 or args.parity_samples < 1 or (args.budget_ms is not None and args.budget_ms <= 0):
         raise BenchError("--warmup must be ≥ 0, --parity-samples ≥ 1 and --budget-ms > 0", "fix the argument")
     recordings = [p for p in args.data if p.suffix in (".db3", ".bag")]
+    if args.roi is None and recordings:
+        raise BenchError(
+            f"{recordings[0]} comes from a calibrated camera but no --roi was given", "pass --roi roi.yaml"
+        )
     if args.labels is not None and len(recordings) != 1:
         raise BenchError("--labels names one sidecar, but not exactly one recording was given", "bench them one by one")
     folders, families = [], []
@@ -136,7 +145,8 @@ def plan(args: argparse.Namespace) -> Plan:
     runtime = {"backend": args.backend, "device": args.device, "threads": args.threads, "precision": args.precision}
     backend = BackendSettings(RuntimeConfig.model_validate(runtime), args.report / "engines")
     check_backend(backend)
-    return Plan(load_roi(args.roi), folders, families, recipe, CROPS[args.crop], backend)
+    roi = load_roi(args.roi) if args.roi is not None else None
+    return Plan(roi, folders, families, recipe, CROPS[args.crop], backend)
 
 
 def _split(args: argparse.Namespace, data: BenchInput, models: Sequence[BenchModel]) -> Split:
@@ -148,7 +158,9 @@ def _split(args: argparse.Namespace, data: BenchInput, models: Sequence[BenchMod
 
 
 def _models_for(args: argparse.Namespace, p: Plan, data: BenchInput) -> list[BenchModel]:
+    """The folders given, and the families trained on ``data`` (a folder from outside: without the ROI)."""
     out = list(p.folders)
+    public = isinstance(data, MvtecInput) and data.public
     for family in p.families:
         for mode in p.modes:
             out.append(
@@ -158,8 +170,8 @@ def _models_for(args: argparse.Namespace, p: Plan, data: BenchInput) -> list[Ben
                     p.recipe,
                     data=data.path,
                     data_hash=data.data_hash,
-                    roi_path=args.roi,
-                    roi=p.roi,
+                    roi_path=None if public else args.roi,
+                    roi=None if public else p.roi,
                     out=args.report / "models" / data.path.stem / f"{family}-{p.recipe.preset}-{mode}",
                     labels=args.labels,
                 )

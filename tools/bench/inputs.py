@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -26,17 +25,17 @@ from drivers.errors import EndOfStreamError
 from drivers.labels import LabelSet, labels_dir_for, labels_for_recording
 from drivers.playback import PlaybackSource, PlaybackSourceConfig
 from edge.core.errors import EdgeError
-from edge.core.frame import Frame, StreamSpec
+from edge.core.frame import Frame
 from engines.datasets import (
     RECORDING_SUFFIXES,
     SPLITS,
-    DatasetError,
     MvtecFolder,
     SampleRef,
     recording_hash,
     recording_parts,
     recording_splits,
 )
+from engines.scene import SceneFrame
 
 Split = Literal["test", "all"]
 
@@ -49,7 +48,7 @@ class BenchInputError(EdgeError):
 class LabelledFrame:
     """One frame to score, with its truth (``gt``: H×W defect mask, None when the frame has none)."""
 
-    frame: Frame
+    frame: Frame | SceneFrame  # a SceneFrame from a folder without a camera stream (data from outside)
     defect_type: str  # "good" or the defect type
     gt: npt.NDArray[np.bool_] | None
     source: str  # "<file>#<frame number>" or "mvtec:<split>/<type>/<stem>"
@@ -138,19 +137,15 @@ class RecordingInput(BenchInput):
 
 
 class MvtecInput(BenchInput):
-    """An MVTec 3D-AD class folder exported by ``edge-record --mvtec`` (it stores the stream the ROI needs)."""
+    """An MVTec 3D-AD class folder: exported by ``edge-record --mvtec`` (it stores the stream the ROI needs), or from
+    outside (no ``dataset.json``: cropped by ``engines.scene.SceneCropper``, never with the ROI; ``public``)."""
 
     kind = "mvtec"
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.folder = MvtecFolder(path)
-        if self.folder.spec is None:
-            raise BenchInputError(
-                f"{self.folder.root} has no stream spec (dataset.json from our exporter), so the ROI cannot be applied",
-                "bench data exported with edge-record --mvtec, or a labelled recording",
-            )
-        self.spec: StreamSpec = self.folder.spec
+        self.public = self.folder.public
 
     @property
     def data_hash(self) -> str:
@@ -168,13 +163,8 @@ class MvtecInput(BenchInput):
     def frames(self, split: Split) -> Iterator[LabelledFrame]:
         for ref in self._refs(split):
             t0 = time.perf_counter_ns()
-            frame = self.folder.frame(ref)
-            gt = None
-            if ref.gt is not None:
-                mask = cv2.imread(str(ref.gt), cv2.IMREAD_GRAYSCALE)
-                if mask is None:
-                    raise DatasetError(f"cannot read the mask {ref.gt}", "the data set is incomplete: export it again")
-                gt = mask > 0  # MVTec stores class ids 253–255 in defect pixels
+            frame = self.folder.read(ref)
+            gt = self.folder.mask(ref)  # > 0: MVTec stores class ids in defect pixels
             read_ms = (time.perf_counter_ns() - t0) / 1e6
             source = f"mvtec:{ref.split}/{ref.defect_type}/{ref.rgb.stem}"
             yield LabelledFrame(frame, ref.defect_type, gt, source, read_ms)

@@ -25,12 +25,14 @@ import numpy.typing as npt
 from calibration.roi import RoiFile
 from drivers.labels import LabelsError
 from edge.core.errors import EdgeError
-from edge.core.frame import StreamSpec
+from edge.core.frame import Frame
 from edge.core.scoring import load_scoring
+from edge.crop import CropSpec
 from edge.inspect import Inspector
 from engines.datasets import crop_mask
 from engines.runtime.select import RunnerPlan
-from tools.bench.inputs import BenchInput, LabelledFrame, Split
+from engines.scene import SceneCropper, SceneFrame
+from tools.bench.inputs import BenchInput, BenchInputError, LabelledFrame, Split
 from tools.bench.models import BenchModel
 
 STAGES = ("read", "crop", "infer", "score")
@@ -107,7 +109,7 @@ class Bench:
 
     def __init__(
         self,
-        roi: RoiFile,
+        roi: RoiFile | None,
         make_plan: PlanFactory,
         *,
         warmup: int = 5,
@@ -126,23 +128,26 @@ class Bench:
         self.run.models.append(ModelResults(model))
         return self.run.models[-1]
 
-    def _inspectors(self, spec: StreamSpec, results: Sequence[ModelResults]) -> list[Inspector]:
+    def _inspectors(self, sample: Frame | SceneFrame, results: Sequence[ModelResults]) -> list[Inspector]:
+        """One Inspector per model: the ROI crop for camera frames, the scene crop for data from outside."""
+        if isinstance(sample, Frame) and self.roi is None:
+            raise BenchInputError("camera data needs the ROI it was recorded with", "pass --roi roi.yaml")
         out: list[Inspector] = []
         try:
             for r in results:
                 scoring = load_scoring(r.model.scoring)
                 r.threshold_z = scoring.threshold.value
                 r.threshold_raw = scoring.normalisation.mean + scoring.threshold.value * scoring.normalisation.std
-                out.append(
-                    Inspector(
-                        spec,
-                        self.roi,
-                        r.model.onnx,
-                        scoring,
-                        plan=self.make_plan(r.model),
-                        allow_mismatch=self.allow_mismatch,
+                plan = self.make_plan(r.model)
+                if isinstance(sample, SceneFrame):
+                    card = r.model.card
+                    crop = CropSpec(mode=card.crop_mode, size=card.input_size, mean=card.mean, std=card.std)
+                    insp = Inspector(None, None, r.model.onnx, scoring, plan=plan, cropper=SceneCropper(crop))
+                else:
+                    insp = Inspector(
+                        sample.spec, self.roi, r.model.onnx, scoring, plan=plan, allow_mismatch=self.allow_mismatch
                     )
-                )
+                out.append(insp)
         except BaseException:
             for inspector in out:
                 inspector.close()
@@ -190,7 +195,7 @@ class Bench:
         try:
             for n, lf in enumerate(data.frames(split)):
                 if not inspectors:
-                    inspectors = self._inspectors(lf.frame.spec, results)
+                    inspectors = self._inspectors(lf.frame, results)
                 if n == self.warmup:
                     timed_from = time.perf_counter_ns()
                 warm = n >= self.warmup

@@ -16,6 +16,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
@@ -35,6 +36,7 @@ from edge.core.scoring import Scorer, load_scoring
 from edge.crop import CropSpec
 from edge.inspect import ModelStage
 from engines import get_family
+from engines._registry import pretrained_from
 from engines.datasets import MvtecFolder, open_dataset
 from engines.export import card_from_onnx
 from engines.metrics import AnomalyMetrics, evaluate
@@ -72,11 +74,11 @@ class Study:
     image_score: str = "max"  # AST's two image scores: max of the map, or mean of the grid map
     dada_epochs: int = 0  # 3DSR: DADA pretraining epochs (of the preset's corpus_batches generated batches)
 
-    def options(self, dada: Path | None) -> list[str]:
-        """The family's ``--option`` values: AST's image score, or 3DSR's pretrained DADA."""
-        if self.model == "ast":
-            return ["mode=rgbd", f"image_score={self.image_score}"]
-        return ["mode=rgbd", f"dada={dada}"]
+    def options(self, pretrained: Mapping[str, Path]) -> list[str]:
+        """The family's ``--option`` values: AST's image score; checkpoints of its declared pretraining dependencies
+        (``engines._registry.pretrained_from``: 3DSR's DADA) as ``NAME=<path>``."""
+        base = ["mode=rgbd", f"image_score={self.image_score}"] if self.model == "ast" else ["mode=rgbd"]
+        return base + [f"{key}={path}" for key, path in pretrained.items()]
 
     def doc(self) -> Path:
         return Path(f"docs/models/{self.model}.md")
@@ -180,23 +182,25 @@ def edge_train(
 
 
 def train_models(study: Study, data: Path, roi_path: Path, work: Path) -> tuple[dict[str, float], float]:
-    """Train one model per crop mode (3DSR: on one DADA, pretrained first); returns wall times and DADA's."""
-    dada, dada_s = None, 0.0
-    if study.model == "dsr3d":
-        dada_s = edge_train(
+    """Train one model per crop mode, each on the family's declared pretraining dependencies (3DSR: one DADA),
+    trained first and shared by both modes; returns wall times and the dependencies' total."""
+    pretrained: dict[str, Path] = {}
+    dada_s = 0.0
+    for key, dependency in pretrained_from(study.model).items():
+        dada_s += edge_train(
             study,
-            "dada",
+            dependency,
             "full",
             epochs=study.dada_epochs,
             options=["mode=rgbd"],
-            paths=(data, roi_path, work / "dada"),
+            paths=(data, roi_path, work / dependency),
         )
-        dada = (work / "dada" / "model.safetensors").resolve()
+        pretrained[key] = (work / dependency / "model.safetensors").resolve()
     fit_s = {}
     for mode in MODES:
         paths = (data, roi_path, work / f"{study.model}-{mode}")
         fit_s[mode] = edge_train(
-            study, study.model, mode, epochs=study.epochs, options=study.options(dada), paths=paths
+            study, study.model, mode, epochs=study.epochs, options=study.options(pretrained), paths=paths
         )
     return fit_s, dada_s
 
