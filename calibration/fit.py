@@ -49,6 +49,19 @@ class FitSettings(EdgeModel):
     # 30 mm: the fit finds the shell, and mounted components (the drum's bracket stands 24 mm proud) must stay inside
     # the ROI, or a missing or misaligned part is painted background (docs/calibration.md has the measurements).
     margin_m: float = Field(0.03, ge=0, le=0.5, description="ROI margin grown on every side of the fitted shape")
+    support_gap_m: float = Field(
+        0.012,
+        ge=0,
+        description="an end of the drum rests on something (rollers, an end stop) when points lie farther than this "
+        "beyond it, within the margin and the margin-grown radius; that end gets no margin (the drum's own end "
+        "parts, bolt heads on the flange, stand at most ~10 mm beyond the fitted end)",
+    )
+    support_share: float = Field(
+        0.005,
+        gt=0,
+        le=1,
+        description="how many such points make an end supported, as a share of the drum's shell points",
+    )
     min_range_m: float = Field(0.15, ge=0, description="points nearer than this are dropped (sensor minimum)")
     max_range_m: float = Field(2.5, gt=0, description="points farther than this are dropped as background")
     voxel_m: float = Field(0.005, gt=0, description="voxel size of the cloud used for planes, clusters and normals")
@@ -114,6 +127,8 @@ class CalibrationResult:
     scene: Scene
     cloud: F64  # voxel-downsampled in-range scene points (top view background)
     drum_points: F64  # full-resolution points attributed to the drum (residual, top view highlight)
+    shell: DrumPose | None = None  # the fitted shell (cylinder fit): the ROI frame sits off its centre by the
+    # difference of the two end margins, and its length holds them (see end_margins)
 
     @property
     def stats(self) -> AcceptanceStats:
@@ -640,12 +655,59 @@ def _in_range_points(scene: Scene, settings: FitSettings) -> F64:
     return pts
 
 
-def fit_shape(cluster: F64, scene_points: F64, settings: FitSettings) -> tuple[F64, CylinderShape | BoxShape, F64]:
-    """Pose, shape and supporting points for one candidate cluster; refuses clusters that are not drum-like."""
+def end_margins(points: F64, cyl: CylinderFit, settings: FitSettings) -> tuple[float, float]:
+    """The margins of the drum's two ends (the −axis end, the +axis end): the ROI margin, or none where the drum
+    rests on something at that end.
+
+    An end is supported when the scene holds points more than ``support_gap_m`` and at most the margin beyond it,
+    within the margin-grown radius, at least ``support_share`` of the drum's shell points: the rollers under a
+    standing drum's back, an end stop. The drum's own parts beyond an end (bolt heads on a flange) stand closer
+    than the gap, and a free end has nothing there at all (measured in docs/calibration.md).
+    """
+    m = settings.margin_m
+    rel = points - cyl.center
+    t = rel @ cyl.axis
+    rho = np.linalg.norm(rel - np.outer(t, cyl.axis), axis=1)
+    near = rho <= cyl.radius + m
+    need = settings.support_share * len(cyl.inliers)
+    lo_hi = []
+    for side in (-1.0, 1.0):
+        beyond = side * t - cyl.length / 2
+        n = int(np.count_nonzero(near & (beyond > settings.support_gap_m) & (beyond <= m)))
+        lo_hi.append(0.0 if n >= need else m)
+    # the ROI cylinder keeps a positive length: a drum shorter than twice the margin keeps some at its ends
+    short = max(0.0, 2 * m - cyl.length - sum(lo_hi) + 0.001) / 2
+    return lo_hi[0] + short, lo_hi[1] + short
+
+
+def cylinder_roi_frame(shell: DrumPose, ends: tuple[float, float], margin: float) -> tuple[F64, CylinderShape]:
+    """Pose and shape of a cylinder ROI that, grown by ``margin`` on every side, spans the shell with these end
+    margins (at its −axis end, at its +axis end): the ROI file and the crop keep one margin and a shape symmetric
+    about its frame's origin, so unequal ends move the origin along the axis and shorten the cylinder."""
+    axis = np.asarray(shell.axis, dtype=np.float64)
+    center = np.asarray(shell.center, dtype=np.float64) + axis * (ends[1] - ends[0]) / 2
+    length = shell.length_m + ends[0] + ends[1] - 2 * margin
+    return frame_from_axis(center, axis), CylinderShape(radius_m=shell.radius_m, length_m=length)
+
+
+def roi_end_margins(roi: RoiFile, shell: DrumPose) -> tuple[float, float]:
+    """The margins a cylinder ROI leaves beyond a shell's two ends (−axis end, +axis end of ``shell.axis``)."""
+    assert isinstance(roi.shape, CylinderShape)
+    axis = np.asarray(shell.axis, dtype=np.float64)
+    t0 = float((roi.pose[:3, 3] - np.asarray(shell.center)) @ axis)
+    half = roi.shape.length_m / 2 + roi.margin_m
+    return -(t0 - half) - shell.length_m / 2, t0 + half - shell.length_m / 2
+
+
+def fit_shape(
+    cluster: F64, scene_points: F64, settings: FitSettings
+) -> tuple[F64, CylinderShape | BoxShape, F64, DrumPose | None]:
+    """Pose, shape, supporting points and (cylinder) fitted shell for one candidate cluster; refuses clusters that
+    are not drum-like."""
     if settings.shape == "box":
         T, extents = fit_box(cluster, settings.voxel_m)
         check_limits("box", extents, settings)
-        return T, BoxShape(extents_m=extents), cluster
+        return T, BoxShape(extents_m=extents), cluster, None
     cyl = fit_cylinder(cluster, scene_points, settings)
     check_limits("cylinder", (cyl.radius, cyl.length), settings)
     if cyl.support < settings.min_support:
@@ -654,7 +716,14 @@ def fit_shape(cluster: F64, scene_points: F64, settings: FitSettings) -> tuple[F
             f"(radius {cyl.radius:.3f} m, length {cyl.length:.3f} m) lie on it with a radial normal",
             "pass --hint-pixel u,v (a pixel on the drum) or --hint x,y,z, or clear the view",
         )
-    return frame_from_axis(cyl.center, cyl.axis), CylinderShape(radius_m=cyl.radius, length_m=cyl.length), cyl.inliers
+    shell = DrumPose(
+        center=(float(cyl.center[0]), float(cyl.center[1]), float(cyl.center[2])),
+        axis=(float(cyl.axis[0]), float(cyl.axis[1]), float(cyl.axis[2])),
+        radius_m=cyl.radius,
+        length_m=cyl.length,
+    )
+    T, shape = cylinder_roi_frame(shell, end_margins(scene_points, cyl, settings), settings.margin_m)
+    return T, shape, cyl.inliers, shell
 
 
 def hint_from_pixel(scene: Scene, pixel: tuple[int, int], window: int = 4) -> tuple[float, float, float]:
@@ -717,7 +786,7 @@ def _fit_scene(scene: Scene, settings: FitSettings, candidates: list[Candidate])
     errors: list[CalibrationError] = []
     for label in tried:
         try:
-            T, shape, drum = fit_shape(objects[point_labels == label], pts, settings)
+            T, shape, drum, shell = fit_shape(objects[point_labels == label], pts, settings)
             break
         except (FitOutOfLimitsError, NoClusterError) as e:
             errors.append(e)
@@ -736,12 +805,13 @@ def _fit_scene(scene: Scene, settings: FitSettings, candidates: list[Candidate])
         tool_version=settings.tool_version,
     )
     roi = roi.model_copy(update={"acceptance": acceptance_stats(roi, scene, drum)})
-    return CalibrationResult(roi=roi, scene=scene, cloud=voxels, drum_points=drum)
+    return CalibrationResult(roi=roi, scene=scene, cloud=voxels, drum_points=drum, shell=shell)
 
 
 def restat(result: CalibrationResult, roi: RoiFile) -> CalibrationResult:
     """The same calibration with an adjusted ROI, its acceptance stats recomputed on the same frames."""
     roi = roi.model_copy(update={"acceptance": acceptance_stats(roi, result.scene, result.drum_points)})
+    # the fitted shell no longer describes an adjusted ROI: truth comparisons then measure the ROI frame itself
     return CalibrationResult(roi=roi, scene=result.scene, cloud=result.cloud, drum_points=result.drum_points)
 
 
@@ -801,13 +871,15 @@ def adjust_roi(roi: RoiFile, sets: Mapping[str, str], grow_m: float = 0.0) -> Ro
 
 
 def compare_with_truth(result: CalibrationResult, drum: DrumPose, drum_mask: Mask) -> TruthComparison:
-    """IoU of the ROI mask with the true drum mask over pixels with depth, and the axis/radius/centre errors
-    (axis and radius compare the ROI z axis and cylinder radius: meaningful for a cylinder ROI, NaN radius for a box).
+    """IoU of the ROI mask with the true drum mask over pixels with depth, and the axis/radius/centre/length errors
+    of the fitted shell (``result.shell``; without one, e.g. after a manual adjustment or for a box, of the ROI frame
+    and shape: the radius is then NaN for a box).
 
     IoU = |R ∩ D| / |R ∪ D| where R = :func:`roi_mask` (valid pixels whose point is inside the margin-grown ROI)
     and D = true drum pixels that have depth in the averaged frame (``scene.valid``). ``true_roi_iou`` is the IoU
-    a perfect fit would reach: the true shell cylinder grown by the same margin (supports touching the drum within
-    the margin and parts mounted beyond it bound it below 1).
+    a perfect fit would reach: the true shell cylinder with the same margins (the same end margins too, for a
+    cylinder fitted with a shell); supports touching the drum within the margin and parts mounted beyond it bound
+    it below 1.
     """
     roi = result.roi
     truth = drum_mask & result.scene.valid
@@ -817,22 +889,33 @@ def compare_with_truth(result: CalibrationResult, drum: DrumPose, drum_mask: Mas
         union = int(np.count_nonzero(ours | truth))
         return float(np.count_nonzero(ours & truth)) / union if union else 0.0
 
-    ideal = roi.model_copy(
-        update={
-            "T_camera_roi": frame_from_axis(np.asarray(drum.center), np.asarray(drum.axis)).tolist(),
-            "shape": CylinderShape(radius_m=drum.radius_m, length_m=drum.length_m),
-        }
-    )
-    iou = iou_of(roi)
-    axis = roi.pose[:3, 2]
     true_axis = np.asarray(drum.axis) / np.linalg.norm(drum.axis)
-    angle = math.degrees(math.acos(min(1.0, abs(float(axis @ true_axis)))))
-    radius = roi.shape.radius_m if isinstance(roi.shape, CylinderShape) else float("nan")
+    if result.shell is not None and isinstance(roi.shape, CylinderShape):
+        shell = result.shell
+        fitted_axis = np.asarray(shell.axis)
+        if float(true_axis @ fitted_axis) < 0:  # the same sense along the axis, so the end margins match up
+            true_axis = -true_axis
+        true_shell = DrumPose(drum.center, (float(true_axis[0]), float(true_axis[1]), float(true_axis[2])),
+                              drum.radius_m, drum.length_m)  # fmt: skip
+        T, shape = cylinder_roi_frame(true_shell, roi_end_margins(roi, shell), roi.margin_m)
+        ideal = roi.model_copy(update={"T_camera_roi": T.tolist(), "shape": shape})
+        center, radius, length = np.asarray(shell.center), shell.radius_m, shell.length_m
+    else:
+        ideal = roi.model_copy(
+            update={
+                "T_camera_roi": frame_from_axis(np.asarray(drum.center), true_axis).tolist(),
+                "shape": CylinderShape(radius_m=drum.radius_m, length_m=drum.length_m),
+            }
+        )
+        fitted_axis, center = roi.pose[:3, 2], roi.pose[:3, 3]
+        radius = roi.shape.radius_m if isinstance(roi.shape, CylinderShape) else float("nan")
+        length = roi.shape.length_m if isinstance(roi.shape, CylinderShape) else float("nan")
+    angle = math.degrees(math.acos(min(1.0, abs(float(fitted_axis @ true_axis)))))
     return TruthComparison(
-        iou=iou,
+        iou=iou_of(roi),
         axis_error_deg=angle,
         radius_error_m=abs(radius - drum.radius_m),
-        center_error_m=float(np.linalg.norm(roi.pose[:3, 3] - np.asarray(drum.center))),
-        length_error_m=roi.shape.length_m - drum.length_m if isinstance(roi.shape, CylinderShape) else float("nan"),
+        center_error_m=float(np.linalg.norm(center - np.asarray(drum.center))),
+        length_error_m=length - drum.length_m,
         true_roi_iou=iou_of(ideal),
     )

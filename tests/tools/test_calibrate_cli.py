@@ -143,4 +143,7 @@ def test_standing_drum_recording_calibrates(tmp_path: Path, capsys: pytest.Captu
     roi = load_roi(out)
     design = STATIONS["roller-standing"].design
     assert isinstance(roi.shape, CylinderShape)
-    assert abs(roi.shape.radius_m - design.radius_m) < 0.003 and abs(roi.shape.length_m - design.length_m) < 0.01
+    assert abs(roi.shape.radius_m - design.radius_m) < 0.003
+    # the ROI spans the drum with the margin above its open end and none below its back, which rests on the rollers
+    reach = roi.shape.length_m + 2 * roi.margin_m
+    assert abs(reach - (design.length_m + roi.margin_m)) < 0.01, (reach, design.length_m, roi.margin_m)

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from calibration.errors import CalibrationError
-from calibration.fit import FitSettings, TruthComparison, compare_with_truth, roi_from_frames
+from calibration.fit import FitSettings, TruthComparison, compare_with_truth, roi_end_margins, roi_from_frames
 from drivers.synthetic import STATIONS, SyntheticSource, SyntheticSourceConfig
 from tools.benchmarks.report import BenchSection
 
@@ -17,8 +17,9 @@ CLUTTER = "high"
 TARGETS = {"axis_deg": 1.0, "centre_m": 0.005, "radius_m": 0.003, "iou": 0.97}
 
 
-def calibrate_station(station: str, seed: int) -> tuple[TruthComparison | None, str, float]:
-    """One calibration on N frames of one defect-free part: (comparison or None, failure message, fit seconds)."""
+def calibrate_station(station: str, seed: int) -> tuple[TruthComparison | None, str, float, str]:
+    """One calibration on N frames of one defect-free part: (comparison or None, failure message, fit seconds,
+    the ROI's margins beyond the shell's two ends)."""
     cfg = SyntheticSourceConfig(
         seed=seed, n_frames=N_FRAMES, clutter=CLUTTER, defect_rate=0.0, frames_per_part=N_FRAMES, station=station
     )
@@ -28,11 +29,15 @@ def calibrate_station(station: str, seed: int) -> tuple[TruthComparison | None, 
     try:
         result = roi_from_frames(frames, FitSettings())
     except CalibrationError as e:
-        return None, e.problem, time.perf_counter() - t0
+        return None, e.problem, time.perf_counter() - t0, ""
     fit_s = time.perf_counter() - t0
+    ends = ""
+    if result.shell is not None:
+        lo, hi = roi_end_margins(result.roi, result.shell)
+        ends = f"{round(lo * 1000)} / {round(hi * 1000)} mm"
     truth = frames[-1].truth
     assert truth is not None and truth.drum is not None and truth.drum_mask is not None
-    return compare_with_truth(result, truth.drum, truth.drum_mask), "", fit_s
+    return compare_with_truth(result, truth.drum, truth.drum_mask), "", fit_s, ends
 
 
 def run(quick: bool) -> BenchSection:
@@ -42,10 +47,10 @@ def run(quick: bool) -> BenchSection:
     failures = 0
     for name in STATIONS:
         for seed in seeds:
-            cmp, failure, fit_s = calibrate_station(name, seed)
+            cmp, failure, fit_s, ends = calibrate_station(name, seed)
             if cmp is None:
                 failures += 1
-                rows.append([name, str(seed), "FAILED", "", "", "", "", "", f"{fit_s:.2f} s", failure])
+                rows.append([name, str(seed), "FAILED", "", "", "", "", "", "", f"{fit_s:.2f} s", failure])
                 continue
             results[name].append(cmp)
             rows.append(
@@ -58,6 +63,7 @@ def run(quick: bool) -> BenchSection:
                     f"{cmp.center_error_m * 1000:.1f} mm",
                     f"{cmp.radius_error_m * 1000:.2f} mm",
                     f"{cmp.length_error_m * 1000:+.1f} mm",
+                    ends,
                     f"{fit_s:.2f} s",
                     "",
                 ]
@@ -83,6 +89,7 @@ def run(quick: bool) -> BenchSection:
             "centre error",
             "radius error",
             "length error",
+            "end margins",
             "fit time",
             "failure",
         ],
@@ -99,13 +106,17 @@ def run(quick: bool) -> BenchSection:
         notes=[
             f"{N_FRAMES} frames of one defect-free part per fit (640×480, clutter {CLUTTER}), default FitSettings "
             f"({FitSettings().margin_m * 1000:.0f} mm margin); station presets in docs/synthetic.md",
-            "errors against the drum's shell (the true DrumPose): centre = ROI centre vs the shell's mid-length point "
-            "on the axis; length error is signed (fitted − true); radius and axis from the ROI cylinder",
+            "errors of the fitted shell (CalibrationResult.shell) against the drum's shell (the true DrumPose): "
+            "centre = mid-length points on the axis; length error is signed (fitted − true)",
+            "end margins: how far the ROI reaches beyond the fitted shell's two ends (−axis / +axis); an end the drum "
+            "rests on (points of a support beyond it, calibration.fit.end_margins) gets none, and the ROI frame's "
+            "origin moves along the axis to hold unequal ends (the ROI file and the crop are unchanged)",
             "IoU over pixels with depth in the median-averaged frame: ROI mask (deprojected point inside the "
             "margin-grown ROI) vs the true drum mask, which includes everything mounted on the drum (flange, bolts, "
             "tab, bracket); see calibration.fit.compare_with_truth. 'IoU of the true cylinder' is the same measure for "
-            "the true shell cylinder grown by the same margin: what a perfect fit of this ROI shape reaches (supports "
-            "touching the drum inside the margin keep it below 1)",
+            "the true shell cylinder with the same margins (the same end margins too): what a perfect fit of this ROI "
+            "shape reaches (supports touching the drum inside the margin keep it below 1; where an end has no margin "
+            "the fitted end, a few mm beyond the true one, holds more of the drum than the true end does)",
             f"largest shortfall of the fit's IoU from the true cylinder's: {shortfall:.4f}",
             f"mean IoU {np.mean([c.iou for c in everything]):.4f}" if everything else "no successful fit",
         ],
