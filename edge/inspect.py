@@ -34,7 +34,7 @@ from engines.export import card_from_onnx, example_feeds
 from engines.parity import ParityBudget, ParityReport, compare_runners
 from engines.runtime.base import EngineError, Runner
 from engines.runtime.ort import OrtRunner, OrtRunnerConfig
-from engines.runtime.select import Choice, RunnerPlan, create_runner
+from engines.runtime.select import Choice, RunnerPlan, create_runner, engine_precision
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class ModelStage:
         self.runner = runner.activate()
         self.gate: ParityReport | None = None
         if self.choice.backend != "onnxruntime" and plan.config.parity_gate:
-            self._gate(plan.config.precision, threshold)
+            self._gate(engine_precision(self.card, plan.config), threshold)
 
     def _gate(self, precision: str, threshold: float | None) -> None:
         """Compare the engine with ONNX Runtime before it goes live; a failure falls back to ONNX Runtime."""
