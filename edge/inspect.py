@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -76,11 +76,18 @@ def parity_gate(
 ) -> ParityReport:
     """``candidate`` (active) against ONNX Runtime on the CPU on the golden crops, judged by :data:`GATE_BUDGETS`."""
     feeds, _ = golden_feeds(onnx_path, card)
-    map_rel, score_rtol = GATE_BUDGETS.get(precision, GATE_BUDGETS["fp32"])
     with OrtRunner(onnx_path, OrtRunnerConfig(intra_op_threads=1)) as reference:
-        scale = max(float(np.abs(reference.infer(f)["anomaly_map"]).max()) for f in feeds)
-        budget = ParityBudget(map_atol=map_rel * max(scale, 1e-6), score_rtol=score_rtol)
+        budget = gate_budget(reference, feeds, precision)
         return compare_runners(reference, [candidate], feeds, budget=budget, threshold=threshold)
+
+
+def gate_budget(reference: Runner, feeds: Sequence[Mapping[str, np.ndarray]], precision: str) -> ParityBudget:
+    """:data:`GATE_BUDGETS` for ``precision`` as a ParityBudget: the map limit scaled by the largest anomaly-map
+    value of the (active) ``reference`` on ``feeds``. Also judges an INT8 model against its fp32 ONNX
+    (edge-parity, edge-bench)."""
+    map_rel, score_rtol = GATE_BUDGETS.get(precision, GATE_BUDGETS["fp32"])
+    scale = max(float(np.abs(reference.infer(f)["anomaly_map"]).max()) for f in feeds)
+    return ParityBudget(map_atol=map_rel * max(scale, 1e-6), score_rtol=score_rtol)
 
 
 class ModelStage:

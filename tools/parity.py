@@ -19,7 +19,7 @@ from typing import Any, cast
 import numpy as np
 
 from edge.core.errors import EdgeError
-from edge.inspect import GATE_BUDGETS, GOLDEN_NAME, golden_feeds
+from edge.inspect import GATE_BUDGETS, GOLDEN_NAME, gate_budget, golden_feeds
 from engines.export import card_from_onnx
 from engines.parity import ParityBudget, ParityReport, compare_runners, feeds_from_npz, random_feeds
 from engines.runtime.base import EngineError, Runner, TensorSpec
@@ -115,11 +115,9 @@ def _budget(args: argparse.Namespace, precision: dict[str, str], reference: Runn
     d = ParityBudget()
     map_atol, score_rtol = args.map_atol, args.score_rtol
     if precision["reference"] != precision["candidate"] and "int8" in precision.values():
-        map_rel, int8_score = GATE_BUDGETS["int8"]
-        if map_atol is None:
-            scale = max(float(np.abs(reference.infer(f)["anomaly_map"]).max()) for f in feeds)
-            map_atol = map_rel * max(scale, 1e-6)
-        score_rtol = int8_score if score_rtol is None else score_rtol
+        gate = gate_budget(reference, feeds, "int8")
+        map_atol = gate.map_atol if map_atol is None else map_atol
+        score_rtol = gate.score_rtol if score_rtol is None else score_rtol
     return ParityBudget(
         map_atol=d.map_atol if map_atol is None else map_atol,
         score_rtol=d.score_rtol if score_rtol is None else score_rtol,
