@@ -5,7 +5,9 @@ tensor passes through ``QuantizeLinear → DequantizeLinear`` pairs, weights per
 in ONNX Runtime on the CPU (which fuses the pairs into integer kernels) and is what TensorRT builds an INT8 engine
 from (explicit quantization: its Q/DQ scales are used as they are, no TensorRT calibrator;
 ``engines._trt_compat.build_mode``). So that TensorRT can take it, activations and weights are signed int8 and
-symmetric (zero point 0), the form TensorRT requires.
+symmetric (zero point 0) by default, the form TensorRT requires. ``activations: uint8`` writes asymmetric uint8
+activations instead: ONNX Runtime's fast path on x86 (its u8×s8 kernels; with int8 activations its x86 build keeps
+depthwise convolutions in fp32 between Q/DQ pairs), refused by TensorRT (``engines._trt_compat.qdq_uint8``).
 
 Calibration is deterministic: ``frames`` good samples are drawn from the training split with a seeded generator
 (``numpy.random.default_rng(seed)``, sorted indices), and the activation ranges are their minimum/maximum
@@ -56,6 +58,12 @@ class QuantizeSettings(EdgeModel):
         "minmax", description="activation range estimator (minmax: exact min/max of the calibration crops)"
     )
     reduce_range: bool = Field(False, description="7-bit weights (for CPUs without VNNI that saturate otherwise)")
+    activations: Literal["int8", "uint8"] = Field(
+        "int8",
+        description="int8: signed symmetric activations, the Q/DQ form TensorRT builds from (and ONNX Runtime runs); "
+        "uint8: asymmetric uint8 activations, ONNX Runtime's fast x86 path (u8×s8 integer kernels, depthwise convs "
+        "included), which TensorRT refuses",
+    )
 
     def to_record(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.model_dump(exclude={"type"}).items()}
@@ -130,6 +138,7 @@ def quantize_onnx(
         "percentile": CalibrationMethod.Percentile,
         "entropy": CalibrationMethod.Entropy,
     }[settings.calibrate_method]
+    signed = settings.activations == "int8"
     with tempfile.TemporaryDirectory(prefix="edge-quantize-") as tmp:
         staged = Path(tmp) / "model.int8.onnx"
         try:
@@ -141,10 +150,10 @@ def quantize_onnx(
                 op_types_to_quantize=list(settings.op_types),
                 per_channel=settings.per_channel,
                 reduce_range=settings.reduce_range,
-                activation_type=QuantType.QInt8,
+                activation_type=QuantType.QInt8 if signed else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=method,
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+                extra_options={"ActivationSymmetric": signed, "WeightSymmetric": True},
             )
         except Exception as err:  # onnxruntime raises its own Fail/… types and ValueError for unsupported graphs
             raise QuantizeError(
@@ -156,7 +165,7 @@ def quantize_onnx(
         "source": fp32_onnx.name,
         "source_sha256": source_sha,
         "format": "QDQ",
-        "activations": "int8 symmetric",
+        "activations": "int8 symmetric" if signed else "uint8 asymmetric",
         "weights": "int8 symmetric" + (" per channel" if settings.per_channel else " per tensor"),
         "settings": settings.to_record(),
         "calibration": dict(calibration or {}),

@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"activation ranges (default {d.calibrate_method})",
     )  # fmt: skip
     p.add_argument("--reduce-range", action="store_true", help="7-bit weights (CPUs without VNNI)")
+    p.add_argument(
+        "--activations", choices=("int8", "uint8"), default=d.activations,
+        help="int8 (default): symmetric, the Q/DQ ONNX TensorRT builds from; uint8: ONNX Runtime's fast x86 CPU path "
+        "(TensorRT refuses it)",
+    )  # fmt: skip
     p.add_argument("--allow-mismatch", action="store_true", help="use an ROI calibrated on another camera")
     return p
 
@@ -69,7 +74,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     settings = QuantizeSettings(
         frames=args.frames, seed=args.seed, per_channel=not args.per_tensor, reduce_range=args.reduce_range,
         op_types=tuple(t.strip() for t in args.op_types.split(",") if t.strip()),
-        calibrate_method=args.calibrate_method,
+        calibrate_method=args.calibrate_method, activations=args.activations,
     )  # fmt: skip
     roi = load_roi(args.roi)
     if card.roi_version and card.roi_version != roi.version:

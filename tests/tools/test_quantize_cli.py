@@ -12,9 +12,11 @@ import pytest
 from edge.core.scoring import ScoringError, file_sha256, load_scoring
 from edge.inspect import ModelStage, golden_feeds
 from engines._registry import register_family
-from engines._trt_compat import build_mode, onnx_precision
+from engines._trt_compat import build_mode, onnx_precision, qdq_uint8
+from engines.build import BuildSettings, build_engine
 from engines.export import card_from_onnx
 from engines.quantize import QUANT_KEY, calibration_indices, quantization_record
+from engines.runtime.base import EngineError
 from engines.runtime.select import RunnerPlan, RuntimeConfig, engine_precision
 from tests.engines._toy import TOY_FAMILY, make_mvtec
 from tools import parity, quantize, train
@@ -162,3 +164,17 @@ def test_parity_reports_int8_deviation_from_fp32(
     score = next(o for o in pair["outputs"] if o["name"] == "image_score")
     assert 0 < score["max_rel"] < 0.5, "quantised, so not bit-equal, yet close to fp32"
     assert "int8" in out and code == (0 if pair["passed"] else 1)
+
+
+def test_uint8_activations_for_the_cpu_are_refused_by_the_tensorrt_build(
+    trained: tuple[Path, Path, Path], int8_dir: Path, tmp_path: Path
+) -> None:
+    assert _quantize(trained, tmp_path / "u8", "--activations", "uint8") == 0
+    u8 = tmp_path / "u8" / "model.onnx"
+    record = quantization_record(u8)
+    assert record is not None and record["activations"] == "uint8 asymmetric"
+    assert qdq_uint8(onnx.load(str(u8))) and not qdq_uint8(onnx.load(str(int8_dir / "model.onnx")))
+    settings = BuildSettings(precision="int8")
+    with pytest.raises(EngineError, match="uint8") as err:
+        build_engine(u8, tmp_path / "engines", model="toy", tag="t", settings=settings)
+    assert "--activations int8" in err.value.remedy
