@@ -13,8 +13,10 @@ from edge.core.scoring import ScoringError, file_sha256, load_scoring
 from edge.inspect import ModelStage, golden_feeds
 from engines._registry import register_family
 from engines._trt_compat import build_mode, onnx_precision, qdq_uint8
-from engines.build import BuildSettings, build_engine
+from engines.build import BuildSettings, build_engine, engine_filename
+from engines.build import card_from_onnx as card_from_onnx_proto
 from engines.export import card_from_onnx
+from engines.manifest import BuildEnvironment, EngineManifest, check_engine, sha256_file, write_manifest
 from engines.quantize import QUANT_KEY, calibration_indices, quantization_record
 from engines.runtime.base import EngineError
 from engines.runtime.select import RunnerPlan, RuntimeConfig, engine_precision
@@ -178,3 +180,28 @@ def test_uint8_activations_for_the_cpu_are_refused_by_the_tensorrt_build(
     with pytest.raises(EngineError, match="uint8") as err:
         build_engine(u8, tmp_path / "engines", model="toy", tag="t", settings=settings)
     assert "--activations int8" in err.value.remedy
+
+
+def test_an_int8_engine_manifest_is_checked_like_an_fp32_one(
+    trained: tuple[Path, Path, Path], int8_dir: Path, tmp_path: Path
+) -> None:
+    """The manifest of an engine built from the Q/DQ ONNX carries its int8 card; the fp32 ONNX in its place or
+    another precision asked for is stale (rebuild, or refuse when rebuilding is not allowed)."""
+    _, _, model_dir = trained
+    int8_onnx = int8_dir / "model.onnx"
+    env = BuildEnvironment(tensorrt_version="10.3.0", cuda_version="12.6", driver_version="12.6", gpu_name="Orin",
+                           compute_capability="8.7", platform="")  # fmt: skip
+    engine = tmp_path / engine_filename("toy", "tiny-foreground", "int8", "8.7", "10.3.0")
+    engine.write_bytes(b"\x00plan" * 100)
+    card = card_from_onnx_proto(onnx.load(str(int8_onnx)))
+    assert card is not None and card["precision"] == "int8"
+    write_manifest(engine, EngineManifest(
+        model="toy", tag="tiny-foreground", precision="int8", environment=env, onnx_file=int8_onnx.name,
+        onnx_sha256=sha256_file(int8_onnx), engine_file=engine.name, engine_sha256=sha256_file(engine),
+        strongly_typed=True, flags=[], card=card,
+    ))  # fmt: skip
+    assert check_engine(engine, int8_onnx, env, allow_rebuild=False, precision="int8").action == "use"
+    fp32 = check_engine(engine, model_dir / "model.onnx", env, allow_rebuild=False, precision="int8")
+    assert fp32.action == "refuse" and any("ONNX" in r for r in fp32.reasons)
+    fp16 = check_engine(engine, int8_onnx, env, allow_rebuild=True, precision="fp16")
+    assert fp16.action == "rebuild" and any("precision" in r for r in fp16.reasons)
