@@ -53,6 +53,11 @@ class BuildMode:
 def build_mode(trt_version: str, precision: str, onnx_float: OnnxFloat, has_qdq: bool) -> BuildMode:
     """The network/builder settings for ``precision`` on this TensorRT, or an EngineError explaining the refusal."""
     major = trt_major(trt_version)
+    if has_qdq and precision != "int8":
+        raise EngineError(
+            f"the ONNX holds Q/DQ nodes (an INT8 model, edge-quantize), so it cannot be built as {precision}",
+            "build it with --precision int8 (the daemon does so by itself), or build the fp32 ONNX it came from",
+        )
     if major < 10:
         raise EngineError(
             f"TensorRT {trt_version} is too old (the runtime uses the name-based I/O API of TensorRT 10)",

@@ -147,6 +147,8 @@ def test_tensorrt_builds_the_qdq_onnx_as_explicit_int8(int8_dir: Path, trained: 
     for trt in ("10.3.0", "11.0.0"):
         mode = build_mode(trt, "int8", floats, has_qdq)
         assert mode.strongly_typed and not mode.calibrate, "explicit quantization: no TensorRT calibrator"
+        with pytest.raises(EngineError, match="Q/DQ nodes"):
+            build_mode(trt, "fp16", floats, has_qdq)
 
 
 def test_parity_reports_int8_deviation_from_fp32(
