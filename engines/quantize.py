@@ -43,6 +43,12 @@ class QuantizeError(EdgeError):
     """A model cannot be quantised as asked (wrong input model, data that is not its training data, bad setting)."""
 
 
+# Quantisable nodes kept fp32 at the input end, per family (measured: docs/benchmarks.md, INT8 section). AST edge
+# with every Conv quantised lost 0.12–0.17 image AUROC (its EfficientNet stem and first blocks see the raw crop);
+# keeping the stem and blocks 0–3 (the first 12 Convs) fp32 kept AUROC within 0.01 at 2.15× (uint8).
+KEEP_FIRST: dict[str, int] = {"ast": 12}
+
+
 class QuantizeSettings(EdgeModel):
     """How an fp32 ONNX becomes a Q/DQ INT8 ONNX (ONNX Runtime static quantization)."""
 
@@ -58,6 +64,12 @@ class QuantizeSettings(EdgeModel):
         "minmax", description="activation range estimator (minmax: exact min/max of the calibration crops)"
     )
     reduce_range: bool = Field(False, description="7-bit weights (for CPUs without VNNI that saturate otherwise)")
+    keep_first: int | None = Field(
+        None,
+        ge=0,
+        description="the first N quantisable nodes (graph order: the layers on the raw inputs) stay fp32; "
+        "None: the family's measured default (KEEP_FIRST, else 0)",
+    )
     activations: Literal["int8", "uint8"] = Field(
         "int8",
         description="int8: signed symmetric activations, the Q/DQ form TensorRT builds from (and ONNX Runtime runs); "
@@ -139,6 +151,8 @@ def quantize_onnx(
         "entropy": CalibrationMethod.Entropy,
     }[settings.calibrate_method]
     signed = settings.activations == "int8"
+    keep_first = KEEP_FIRST.get(card.family, 0) if settings.keep_first is None else settings.keep_first
+    kept = [n.name for n in onnx.load(str(fp32_onnx)).graph.node if n.op_type in settings.op_types][:keep_first]
     with tempfile.TemporaryDirectory(prefix="edge-quantize-") as tmp:
         staged = Path(tmp) / "model.int8.onnx"
         try:
@@ -148,6 +162,7 @@ def quantize_onnx(
                 _reader(feeds),
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(settings.op_types),
+                nodes_to_exclude=kept,
                 per_channel=settings.per_channel,
                 reduce_range=settings.reduce_range,
                 activation_type=QuantType.QInt8 if signed else QuantType.QUInt8,
@@ -168,6 +183,7 @@ def quantize_onnx(
         "activations": "int8 symmetric" if signed else "uint8 asymmetric",
         "weights": "int8 symmetric" + (" per channel" if settings.per_channel else " per tensor"),
         "settings": settings.to_record(),
+        "kept_fp32": kept,
         "calibration": dict(calibration or {}),
         "onnxruntime": _ort_version(),
     }

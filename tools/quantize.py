@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibrate-method", choices=("minmax", "percentile", "entropy"), default=d.calibrate_method,
         help=f"activation ranges (default {d.calibrate_method})",
     )  # fmt: skip
+    p.add_argument(
+        "--keep-first", type=int, metavar="N",
+        help="the first N quantisable nodes (the layers on the raw inputs) stay fp32 (default: the family's measured "
+        "value, ast 12, else 0)",
+    )  # fmt: skip
     p.add_argument("--reduce-range", action="store_true", help="7-bit weights (CPUs without VNNI)")
     p.add_argument(
         "--activations", choices=("int8", "uint8"), default=d.activations,
@@ -74,7 +79,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     settings = QuantizeSettings(
         frames=args.frames, seed=args.seed, per_channel=not args.per_tensor, reduce_range=args.reduce_range,
         op_types=tuple(t.strip() for t in args.op_types.split(",") if t.strip()),
-        calibrate_method=args.calibrate_method, activations=args.activations,
+        calibrate_method=args.calibrate_method, activations=args.activations, keep_first=args.keep_first,
     )  # fmt: skip
     roi = load_roi(args.roi)
     if card.roi_version and card.roi_version != roi.version:

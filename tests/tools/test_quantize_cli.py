@@ -207,3 +207,13 @@ def test_an_int8_engine_manifest_is_checked_like_an_fp32_one(
     assert fp32.action == "refuse" and any("ONNX" in r for r in fp32.reasons)
     fp16 = check_engine(engine, int8_onnx, env, allow_rebuild=True, precision="fp16")
     assert fp16.action == "rebuild" and any("precision" in r for r in fp16.reasons)
+
+
+def test_keep_first_leaves_the_input_layers_in_fp32(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    assert _quantize(trained, tmp_path / "k1", "--keep-first", "1") == 0
+    record = quantization_record(tmp_path / "k1" / "model.onnx")
+    proto = onnx.load(str(tmp_path / "k1" / "model.onnx"))
+    assert record is not None and len(record["kept_fp32"]) == 1 and record["settings"]["keep_first"] == 1
+    (kept,) = [n for n in proto.graph.node if n.name == record["kept_fp32"][0]]
+    weights = {i.name for i in proto.graph.initializer}
+    assert kept.op_type == "Conv" and kept.input[1] in weights, "its weight is the fp32 initializer, not a DQ output"

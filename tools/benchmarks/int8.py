@@ -41,7 +41,13 @@ from tools.benchmarks.report import BenchSection
 
 SPEED_TARGET = 1.8  # INT8 p50 at least this many times faster than fp32 (ONNX Runtime, CPU)
 AUROC_TARGET = 0.005  # |image AUROC(INT8) − image AUROC(fp32)| at most this
-KINDS = ("fp32", "int8", "uint8")
+KINDS = ("fp32", "int8", "uint8", "uint8-all")  # uint8-all: every Conv quantised (--keep-first 0)
+LABELS = {
+    "fp32": "",
+    "int8": " (symmetric: TensorRT's Q/DQ)",
+    "uint8": " (ONNX Runtime x86)",
+    "uint8-all": " (every Conv, --keep-first 0)",
+}
 STUDY = accuracy.Study(seed=11, frames=240, epochs=10, batch_size=8, learning_rate=2e-4)
 QUICK = accuracy.Study(seed=11, frames=40, epochs=2, batch_size=8, learning_rate=2e-4)
 
@@ -111,10 +117,11 @@ def _prepare(study: accuracy.Study, work: Path) -> tuple[Path, RoiFile, Path, Pa
     return data, roi, roi_path, fp32
 
 
-def _quantise(fp32: Path, data: Path, roi_path: Path, out: Path, activations: str) -> float:
+def _quantise(fp32: Path, data: Path, roi_path: Path, out: Path, kind: str) -> float:
     t0 = time.perf_counter()
     argv = ["--model-dir", str(fp32), "--data", str(data), "--roi", str(roi_path), "--out", str(out)]
-    if quantize.main([*argv, "--activations", activations]) != 0:
+    argv += ["--activations", kind.removesuffix("-all")] + (["--keep-first", "0"] if kind.endswith("-all") else [])
+    if quantize.main(argv) != 0:
         raise EdgeError(f"edge-quantize {' '.join(argv)} failed", "read its message above")
     return time.perf_counter() - t0
 
@@ -129,8 +136,8 @@ def ast_rows(study: accuracy.Study, reps: int, work: Path) -> tuple[list[list[st
     t0 = time.perf_counter()
     data, roi, roi_path, fp32 = _prepare(study, work)
     train_s = time.perf_counter() - t0
-    dirs = {"fp32": fp32, "int8": work / "ast-edge-int8", "uint8": work / "ast-edge-uint8"}
-    quant_s = {k: _quantise(fp32, data, roi_path, dirs[k], k) for k in ("int8", "uint8")}
+    dirs = {k: fp32 if k == "fp32" else work / f"ast-edge-{k}" for k in KINDS}
+    quant_s = {k: _quantise(fp32, data, roi_path, dirs[k], k) for k in KINDS[1:]}
     card = card_from_onnx(fp32 / "model.onnx")
     crop = CropSpec(mode=card.crop_mode, size=card.input_size, mean=card.mean, std=card.std)
     test = open_dataset(data, roi, crop).split("test")
@@ -151,11 +158,11 @@ def ast_rows(study: accuracy.Study, reps: int, work: Path) -> tuple[list[list[st
         delta = auroc[k] - auroc["fp32"]
         rel = np.abs(scores[k] - scores["fp32"]) / np.maximum(np.abs(scores["fp32"]), 1e-12)
         rows.append([
-            f"AST edge {k}" + {"fp32": "", "int8": " (symmetric: TensorRT's Q/DQ)", "uint8": " (ONNX Runtime x86)"}[k],
+            f"AST edge {k}{LABELS[k]}",
             f"{timed.p50[k]:.1f}", f"{timed.p99[k]:.1f}", f"{speed:.2f}×", f"{auroc[k]:.4f}",
             "–" if k == "fp32" else f"{delta:+.4f}", "–" if k == "fp32" else f"{float(np.median(rel)):.2e}",
         ])  # fmt: skip
-        if k != "fp32":
+        if k in ("int8", "uint8"):
             targets[f"AST edge {k}: ≥ {SPEED_TARGET}× fp32 speed (p50, ONNX Runtime, 1 thread)"] = speed >= SPEED_TARGET
             targets[f"AST edge {k}: image AUROC within {AUROC_TARGET} of fp32"] = abs(delta) <= AUROC_TARGET
     n_good = int((labels == 0).sum())
@@ -165,9 +172,11 @@ def ast_rows(study: accuracy.Study, reps: int, work: Path) -> tuple[list[list[st
         f"trained by edge-train for {study.epochs}+{study.epochs} epochs ({train_s:.0f} s with rendering and "
         f"calibration): a small model for the INT8-vs-fp32 comparison, not the accuracy study "
         f"(docs/models/ast.md).",
-        f"edge-quantize: 32 seeded good training crops, MinMax ranges, per-channel int8 weights, Conv/MatMul/Gemm "
-        f"quantised; {quant_s['int8']:.0f} s (int8) and {quant_s['uint8']:.0f} s (uint8) including the scoring refit "
-        "and the test evaluation.",
+        "edge-quantize: 32 seeded good training crops, MinMax ranges, per-channel int8 weights, Conv/MatMul/Gemm "
+        "quantised except AST's first 12 (the EfficientNet stem and blocks 0–3: the family default, "
+        "engines.quantize.KEEP_FIRST) — uint8-all quantises every Conv; "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in quant_s.items())
+        + " including the scoring refit and the test evaluation.",
         "score rel Δ: median over the test samples of |raw score − fp32 raw score| / |fp32 raw score|.",
     ]
     notes += [f"ONNX Runtime profile, AST edge {k} (share of kernel time, 10 runs, 1 thread): "
@@ -196,8 +205,8 @@ def dsr3d_rows(reps: int, work: Path) -> tuple[list[list[str]], list[str]]:
             s.close()
     profiles = {k: op_profile(d / "model.onnx", feeds[0], 3, work) for k, d in dirs.items()}
     rows = [[f"3DSR edge {k} (random init)", f"{timed.p50[k]:.1f}", f"{timed.p99[k]:.1f}",
-             f"{timed.p50['fp32'] / timed.p50[k]:.2f}×", "–", "–", "–"] for k in KINDS]  # fmt: skip
-    notes = [f"ONNX Runtime profile, 3DSR edge {k}: {_profile_text(profiles[k])}" for k in KINDS]
+             f"{timed.p50['fp32'] / timed.p50[k]:.2f}×", "–", "–", "–"] for k in KINDS[:3]]  # fmt: skip
+    notes = [f"ONNX Runtime profile, 3DSR edge {k}: {_profile_text(profiles[k])}" for k in KINDS[:3]]
     return rows, notes
 
 
@@ -231,8 +240,8 @@ def run(quick: bool) -> BenchSection:
             notes.append(f"3DSR edge not measured: {err}")
     notes += [
         "latency: ModelStage.run (ONNX Runtime CPU, 1 intra-op thread as the daemon's default runtime.threads, IO "
-        f"binding) on one real test crop; {reps} repetitions per model after 3 warm-up runs, fp32/int8/uint8 "
-        "interleaved with a rotating order so that load from other jobs falls on all three alike.",
+        f"binding) on one real test crop; {reps} repetitions per model after 3 warm-up runs, the models "
+        "interleaved with a rotating order so that load from other jobs falls on all of them alike.",
         f"the machine was shared with other jobs while this ran (1-minute load average at the end: "
         f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs): absolute times are inflated, the ratios are of the "
         f"same run; run at {time.strftime('%H:%M:%S')}.",
