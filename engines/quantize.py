@@ -133,8 +133,19 @@ def quantize_onnx(
     The card is the fp32 one with ``precision: int8``; ``calibration`` (what the feeds are) is stored beside the
     settings and the source's sha256 in the ONNX metadata and in the ``<out>.json`` sidecar.
     """
-    import onnx  # noqa: PLC0415  (export-only dependency)
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static  # noqa: PLC0415
+    try:
+        import onnx  # noqa: PLC0415  (train extra, like the export)
+        from onnxruntime.quantization import (  # noqa: PLC0415
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+    except ImportError as err:
+        raise QuantizeError(
+            f"quantisation needs the onnx package ({err})",
+            "install the train extra: pip install 'drumsight-edge[train]'",
+        ) from None
 
     fp32_onnx, out = Path(fp32_onnx), Path(out)
     card = card_from_onnx(fp32_onnx)
