@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -34,7 +34,7 @@ from engines.export import card_from_onnx, example_feeds
 from engines.parity import ParityBudget, ParityReport, compare_runners
 from engines.runtime.base import EngineError, Runner
 from engines.runtime.ort import OrtRunner, OrtRunnerConfig
-from engines.runtime.select import Choice, RunnerPlan, create_runner
+from engines.runtime.select import Choice, RunnerPlan, create_runner, engine_precision
 from engines.scene import SceneFrame
 
 log = logging.getLogger(__name__)
@@ -77,11 +77,18 @@ def parity_gate(
 ) -> ParityReport:
     """``candidate`` (active) against ONNX Runtime on the CPU on the golden crops, judged by :data:`GATE_BUDGETS`."""
     feeds, _ = golden_feeds(onnx_path, card)
-    map_rel, score_rtol = GATE_BUDGETS.get(precision, GATE_BUDGETS["fp32"])
     with OrtRunner(onnx_path, OrtRunnerConfig(intra_op_threads=1)) as reference:
-        scale = max(float(np.abs(reference.infer(f)["anomaly_map"]).max()) for f in feeds)
-        budget = ParityBudget(map_atol=map_rel * max(scale, 1e-6), score_rtol=score_rtol)
+        budget = gate_budget(reference, feeds, precision)
         return compare_runners(reference, [candidate], feeds, budget=budget, threshold=threshold)
+
+
+def gate_budget(reference: Runner, feeds: Sequence[Mapping[str, np.ndarray]], precision: str) -> ParityBudget:
+    """:data:`GATE_BUDGETS` for ``precision`` as a ParityBudget: the map limit scaled by the largest anomaly-map
+    value of the (active) ``reference`` on ``feeds``. Also judges an INT8 model against its fp32 ONNX
+    (edge-parity, edge-bench)."""
+    map_rel, score_rtol = GATE_BUDGETS.get(precision, GATE_BUDGETS["fp32"])
+    scale = max(float(np.abs(reference.infer(f)["anomaly_map"]).max()) for f in feeds)
+    return ParityBudget(map_atol=map_rel * max(scale, 1e-6), score_rtol=score_rtol)
 
 
 class ModelStage:
@@ -110,7 +117,7 @@ class ModelStage:
         self.runner = runner.activate()
         self.gate: ParityReport | None = None
         if self.choice.backend != "onnxruntime" and plan.config.parity_gate:
-            self._gate(plan.config.precision, threshold)
+            self._gate(engine_precision(self.card, plan.config), threshold)
 
     def _gate(self, precision: str, threshold: float | None) -> None:
         """Compare the engine with ONNX Runtime before it goes live; a failure falls back to ONNX Runtime."""

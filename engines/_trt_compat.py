@@ -53,6 +53,11 @@ class BuildMode:
 def build_mode(trt_version: str, precision: str, onnx_float: OnnxFloat, has_qdq: bool) -> BuildMode:
     """The network/builder settings for ``precision`` on this TensorRT, or an EngineError explaining the refusal."""
     major = trt_major(trt_version)
+    if has_qdq and precision != "int8":
+        raise EngineError(
+            f"the ONNX holds Q/DQ nodes (an INT8 model, edge-quantize), so it cannot be built as {precision}",
+            "build it with --precision int8 (the daemon does so by itself), or build the fp32 ONNX it came from",
+        )
     if major < 10:
         raise EngineError(
             f"TensorRT {trt_version} is too old (the runtime uses the name-based I/O API of TensorRT 10)",
@@ -71,7 +76,7 @@ def _strongly_typed_mode(trt_version: str, precision: str, onnx_float: OnnxFloat
     if precision == "int8" and not has_qdq:
         raise EngineError(
             f"TensorRT {trt_version} builds INT8 only from Q/DQ nodes here, and the ONNX has none",
-            "quantise the ONNX with Q/DQ nodes first (NVIDIA ModelOpt), or build fp16/fp32",
+            "quantise the ONNX with Q/DQ nodes first (edge-quantize), or build fp16/fp32",
         )
     if precision == "fp16" and onnx_float == "fp32":
         raise EngineError(
@@ -96,6 +101,17 @@ def onnx_precision(model: Any) -> tuple[OnnxFloat, bool]:
     if kinds == {TensorProto.FLOAT16}:
         return "fp16", has_qdq
     return ("mixed" if len(kinds) == 2 else "fp32"), has_qdq
+
+
+def qdq_uint8(model: Any) -> bool:
+    """Whether the ONNX quantises activations to uint8 (ONNX Runtime's x86 form): TensorRT takes int8 Q/DQ only."""
+    from onnx import TensorProto  # noqa: PLC0415
+
+    init = {t.name: t.data_type for t in model.graph.initializer}
+    return any(
+        n.op_type == "QuantizeLinear" and len(n.input) > 2 and init.get(n.input[2]) == TensorProto.UINT8
+        for n in model.graph.node
+    )
 
 
 def network_flags(trt: ModuleType, mode: BuildMode) -> int:

@@ -21,6 +21,7 @@ from engines._trt_compat import (
     import_trt,
     network_flags,
     onnx_precision,
+    qdq_uint8,
     trt_major,
 )
 from engines.manifest import (
@@ -141,9 +142,14 @@ def build_engine(
     """Build ``onnx_path`` into ``out_dir/<engine_filename>`` and write its manifest. Returns the engine path."""
     import onnx  # noqa: PLC0415
 
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    if qdq_uint8(proto):  # before anything TensorRT: refused the same on every machine
+        raise EngineError(
+            f"{onnx_path} quantises activations to uint8 (edge-quantize --activations uint8), TensorRT takes int8 Q/DQ",
+            "quantise it for TensorRT with edge-quantize --activations int8 (the default)",
+        )
     trt = import_trt()
     env = env or probe_environment(settings.device)
-    proto = onnx.load(str(onnx_path), load_external_data=False)
     mode = build_mode(trt.__version__, settings.precision, *onnx_precision(proto))
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)

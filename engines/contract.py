@@ -34,7 +34,8 @@ class ModelCard:
     """What a trained model expects and emits; stored with every checkpoint, ONNX file and engine.
 
     Loading refuses an artefact whose card does not fit what the caller asks for (family, preset,
-    input size, crop mode, ROI version).
+    input size, crop mode, ROI version). ``precision`` says what the artefact computes in: ``fp32`` for an export,
+    ``int8`` for a Q/DQ ONNX written by ``edge-quantize`` (cards written before it existed read as fp32).
     """
 
     family: str
@@ -47,6 +48,7 @@ class ModelCard:
     roi_version: str = ""
     data_hash: str = ""
     options: dict[str, Any] = field(default_factory=dict)  # family-specific settings (e.g. AST mode "rgbd")
+    precision: str = "fp32"  # numeric precision of the artefact: fp32 (exported), int8 (Q/DQ ONNX, edge-quantize)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -67,6 +69,7 @@ class ModelCard:
             roi_version=str(d.get("roi_version", "")),
             data_hash=str(d.get("data_hash", "")),
             options=dict(d.get("options", {})),
+            precision=str(d.get("precision", "fp32")),
         )
 
 

@@ -93,6 +93,8 @@ class ParityReport:
     budget: dict[str, Any]
     threshold: float | str | None
     pairs: list[PairReport]
+    feeds: str = ""  # what the inputs were (golden crops, .npz files, seeded random)
+    precision: dict[str, str] = field(default_factory=dict)  # reference/candidate → fp32/int8 (from model cards)
 
     @property
     def passed(self) -> bool:

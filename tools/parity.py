@@ -1,5 +1,9 @@
 """`edge-parity`: the parity gate between a reference and candidate runtimes (ONNX Runtime, TensorRT, PyTorch).
 
+An INT8 model (``edge-quantize``) against its fp32 ONNX: ``edge-parity --onnx int8/model.onnx --reference-onnx
+fp32/model.onnx`` reports its deviation on the golden crops beside the INT8 ONNX, judged by the INT8 budget of the
+runtime's parity gate unless --map-atol/--score-rtol say otherwise.
+
 Exit 0 within budget, 1 over budget (each failure named), 2 on an error (bad file, missing backend).
 """
 
@@ -12,9 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
+
 from edge.core.errors import EdgeError
+from edge.inspect import GATE_BUDGETS, GOLDEN_NAME, gate_budget, golden_feeds
+from engines.export import card_from_onnx
 from engines.parity import ParityBudget, ParityReport, compare_runners, feeds_from_npz, random_feeds
-from engines.runtime.base import EngineError, Runner
+from engines.runtime.base import EngineError, Runner, TensorSpec
 from engines.runtime.ort import OrtRunner
 
 
@@ -31,13 +39,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--torch-factory", metavar="MODULE:CALLABLE", help="zero-argument callable building the torch reference"
     )
-    p.add_argument("--feeds", type=Path, nargs="+", help=".npz files of inputs (default: seeded random inputs)")
+    p.add_argument(
+        "--feeds", type=Path, nargs="+",
+        help=".npz files of inputs (default: golden.npz beside --onnx, the real crops edge-train keeps; else seeded "
+        "random inputs)",
+    )  # fmt: skip
     p.add_argument("--samples", type=int, default=8, help="random samples when no --feeds (default 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threshold", type=float, help="raw image-score threshold for verdict flips (omit: not checked)")
     d = ParityBudget()
-    p.add_argument("--map-atol", type=float, default=d.map_atol, help=f"default {d.map_atol:g}")
-    p.add_argument("--score-rtol", type=float, default=d.score_rtol, help=f"default {d.score_rtol:g}")
+    int8_map, int8_score = GATE_BUDGETS["int8"]
+    p.add_argument(
+        "--map-atol", type=float,
+        help=f"default {d.map_atol:g}; an INT8 model against fp32: {int8_map:g} × the reference's largest map value",
+    )  # fmt: skip
+    p.add_argument(
+        "--score-rtol", type=float, help=f"default {d.score_rtol:g}; an INT8 model against fp32: {int8_score:g}"
+    )
     p.add_argument("--max-flips", type=int, default=d.max_flips, help=f"default {d.max_flips}")
     p.add_argument("--report", type=Path, help="write the JSON report here")
     return p
@@ -73,28 +91,69 @@ def _runners(args: argparse.Namespace, onnx: OrtRunner) -> tuple[Runner, list[Ru
     raise EngineError("nothing to compare the ONNX against", "pass --engine, --reference-onnx or --torch-factory")
 
 
+def _feeds(args: argparse.Namespace, specs: list[TensorSpec]) -> tuple[list[dict[str, np.ndarray]], str]:
+    """The inputs and what they are: --feeds, else golden.npz beside --onnx, else seeded random inputs."""
+    if args.feeds:
+        return feeds_from_npz(args.feeds, specs), ", ".join(str(f) for f in args.feeds)
+    if args.onnx.with_name(GOLDEN_NAME).is_file():  # the parity gate's own reader of golden crops
+        golden, described = golden_feeds(args.onnx, card_from_onnx(args.onnx))
+        return [dict(f) for f in golden], described
+    return random_feeds(specs, args.samples, args.seed), f"{args.samples} seeded random inputs (seed {args.seed})"
+
+
+def _precisions(args: argparse.Namespace) -> dict[str, str]:
+    """fp32/int8 of the reference and the candidate ONNX, from their cards (the ONNX is the candidate unless
+    --engine, which is built from it)."""
+    own = card_from_onnx(args.onnx).precision
+    if args.reference_onnx:
+        return {"reference": card_from_onnx(args.reference_onnx).precision, "candidate": own}
+    return {"reference": own if args.engine else "fp32", "candidate": own}
+
+
+def _budget(args: argparse.Namespace, precision: dict[str, str], reference: Runner, feeds: Any) -> ParityBudget:
+    """The budget asked for; unset limits of an INT8 model against an fp32 one take the INT8 gate's budget."""
+    d = ParityBudget()
+    map_atol, score_rtol = args.map_atol, args.score_rtol
+    if precision["reference"] != precision["candidate"] and "int8" in precision.values():
+        gate = gate_budget(reference, feeds, "int8")
+        map_atol = gate.map_atol if map_atol is None else map_atol
+        score_rtol = gate.score_rtol if score_rtol is None else score_rtol
+    return ParityBudget(
+        map_atol=d.map_atol if map_atol is None else map_atol,
+        score_rtol=d.score_rtol if score_rtol is None else score_rtol,
+        max_flips=args.max_flips,
+    )
+
+
 def run(args: argparse.Namespace) -> ParityReport:
-    budget = ParityBudget(map_atol=args.map_atol, score_rtol=args.score_rtol, max_flips=args.max_flips)
+    precision = _precisions(args)
     onnx = OrtRunner(args.onnx)
     with onnx:  # __enter__ is typed as returning the base Runner
         reference, candidates = _runners(args, onnx)
-        specs = onnx.input_specs
-        feeds = feeds_from_npz(args.feeds, specs) if args.feeds else random_feeds(specs, args.samples, args.seed)
+        feeds, described = _feeds(args, list(onnx.input_specs))
         others = [r for r in (reference, *candidates) if r is not onnx]
         try:
             for r in others:
                 r.activate()
-            return compare_runners(reference, candidates, feeds, budget=budget, threshold=args.threshold)
+            budget = _budget(args, precision, reference, feeds)
+            report = compare_runners(reference, candidates, feeds, budget=budget, threshold=args.threshold)
         finally:
             for r in others:
                 r.deactivate()
+    report.feeds, report.precision = described, precision
+    return report
 
 
 def _summary(report: ParityReport) -> list[str]:
     lines = []
+    prec = report.precision
     for p in report.pairs:
-        lines.append(f"{p.candidate} vs {p.reference}: {'PASS' if p.passed else 'FAIL'} ({report.samples} samples)")
-        lines.extend(f"  {s.name}: max|Δ| {s.max_abs:.3g}  max rel {s.max_rel:.3g}  ({s.limit})" for s in p.outputs)
+        kinds = f" ({prec['candidate']} vs {prec['reference']})" if prec else ""
+        lines.append(f"{p.candidate} vs {p.reference}{kinds}: {'PASS' if p.passed else 'FAIL'} ({report.feeds})")
+        lines.extend(
+            f"  {s.name}: max|Δ| {s.max_abs:.3g}  mean|Δ| {s.mean_abs:.3g}  max rel {s.max_rel:.3g}  ({s.limit})"
+            for s in p.outputs
+        )
         lines.append(f"  verdict flips: {'not checked (no --threshold)' if p.flips is None else p.flips}")
         lines.extend(f"  FAIL {f}" for f in p.failures)
     return lines

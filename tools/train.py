@@ -189,7 +189,7 @@ def resolve_device(name: str) -> str:
     return str(device)
 
 
-def _stage(onnx_path: Path) -> ModelStage:
+def cpu_stage(onnx_path: Path) -> ModelStage:
     """The exported model in ONNX Runtime on the CPU, through the product's one inference path: scores fitted
     here are what the edge runtime sees, not PyTorch's numbers."""
     return ModelStage(onnx_path, RunnerPlan(RuntimeConfig(backend="onnxruntime", device="cpu", threads=0)))
@@ -204,12 +204,12 @@ def _write_golden(path: Path, samples: Sequence[Sample], card: ModelCard) -> Non
     np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
 
 
-def _evaluate(onnx_path: Path, data: Dataset, card: ModelCard, scoring: ScoringFile) -> dict[str, float]:
+def evaluate_test(onnx_path: Path, data: Dataset, card: ModelCard, scoring: ScoringFile) -> dict[str, float]:
     """Test-split metrics with the fitted scoring: image AUROC (both classes needed) and verdict counts."""
     test = data.split("test")
     if len(test) == 0:
         return {}
-    stage = _stage(onnx_path)
+    stage = cpu_stage(onnx_path)
     try:
         raw = stage.raw_scores(test[i] for i in range(len(test)))
     finally:
@@ -323,7 +323,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         artefact=onnx_path.name,
         artefact_sha256=file_sha256(onnx_path),
     )
-    stage = _stage(onnx_path)
+    stage = cpu_stage(onnx_path)
     try:
         raw_val = stage.raw_scores(val[i] for i in good_val)
     finally:
@@ -337,7 +337,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         "threshold": scoring.threshold.value,
         "validation_good": float(len(good_val)),
         **fitted,
-        **_evaluate(onnx_path, data, card, scoring),
+        **evaluate_test(onnx_path, data, card, scoring),
     }
     metrics |= {f"parity_max_abs_{k}": v.max_abs for k, v in parity.outputs.items()}
     settings = {

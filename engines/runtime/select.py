@@ -29,6 +29,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from edge.core.config import EdgeModel
+from engines.contract import ModelCard
 from engines.runtime.base import EngineError, Runner, TensorSpec
 from engines.runtime.ort import PROVIDER_NAMES, OrtRunner, OrtRunnerConfig, Provider
 
@@ -281,6 +282,11 @@ def _torch_runner(onnx: Path, choice: Choice, config: RuntimeConfig) -> Runner:
     from engines.runtime.torch_ref import TorchRunner  # noqa: PLC0415
 
     card = card_from_onnx(onnx)
+    if card.precision != "fp32":
+        raise EngineError(
+            f"runtime torch runs the fp32 checkpoint, and {onnx} is a {card.precision} model",
+            "run an INT8 model with runtime.backend onnxruntime or tensorrt, or point torch at the fp32 model folder",
+        )
     ckpt = checkpoint_beside(onnx)
     if not ckpt.is_file():
         raise EngineError(
@@ -297,6 +303,12 @@ def _torch_runner(onnx: Path, choice: Choice, config: RuntimeConfig) -> Runner:
         build, specs, threads=config.threads, device=choice.device, cuda_graph=config.cuda_graph,
         tf32=config.precision != "fp32",
     )  # fmt: skip
+
+
+def engine_precision(card: ModelCard, config: RuntimeConfig) -> Precision:
+    """The precision a TensorRT engine is built in: an INT8 Q/DQ ONNX (``edge-quantize``) is always built as INT8
+    from its own scales (explicit quantization), whatever ``runtime.precision`` says; other ONNX files as asked."""
+    return "int8" if card.precision == "int8" else config.precision
 
 
 def create_runner(onnx: Path, plan: RunnerPlan | None = None) -> tuple[Runner, Choice]:
@@ -325,10 +337,20 @@ def create_runner(onnx: Path, plan: RunnerPlan | None = None) -> tuple[Runner, C
         plan.engine_dir or onnx.parent / "engines",
         model=card.family,
         tag=f"{card.preset}-{card.crop_mode}",
-        settings=BuildSettings(precision=config.precision, device=choice.device_index),
+        settings=BuildSettings(precision=engine_precision(card, config), device=choice.device_index),
         allow_rebuild=True,
     )
     return TrtRunner(engine, device=choice.device_index, cuda_graph=config.cuda_graph), choice
 
 
-__all__ = ["Choice", "Probe", "RunnerPlan", "RuntimeConfig", "checkpoint_beside", "create_runner", "probe", "resolve"]
+__all__ = [
+    "Choice",
+    "Probe",
+    "RunnerPlan",
+    "RuntimeConfig",
+    "checkpoint_beside",
+    "create_runner",
+    "engine_precision",
+    "probe",
+    "resolve",
+]

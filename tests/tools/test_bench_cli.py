@@ -23,7 +23,7 @@ from edge.core.scoring import load_scoring
 from engines._registry import register_family
 from engines.datasets import recording_splits
 from tests.engines._toy import TOY_FAMILY, make_mvtec
-from tools import calibrate, record, train
+from tools import calibrate, quantize, record, train
 from tools.bench.cli import main
 
 WIDTH, HEIGHT = 320, 240
@@ -216,3 +216,26 @@ def test_fit_scoring_with_the_f1_threshold_writes_a_file_the_daemon_loads(
     assert scoring.threshold.method == "f1_max" and scoring.fitted_on.n_labelled == len(frames)
     good = [f["raw"] for f in frames if f["type"] == "good"]
     assert scoring.normalisation.mean == pytest.approx(np.mean(good))
+
+
+def test_int8_model_is_benched_beside_its_fp32_model(assets: Assets, ast_model: Path, tmp_path: Path) -> None:
+    """edge-quantize's folder scores like an edge-train one; its row and parity (against the fp32 ONNX) sit beside
+    the fp32 model's; alone, its parity says what is missing."""
+    int8 = tmp_path / "ast-tiny-int8"
+    argv = ["--model-dir", str(ast_model), "--data", str(assets.line), "--roi", str(assets.roi), "--out", str(int8)]
+    assert quantize.main([*argv, "--frames", "8"]) == 0
+    code, report = bench(assets, tmp_path / "r", "--models", f"{ast_model},{int8}", "--parity")
+    models = {m["name"]: m for m in report["models"]}
+    assert set(models) == {"ast/tiny foreground", "ast/tiny int8 foreground"}, set(models)
+    fp32, q = models["ast/tiny foreground"], models["ast/tiny int8 foreground"]
+    assert q["card"]["precision"] == "int8" and [f["source"] for f in q["frames"]] == [
+        f["source"] for f in fp32["frames"]
+    ]
+    assert fp32["accuracy"]["image_auroc"] is not None and q["accuracy"]["image_auroc"] is not None
+    gate = report["gates"]["parity ast/tiny int8 foreground"]
+    assert "rel ≤ 0.05" in gate["detail"] and gate["report"]["threshold"] is None
+    assert code == (0 if all(g["passed"] for g in report["gates"].values()) else 1)
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "ast/tiny int8 foreground" in md and "ast/tiny foreground" in md
+    code, alone = bench(assets, tmp_path / "alone", "--models", str(int8), "--parity")
+    assert code == 1 and "not benched beside it" in alone["gates"]["parity ast/tiny int8 foreground"]["detail"]

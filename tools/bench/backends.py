@@ -5,8 +5,8 @@ The bench runs models exactly as the daemon does: a :class:`engines.runtime.sele
 and each model's Inspector builds its engine with ``create_runner`` (TensorRT engines are cached in the report's
 ``engines/`` folder, reused when their manifest fits, built otherwise). ``--parity`` compares, on the first real
 crops of the run: for ONNX Runtime, the PyTorch model from the run folder's checkpoint (reference) against ONNX
-Runtime; for TensorRT or torch, ONNX Runtime (reference) against the engine. Verdict flips are counted at the
-scoring file's threshold on the raw score.
+Runtime (an INT8 model: its fp32 ONNX benched beside it against the INT8 ONNX); for TensorRT or torch, ONNX Runtime
+(reference) against the engine. Verdict flips are counted at the scoring file's threshold on the raw score.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 
 from edge.core.errors import EdgeError
 from edge.core.scoring import load_scoring
+from edge.inspect import gate_budget
 from engines.parity import ParityBudget, ParityReport, compare_runners
 from engines.runtime.base import Runner
 from engines.runtime.ort import OrtRunner, OrtRunnerConfig
@@ -63,7 +64,7 @@ def runner_factory(settings: BackendSettings) -> Callable[[BenchModel], RunnerPl
         card = model.card
         return RunnerPlan(
             settings.runtime,
-            engine_dir=settings.engines_dir / f"{card.family}-{card.preset}-{card.crop_mode}",
+            engine_dir=settings.engines_dir / f"{card.family}-{card.preset}-{card.crop_mode}-{card.precision}",
             choice=choice,
         )
 
@@ -90,15 +91,33 @@ def _torch_reference(model: BenchModel, ort: OrtRunner) -> Runner:
 
 
 def parity(
-    model: BenchModel, feeds: Sequence[dict[str, np.ndarray]], settings: BackendSettings, budget: ParityBudget
+    model: BenchModel,
+    feeds: Sequence[dict[str, np.ndarray]],
+    settings: BackendSettings,
+    budget: ParityBudget,
+    fp32_onnx: Path | None = None,
 ) -> ParityReport:
-    """The backend against its reference on ``feeds`` (real crops), flips at the scoring threshold."""
+    """The backend against its reference on ``feeds`` (real crops), flips at the scoring threshold.
+
+    An INT8 model on ONNX Runtime has no PyTorch checkpoint: its reference is ``fp32_onnx``, the fp32 model it was
+    quantised from (benched beside it), judged by the runtime gate's INT8 budget; flips are not counted (each
+    model has its own scoring file: the accuracy table compares their verdicts)."""
     scoring = load_scoring(model.scoring)
-    raw_threshold = scoring.normalisation.mean + scoring.threshold.value * scoring.normalisation.std
+    raw_threshold: float | None = scoring.normalisation.mean + scoring.threshold.value * scoring.normalisation.std
     with OrtRunner(model.onnx, OrtRunnerConfig(intra_op_threads=settings.threads)) as ort:
         reference: Runner = ort
         candidate: Runner = ort
-        if resolve(settings.runtime).backend == "onnxruntime":
+        if resolve(settings.runtime).backend == "onnxruntime" and model.card.precision != "fp32":
+            if fp32_onnx is None:
+                raise EdgeError(
+                    f"{model.run_dir} is an {model.card.precision} model and its fp32 model is not benched beside it",
+                    "pass the fp32 edge-train folder it was quantised from in --models too",
+                )
+            reference, raw_threshold = OrtRunner(fp32_onnx, OrtRunnerConfig(intra_op_threads=settings.threads)), None
+            reference.activate()
+            budget = gate_budget(reference, feeds, model.card.precision)
+            reference.deactivate()
+        elif resolve(settings.runtime).backend == "onnxruntime":
             reference = _torch_reference(model, ort)
         else:
             candidate = create_runner(model.onnx, runner_factory(settings)(model))[0]

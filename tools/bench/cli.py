@@ -24,8 +24,9 @@ from rich.table import Table
 
 from calibration.roi import RoiFile, load_roi
 from edge.core.errors import EdgeError
-from edge.core.scoring import fit_scoring, load_scoring, refit_threshold_f1, save_scoring
+from edge.core.scoring import file_sha256, fit_scoring, load_scoring, refit_threshold_f1, save_scoring
 from engines.parity import ParityBudget
+from engines.quantize import quantization_record
 from engines.runtime.select import RuntimeConfig
 from tools.bench import analysis, figures
 from tools.bench.backends import BACKENDS, BackendSettings, check_backend, parity, runner_factory
@@ -227,9 +228,11 @@ def gates(args: argparse.Namespace, p: Plan, bench: Bench, report: dict[str, Any
                                            f"budget {args.budget_ms:g} ms"}  # fmt: skip
     if args.parity:
         budget = ParityBudget()
+        fp32 = {file_sha256(r.model.onnx): r.model.onnx for r in bench.run.models if r.model.card.precision == "fp32"}
         for r in bench.run.models:
             try:
-                rep = parity(r.model, r.feeds, p.backend, budget)
+                source = (quantization_record(r.model.onnx) or {}).get("source_sha256", "")
+                rep = parity(r.model, r.feeds, p.backend, budget, fp32_onnx=fp32.get(source))
             except EdgeError as err:
                 out[f"parity {r.model.name}"] = {"passed": False, "detail": f"not run: {err}"}
                 continue

@@ -44,15 +44,20 @@ class BenchModel:
     card: ModelCard
 
     @property
+    def precision(self) -> str:
+        """`` int8`` for a quantised model (edge-quantize), empty for fp32: names tell the two apart."""
+        return "" if self.card.precision == "fp32" else f" {self.card.precision}"
+
+    @property
     def name(self) -> str:
-        return f"{self.card.family}/{self.card.preset} {self.card.crop_mode}"
+        return f"{self.card.family}/{self.card.preset}{self.precision} {self.card.crop_mode}"
 
     @property
     def study_key(self) -> str:
         """Models that differ only in crop mode share this key: the foreground study pairs them."""
         skip = pretrained_from(self.card.family)  # checkpoint paths differ per run; the study pairs on the rest
         options = ",".join(f"{k}={v}" for k, v in sorted(self.card.options.items()) if k not in skip)
-        return f"{self.card.family}/{self.card.preset}" + (f" ({options})" if options else "")
+        return f"{self.card.family}/{self.card.preset}{self.precision}" + (f" ({options})" if options else "")
 
     @property
     def onnx(self) -> Path:

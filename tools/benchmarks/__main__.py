@@ -18,6 +18,7 @@ SECTIONS = [
     "tools.benchmarks.calibration",
     "tools.benchmarks.crop",
     "tools.benchmarks.engines",
+    "tools.benchmarks.int8",
     "tools.benchmarks.gpu",
 ]
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(section)
         all_met &= all(section.targets.values())
     command = "python -m tools.benchmarks " + " ".join(sys.argv[1:] if argv is None else argv)
-    write_page(args.out, command.strip(), sections)
+    write_page(args.out, command.strip(), sections, merge=bool(args.only))
     console.print(f"wrote {args.out}")
     return 0 if all_met else 1
 

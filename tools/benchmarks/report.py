@@ -65,7 +65,12 @@ def machine_block(command: str) -> str:
     )
 
 
-def write_page(path: Path, command: str, sections: list[BenchSection]) -> None:
+def write_page(path: Path, command: str, sections: list[BenchSection], *, merge: bool = False) -> None:
+    """Rewrite the page with ``sections``; ``merge`` (a ``--only`` run) replaces only the sections of the same
+    title in the existing page (appending new ones) and stamps each with its own machine and command."""
+    if merge and path.is_file():
+        _merge_page(path, command, sections)
+        return
     head = [
         "# Benchmarks",
         "",
@@ -77,3 +82,13 @@ def write_page(path: Path, command: str, sections: list[BenchSection]) -> None:
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(head) + "\n".join(s.to_markdown() for s in sections))
+
+
+def _merge_page(path: Path, command: str, sections: list[BenchSection]) -> None:
+    text = path.read_text()
+    head, *parts = text.split("\n## ")
+    blocks = {p.split("\n", 1)[0]: "## " + p for p in parts}
+    stamp = "\n".join(["", "This section alone was rerun:", "", machine_block(command), ""])
+    for s in sections:
+        blocks[s.title] = s.to_markdown() + stamp + "\n"
+    path.write_text(head.rstrip("\n") + "\n" + "\n".join(b.rstrip("\n") + "\n" for b in blocks.values()))
