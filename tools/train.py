@@ -329,7 +329,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     finally:
         stage.close()
     test = data.split("test")
-    defects = [i for i in range(len(test)) if i not in set(data.good("test"))][:GOLDEN_DEFECTS]
+    good_test = set(data.good("test"))
+    defects = [i for i in range(len(test)) if i not in good_test][:GOLDEN_DEFECTS]
     _write_golden(out / GOLDEN_NAME, [val[i] for i in good_val[:GOLDEN_GOOD]] + [test[i] for i in defects], card)
     scoring = fit_scoring(raw_val, identity, data_hash=data.data_hash, false_alarm_rate=args.false_alarm_rate)
     save_scoring(scoring, out / "scoring.yaml")
