@@ -226,6 +226,8 @@ class Inspector:
         else:
             assert spec is not None and roi is not None  # checked above
             self.cropper = RoiCropper(spec, roi, crop, allow_mismatch=allow_mismatch)
+        # the engine's input buffers are allocated once at activation: their addresses are read once, here
+        self._device_inputs = self._device.device_buffers() if self._device is not None else {}
         self.scorer = Scorer(scoring)
         n = card.input_size
         self._mask = np.zeros((1, 1, n, n), dtype=np.float32)
@@ -240,7 +242,7 @@ class Inspector:
         """
         t0 = time.perf_counter_ns()
         if self._device is not None:
-            bufs = self._device.device_buffers()
+            bufs = self._device_inputs
             self.cropper.crop_into(frame, rgb=bufs.get("rgb"), xyz=bufs.get("xyz"), mask=bufs.get("mask"))
         else:
             out = self.cropper.crop(frame)

@@ -26,7 +26,7 @@ from edge.inspect import GOLDEN_NAME
 from engines.datasets import open_dataset
 from engines.export import card_from_onnx
 from engines.quantize import QuantizeError, QuantizeSettings, calibration_feeds, quantize_onnx
-from tools.train import cpu_stage, evaluate_test
+from tools.train import cpu_stage, evaluate_test, verdict_counts
 
 PROG = "edge-quantize"
 ONNX_FILE, SCORING_FILE = "model.onnx", "scoring.yaml"
@@ -140,10 +140,7 @@ def _print_summary(out: Path, metrics: dict[str, float]) -> None:
         f"test image AUROC int8 {auroc('int8')}, fp32 {auroc('fp32')}",
     ]
     if "int8_test_good" in metrics:
-        lines.append(
-            f"test int8: {int(metrics['int8_false_alarms'])}/{int(metrics['int8_test_good'])} good flagged NG, "
-            f"{int(metrics['int8_misses'])}/{int(metrics['int8_test_defect'])} defects passed OK"
-        )
+        lines.append(verdict_counts(metrics, "test int8", prefix="int8_"))
     lines.append(f"wrote {out / ONNX_FILE}, {out / SCORING_FILE}")
     for line in lines:
         print(f"{PROG}: {line}")

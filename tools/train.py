@@ -354,6 +354,15 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     return metrics
 
 
+def verdict_counts(metrics: Mapping[str, float], label: str, prefix: str = "") -> str:
+    """``label: F/G good flagged NG, M/D defects passed OK`` from evaluate_test's counts (keys under ``prefix``)."""
+    m = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
+    return (
+        f"{label}: {int(m['false_alarms'])}/{int(m['test_good'])} good flagged NG, "
+        f"{int(m['misses'])}/{int(m['test_defect'])} defects passed OK"
+    )
+
+
 def _print_summary(out: Path, metrics: Mapping[str, float]) -> None:
     auroc = f"{metrics['image_auroc']:.3f}" if "image_auroc" in metrics else "n/a (test split lacks a class)"
     lines = [
@@ -361,10 +370,7 @@ def _print_summary(out: Path, metrics: Mapping[str, float]) -> None:
         f"test image AUROC {auroc}",
     ]
     if "test_good" in metrics:
-        lines.append(
-            f"test: {int(metrics['false_alarms'])}/{int(metrics['test_good'])} good flagged NG, "
-            f"{int(metrics['misses'])}/{int(metrics['test_defect'])} defects passed OK"
-        )
+        lines.append(verdict_counts(metrics, "test"))
     lines.append(f"wrote {out / 'model.safetensors'}, {out / 'model.onnx'}, {out / 'scoring.yaml'}")
     for line in lines:
         print(f"{PROG}: {line}")

@@ -169,7 +169,8 @@ class TorchRunner(Runner):
         import torch  # noqa: PLC0415
 
         t0 = time.perf_counter_ns()
-        own = self.device_buffers()
+        self._require_active()
+        own = self.device_buffers() if device_inputs else {}
         foreign = sorted(k for k, ptr in device_inputs.items() if own.get(k) != int(ptr))
         if foreign:
             raise EngineError(
