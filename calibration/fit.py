@@ -19,7 +19,17 @@ import numpy.typing as npt
 from pydantic import Field, ValidationError, field_validator
 
 from calibration.errors import CalibrationError, FitOutOfLimitsError, NoClusterError, TooFewPointsError
-from calibration.roi import AcceptanceStats, BoxShape, CameraBinding, CylinderShape, RoiError, RoiFile
+from calibration.roi import (
+    MAX_NOTCHES,
+    AcceptanceStats,
+    BoxShape,
+    CameraBinding,
+    CylinderShape,
+    RadialNotch,
+    RoiError,
+    RoiFile,
+    notch_cuts,
+)
 from edge.core.config import EdgeModel
 from edge.core.frame import DrumPose, Frame, Intrinsics, StreamSpec
 from edge.core.geometry import project_points, ray_table, transform_points
@@ -62,6 +72,24 @@ class FitSettings(EdgeModel):
         le=1,
         description="how many such points make an end supported, as a share of the drum's shell points",
     )
+    support_notches: bool = Field(
+        True,
+        description="support-aware radial margin: where a support (cradle, rail, roller) touches the drum inside the "
+        "margin, the ROI's outer radius drops to notch_tolerance_m over the shell in that sector and axial range",
+    )
+    notch_tolerance_m: float = Field(
+        0.005, ge=0, le=0.1, description="outer radius of a notch over the fitted shell (out-of-roundness, noise)"
+    )
+    notch_reach_m: float = Field(0.03, gt=0, description="a support is seen continuing this far beyond the margin band")
+    notch_touch_m: float = Field(
+        0.015, gt=0, description="a support comes at least this close to the fitted shell (it touches the drum)"
+    )
+    notch_link_m: float = Field(0.012, gt=0, description="DBSCAN radius linking a support's points")
+    notch_min_mounted: int = Field(
+        10, ge=1, description="points a cluster inside the band needs to count as a part mounted on the drum"
+    )
+    notch_pad_deg: float = Field(2.0, ge=0, le=30, description="a notch's sector is grown by this on each side")
+    notch_pad_m: float = Field(0.01, ge=0, description="a notch's axial range is grown by this at each end")
     min_range_m: float = Field(0.15, ge=0, description="points nearer than this are dropped (sensor minimum)")
     max_range_m: float = Field(2.5, gt=0, description="points farther than this are dropped as background")
     voxel_m: float = Field(0.005, gt=0, description="voxel size of the cloud used for planes, clusters and normals")
@@ -680,6 +708,64 @@ def end_margins(points: F64, cyl: CylinderFit, settings: FitSettings) -> tuple[f
     return lo_hi[0] + short, lo_hi[1] + short
 
 
+def radial_notches(
+    points: F64, T: F64, shape: CylinderShape, margin: float, settings: FitSettings
+) -> list[RadialNotch]:
+    """Where a support touches the drum inside the radial margin: notches that bring the ROI's outer radius down to
+    ``notch_tolerance_m`` over the fitted shell there (ROI frame ``T``, shell radius ``shape.radius_m``).
+
+    The scene's points beyond that tolerance, within the margin and up to ``notch_reach_m`` beyond it, along the
+    ROI's length, are clustered (DBSCAN, ``notch_link_m``). A cluster that reaches beyond the margin band and comes
+    within ``notch_touch_m`` of the shell is a support (a cradle's faces down to the pallet, a rail, a roller): its
+    points in the band give a notch's sector (±``notch_pad_deg``) and axial range (±``notch_pad_m``). A cluster
+    wholly inside the band is mounted on the drum (flange, bolts, tab, bracket) and keeps the full margin: a notch
+    whose region holds such points keeps its radius beyond them, and is dropped when that leaves nothing to cut.
+    """
+    r, tol = shape.radius_m, settings.notch_tolerance_m
+    outer, half = r + margin, shape.length_m / 2 + margin
+    local = (points - T[:3, 3]) @ T[:3, :3]
+    rho = np.hypot(local[:, 0], local[:, 1])
+    near = (rho > r + tol) & (rho <= outer + settings.notch_reach_m) & (np.abs(local[:, 2]) <= half)
+    local, rho = local[near], rho[near]
+    if len(local) == 0:
+        return []
+    voxels, voxel_of = voxel_reduce(local, settings.voxel_m)
+    labels = np.asarray(_o3d_cloud(voxels).cluster_dbscan(settings.notch_link_m, 1), dtype=np.int32)[voxel_of]
+    band = rho <= outer
+    supports, mounted = [], np.zeros(len(local), dtype=np.bool_)
+    for label in np.unique(labels[labels >= 0]):
+        member = labels == label
+        if not np.any(member & band):
+            continue
+        if np.any(member & ~band) and float(rho[member].min()) <= r + settings.notch_touch_m:
+            supports.append(member & band)
+        elif np.count_nonzero(member) >= settings.notch_min_mounted:
+            mounted |= member & band
+    angle = np.degrees(np.arctan2(local[:, 1], local[:, 0]))
+    notches: list[RadialNotch] = []
+    for member in supports:
+        a = angle[member]
+        mid = math.degrees(math.atan2(np.sin(np.radians(a)).mean(), np.cos(np.radians(a)).mean()))
+        off = (a - mid + 180) % 360 - 180
+        lo, hi = float(off.min()) - settings.notch_pad_deg, float(off.max()) + settings.notch_pad_deg
+        if hi - lo > 180:
+            continue  # a support wrapped half round the drum is not a notch; it keeps the full margin
+        z = local[member, 2]
+        notch = RadialNotch(
+            angle_from_deg=round(mid + lo, 3),
+            angle_to_deg=round(mid + hi, 3),
+            z_from_m=round(float(z.min()) - settings.notch_pad_m, 4),
+            z_to_m=round(float(z.max()) + settings.notch_pad_m, 4),
+            radius_m=round(r + tol, 5),
+        )
+        held = mounted & notch_cuts(notch, local, rho * rho)
+        if held.any():  # a mounted part in the notch's region: the notch stops short of it
+            notch = notch.model_copy(update={"radius_m": round(float(rho[held].max()) + 0.001, 5)})
+        if notch.radius_m < outer:
+            notches.append(notch)
+    return notches[:MAX_NOTCHES]
+
+
 def cylinder_roi_frame(shell: DrumPose, ends: tuple[float, float], margin: float) -> tuple[F64, CylinderShape]:
     """Pose and shape of a cylinder ROI that, grown by ``margin`` on every side, spans the shell with these end
     margins (at its −axis end, at its +axis end): the ROI file and the crop keep one margin and a shape symmetric
@@ -723,6 +809,9 @@ def fit_shape(
         length_m=cyl.length,
     )
     T, shape = cylinder_roi_frame(shell, end_margins(scene_points, cyl, settings), settings.margin_m)
+    if settings.support_notches:
+        notches = radial_notches(scene_points, T, shape, settings.margin_m, settings)
+        shape = shape.model_copy(update={"notches": notches})
     return T, shape, cyl.inliers, shell
 
 
@@ -877,9 +966,9 @@ def compare_with_truth(result: CalibrationResult, drum: DrumPose, drum_mask: Mas
 
     IoU = |R ∩ D| / |R ∪ D| where R = :func:`roi_mask` (valid pixels whose point is inside the margin-grown ROI)
     and D = true drum pixels that have depth in the averaged frame (``scene.valid``). ``true_roi_iou`` is the IoU
-    a perfect fit would reach: the true shell cylinder with the same margins (the same end margins too, for a
-    cylinder fitted with a shell); supports touching the drum within the margin and parts mounted beyond it bound
-    it below 1.
+    a perfect fit would reach: the true shell cylinder with the same margins (the same end margins and radial
+    notches too, for a cylinder fitted with a shell); supports touching the drum within the margin and parts mounted
+    beyond it bound it below 1.
     """
     roi = result.roi
     truth = drum_mask & result.scene.valid
@@ -898,7 +987,11 @@ def compare_with_truth(result: CalibrationResult, drum: DrumPose, drum_mask: Mas
         true_shell = DrumPose(drum.center, (float(true_axis[0]), float(true_axis[1]), float(true_axis[2])),
                               drum.radius_m, drum.length_m)  # fmt: skip
         T, shape = cylinder_roi_frame(true_shell, roi_end_margins(roi, shell), roi.margin_m)
-        ideal = roi.model_copy(update={"T_camera_roi": T.tolist(), "shape": shape})
+        dr = drum.radius_m - shell.radius_m  # the same notches, as far over the true shell as over the fitted one
+        notches = [n.model_copy(update={"radius_m": n.radius_m + dr}) for n in roi.shape.notches]
+        ideal = roi.model_copy(
+            update={"T_camera_roi": T.tolist(), "shape": shape.model_copy(update={"notches": notches})}
+        )
         center, radius, length = np.asarray(shell.center), shell.radius_m, shell.length_m
     else:
         ideal = roi.model_copy(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
@@ -17,7 +18,7 @@ from typing import Annotated, Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from edge.core.config import EdgeModel, load_versioned_yaml
 from edge.core.errors import EdgeError
@@ -26,10 +27,50 @@ from edge.core.frame import Extrinsics, Intrinsics, StreamSpec
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION: Final = 1
+MAX_NOTCHES: Final = 8  # radial notches a cylinder ROI may carry (the CUDA kernel's parameter block holds this many)
 
 
 class RoiError(EdgeError):
     """An ROI file is missing, malformed, or belongs to another camera."""
+
+
+class RadialNotch(EdgeModel):
+    """Where a support touches the drum: within an angular sector about the ROI z axis and an axial range, the
+    ROI's outer radius is this (a small tolerance over the fitted shell) instead of the margin-grown radius.
+
+    Angles run counter-clockwise from the ROI frame's x axis towards its y axis; the sector goes from
+    ``angle_from_deg`` counter-clockwise to ``angle_to_deg`` and is at most 180° wide. A point is cut when it lies
+    in the sector (on its edges included), within ``z_from_m`` ≤ z ≤ ``z_to_m``, and farther than ``radius_m``
+    from the axis.
+    """
+
+    angle_from_deg: float = Field(ge=-360, le=360, description="sector start (degrees about ROI z, from ROI x)")
+    angle_to_deg: float = Field(ge=-360, le=360, description="sector end, counter-clockwise from the start")
+    z_from_m: float = Field(ge=-10, le=10, description="axial start of the notch in the ROI frame (metres)")
+    z_to_m: float = Field(ge=-10, le=10, description="axial end of the notch in the ROI frame (metres)")
+    radius_m: float = Field(gt=0, le=5, description="outer radius of the ROI inside the notch (metres, no margin)")
+
+    @field_validator("angle_to_deg")
+    @classmethod
+    def _sector(cls, v: float, info: ValidationInfo) -> float:
+        start = info.data.get("angle_from_deg")
+        if start is not None and not 0 < (v - start) % 360 <= 180:
+            raise ValueError(f"the sector from {start}° to {v}° (counter-clockwise) must be 0–180° wide")
+        return v
+
+    @field_validator("z_to_m")
+    @classmethod
+    def _axial(cls, v: float, info: ValidationInfo) -> float:
+        start = info.data.get("z_from_m")
+        if start is not None and v < start:
+            raise ValueError(f"z_to_m ({v}) must not be below z_from_m ({start})")
+        return v
+
+    def edges(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """Unit vectors (x, y) of the sector's start and end edges: a point (x, y) is in the sector when
+        ``a_x·y − a_y·x ≥ 0`` and ``x·b_y − y·b_x ≥ 0`` (both cross products, so no angle is computed per point)."""
+        a, b = math.radians(self.angle_from_deg), math.radians(self.angle_to_deg)
+        return (math.cos(a), math.sin(a)), (math.cos(b), math.sin(b))
 
 
 class CylinderShape(EdgeModel):
@@ -38,6 +79,12 @@ class CylinderShape(EdgeModel):
     type: Literal["cylinder"] = "cylinder"
     radius_m: float = Field(gt=0, le=5, description="cylinder radius in metres")
     length_m: float = Field(gt=0, le=10, description="full length along the axis in metres")
+    notches: list[RadialNotch] = Field(
+        default_factory=list,
+        max_length=MAX_NOTCHES,
+        description="sectors where a support touches the drum and the outer radius drops to a tolerance over the "
+        "shell (edge-calibrate's support-aware radial margin); none: a plain cylinder (files without the key)",
+    )
 
 
 class BoxShape(EdgeModel):
@@ -141,8 +188,18 @@ class RoiFile(EdgeModel):
     @property
     def version(self) -> str:
         """Content hash (12 hex) recorded with every verdict so results name the ROI they used."""
-        payload = self.model_dump(mode="json", exclude={"created", "acceptance", "tool_version"})
+        payload = self.to_yaml_dict()
+        for key in ("created", "acceptance", "tool_version"):
+            payload.pop(key)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        """The file's contents as plain data; a cylinder without notches has no ``notches`` key, so files (and the
+        version hash) of plain cylinders are exactly what they were before notches existed."""
+        data = self.model_dump(mode="json")
+        if data["shape"].get("notches") == []:
+            del data["shape"]["notches"]
+        return data
 
     def contains(self, points: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.bool_]:
         """Which camera-frame points (…×3) lie inside the shape grown by the margin."""
@@ -153,9 +210,10 @@ class RoiFile(EdgeModel):
         if isinstance(self.shape, CylinderShape):
             r = self.shape.radius_m + m
             half = self.shape.length_m / 2 + m
-            inside: npt.NDArray[np.bool_] = (local[..., 0] ** 2 + local[..., 1] ** 2 <= r * r) & (
-                np.abs(local[..., 2]) <= half
-            )
+            rho2 = local[..., 0] ** 2 + local[..., 1] ** 2
+            inside: npt.NDArray[np.bool_] = (rho2 <= r * r) & (np.abs(local[..., 2]) <= half)
+            for notch in self.shape.notches:
+                inside &= ~notch_cuts(notch, local, rho2)
             return inside
         half_ext = np.asarray(self.shape.extents_m) / 2 + m
         in_box: npt.NDArray[np.bool_] = np.all(np.abs(local) <= half_ext, axis=-1)
@@ -176,6 +234,22 @@ class RoiFile(EdgeModel):
         )
 
 
+def notch_cuts(
+    notch: RadialNotch, local: npt.NDArray[np.float64], rho2: npt.NDArray[np.float64]
+) -> npt.NDArray[np.bool_]:
+    """Which ROI-frame points (…×3, with their squared distances from the axis) a notch cuts out."""
+    (ax, ay), (bx, by) = notch.edges()
+    x, y, z = local[..., 0], local[..., 1], local[..., 2]
+    cut: npt.NDArray[np.bool_] = (
+        (ax * y - ay * x >= 0)
+        & (x * by - y * bx >= 0)
+        & (z >= notch.z_from_m)
+        & (z <= notch.z_to_m)
+        & (rho2 > notch.radius_m**2)
+    )
+    return cut
+
+
 def check_trained_with(roi: RoiFile, trained_roi_version: str, model: Path) -> None:
     """Refuse a model trained on crops of another ROI (``trained_roi_version`` from its card; empty: not recorded)."""
     if trained_roi_version and trained_roi_version != roi.version:
@@ -189,7 +263,7 @@ def save_roi(roi: RoiFile, path: Path) -> None:
     """Write ``roi.yaml`` atomically (a crash never leaves half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(roi.model_dump(mode="json"), sort_keys=False))
+    tmp.write_text(yaml.safe_dump(roi.to_yaml_dict(), sort_keys=False))
     tmp.replace(path)
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field, field_validator
 
-from calibration.roi import CylinderShape, RoiFile
+from calibration.roi import CylinderShape, RoiFile, notch_cuts
 from edge.core.config import EdgeModel
 from edge.core.errors import EdgeError
 from edge.core.frame import Frame, Intrinsics, StreamSpec
@@ -160,6 +160,10 @@ def roi_surface_points(roi: RoiFile, n: int) -> npt.NDArray[np.float64]:
         cap = np.stack(np.broadcast_arrays(rad[:, None] * np.cos(theta), rad[:, None] * np.sin(theta), h), -1)
         capm = cap * np.array([1.0, 1.0, -1.0])
         local = np.concatenate([side.reshape(-1, 3), cap.reshape(-1, 3), capm.reshape(-1, 3)])
+        for notch in roi.shape.notches:  # points a notch cuts move in to its radius: the notched surface
+            rho = np.hypot(local[:, 0], local[:, 1])
+            cut = notch_cuts(notch, local, rho * rho)
+            local[cut, :2] *= (notch.radius_m / rho[cut])[:, None]
     else:
         half = np.asarray(roi.shape.extents_m) / 2 + m
         g = np.linspace(-1.0, 1.0, n)
@@ -286,13 +290,18 @@ def roi_ray_table(rays: F32, roi: RoiFile) -> F32:
     return (rays.astype(np.float64) @ R).astype(np.float32)
 
 
+NOTCH_FIELDS = 7  # a notch in the kernel's float block: a_x, a_y, b_x, b_y, z_from, z_to, r²
+
+
 @dataclass(frozen=True, slots=True)
 class RoiTest:
-    """The ROI inequality in float32, identical on CPU and GPU: ``l = a·z + b`` then a cylinder or box bound."""
+    """The ROI inequality in float32, identical on CPU and GPU: ``l = a·z + b`` then a cylinder or box bound,
+    less the cylinder's radial notches (``calibration.roi.RadialNotch``)."""
 
     offset: F32  # b = −Rᵀt, 3 floats
     kind: Literal["cylinder", "box"]
     limits: F32  # cylinder: (r², half length, 0); box: half extents — all grown by the margin
+    notches: F32  # K×7 (NOTCH_FIELDS): sector edge vectors a and b, axial range, r² of the notch; K = 0 for most
 
     @classmethod
     def from_roi(cls, roi: RoiFile) -> RoiTest:
@@ -301,18 +310,36 @@ class RoiTest:
         m = roi.margin_m
         if isinstance(roi.shape, CylinderShape):
             r, h = roi.shape.radius_m + m, roi.shape.length_m / 2 + m
-            return cls(b, "cylinder", np.array([r * r, h, 0.0], dtype=np.float32))
-        return cls(b, "box", (np.asarray(roi.shape.extents_m) / 2 + m).astype(np.float32))
+            rows = [[*n.edges()[0], *n.edges()[1], n.z_from_m, n.z_to_m, n.radius_m**2] for n in roi.shape.notches]
+            notches = np.array(rows, dtype=np.float32).reshape(-1, NOTCH_FIELDS)
+            return cls(b, "cylinder", np.array([r * r, h, 0.0], dtype=np.float32), notches)
+        box = (np.asarray(roi.shape.extents_m) / 2 + m).astype(np.float32)
+        return cls(b, "box", box, np.zeros((0, NOTCH_FIELDS), dtype=np.float32))
 
 
 DEPTH_CODES = 1 << 16  # raw depth is uint16
 RUN_CHECK_BUDGET = 1 << 26  # most inequality evaluations depth_runs may spend at start-up (about 1 s)
 
 
-def roi_inequality(coords: F32, test: RoiTest, out: npt.NDArray[np.bool_], scratch: npt.NDArray[np.bool_]) -> None:
-    """The ROI inequality on ROI-frame coordinates ``coords`` (3×P, overwritten) into ``out``, as the kernel does."""
+def roi_inequality(
+    coords: F32,
+    test: RoiTest,
+    out: npt.NDArray[np.bool_],
+    scratch: npt.NDArray[np.bool_],
+    *,
+    work: F32 | None = None,
+    scratch2: npt.NDArray[np.bool_] | None = None,
+) -> None:
+    """The ROI inequality on ROI-frame coordinates ``coords`` (3×P, overwritten) into ``out``, as the kernel does.
+
+    A cylinder with notches needs ``work`` (3×P float32) and ``scratch2`` (P bool); they are allocated when not
+    given (start-up), and the per-frame caller passes its own.
+    """
     lim = test.limits
     if test.kind == "cylinder":
+        if len(test.notches):
+            _notched_cylinder(coords, test, out, scratch, work=work, term=scratch2)
+            return
         np.multiply(coords[:2], coords[:2], out=coords[:2])
         np.add(coords[0], coords[1], out=coords[0])
         np.less_equal(coords[0], lim[0], out=out)
@@ -325,6 +352,48 @@ def roi_inequality(coords: F32, test: RoiTest, out: npt.NDArray[np.bool_], scrat
     for k in (1, 2):
         np.less_equal(coords[k], lim[k], out=scratch)
         out &= scratch
+
+
+def _notched_cylinder(
+    coords: F32,
+    test: RoiTest,
+    out: npt.NDArray[np.bool_],
+    keep: npt.NDArray[np.bool_],
+    *,
+    work: F32 | None,
+    term: npt.NDArray[np.bool_] | None,
+) -> None:
+    """The cylinder bound, then each notch: a point stays unless it is in the notch's sector (both edge cross
+    products ≥ 0), within its axial range and beyond its radius. Same float32 operations as the kernel's."""
+    count = coords.shape[1]
+    w = np.empty((3, count), dtype=np.float32) if work is None else work
+    t = np.empty(count, dtype=np.bool_) if term is None else term
+    l0, l1, l2 = coords
+    rho2, p, q = w
+    np.multiply(l0, l0, out=p)
+    np.multiply(l1, l1, out=q)
+    np.add(p, q, out=rho2)
+    np.less_equal(rho2, test.limits[0], out=out)
+    np.abs(l2, out=p)
+    np.less_equal(p, test.limits[1], out=t)
+    out &= t
+    for ax, ay, bx, by, z_from, z_to, r2 in test.notches:
+        np.multiply(ax, l1, out=p)  # a × l = a_x·l1 − a_y·l0
+        np.multiply(ay, l0, out=q)
+        np.subtract(p, q, out=p)
+        np.less(p, 0, out=keep)
+        np.multiply(l0, by, out=p)  # l × b = l0·b_y − l1·b_x
+        np.multiply(l1, bx, out=q)
+        np.subtract(p, q, out=p)
+        np.less(p, 0, out=t)
+        keep |= t
+        np.less(l2, z_from, out=t)
+        keep |= t
+        np.greater(l2, z_to, out=t)
+        keep |= t
+        np.less_equal(rho2, r2, out=t)
+        keep |= t
+        out &= keep
 
 
 def _single_bound(test: RoiTest, k: int, c: F32) -> npt.NDArray[np.bool_]:
@@ -541,6 +610,9 @@ class RoiCropper:
         self._bg_image = np.empty((n, n, 3), dtype=np.uint8)
         self._bg_image[:] = self.crop_spec.background_rgb
         self._tmp = np.empty(n * n, dtype=np.bool_)
+        notched = len(self.test.notches) > 0  # the notched cylinder's test needs three more float rows, one bool
+        self._work = np.empty((3, n * n) if notched else (3, 0), dtype=np.float32)
+        self._tmp2 = np.empty(n * n if notched else 0, dtype=np.bool_)
 
     def crop(self, frame: Frame) -> CropOutput:
         """Crop one frame into the preallocated outputs (returned; overwritten by the next call)."""
@@ -589,7 +661,7 @@ class RoiCropper:
         roi = self._roi_coords
         np.multiply(self._a, z, out=roi)
         np.add(roi, self._b, out=roi)
-        roi_inequality(roi, self.test, mask, self._tmp)
+        roi_inequality(roi, self.test, mask, self._tmp, work=self._work, scratch2=self._tmp2)
 
     def _foreground_box(self) -> tuple[slice, slice]:
         """Output rows and columns holding every foreground pixel (all of them in full mode).

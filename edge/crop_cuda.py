@@ -75,7 +75,8 @@ def kernel_silhouette(spec: StreamSpec, roi: RoiFile, crop: CropSpec, layout: Cr
 
 
 def kernel_params(spec: StreamSpec, roi: RoiFile, crop: CropSpec, layout: CropLayout) -> tuple[np.ndarray, np.ndarray]:
-    """The kernel's int32 and float32 parameter blocks, in the IP_* / FP_* order of crop_kernel.cu."""
+    """The kernel's int32 and float32 parameter blocks, in the IP_* / FP_* order of crop_kernel.cu; the float
+    block ends with the cylinder's radial notches (NOTCH_FIELDS floats each, IP_NOTCHES of them)."""
     test = RoiTest.from_roi(roi)
     scale, offset = normalisation(crop)
     ip = np.array(
@@ -90,11 +91,13 @@ def kernel_params(spec: StreamSpec, roi: RoiFile, crop: CropSpec, layout: CropLa
             int(crop.mode == "foreground"),
             int(crop.color_interpolation == "bilinear"),
             *crop.background_rgb,
+            len(test.notches),
         ],
         dtype=np.int32,
     )
     depth_scale = np.array([spec.depth_scale], dtype=np.float32)
-    fp = np.concatenate([depth_scale, test.offset, test.limits, scale, offset]).astype(np.float32)
+    fp = np.concatenate([depth_scale, test.offset, test.limits, scale, offset, test.notches.ravel()])
+    fp = fp.astype(np.float32)
     return ip, fp
 
 

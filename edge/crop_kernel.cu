@@ -9,7 +9,8 @@
 //   rays      H×W×2 float32 (x/z, y/z) in the colour camera frame, distortion included (edge.core.geometry.ray_table)
 //   roi_rays  H×W×3 float32 Rᵀ·ray: ROI-frame coordinates of a point are l = roi_ray·z + b
 //   ip        int32 parameters  (see the IP_* indices below)
-//   fp        float32 parameters (see the FP_* indices below)
+//   fp        float32 parameters (see the FP_* indices below), then IP_NOTCHES radial notches of NOTCH_FIELDS
+//             floats each (edge.crop.RoiTest.notches: sector edges a and b, axial range, r²)
 //   silhouette N×N uint8: 1 where the output pixel lies inside the ROI's projected silhouette (edge.crop.roi_silhouette
 //             sampled at the nearest pixels); a pixel without depth there is foreground. Null: only depth decides.
 // Outputs (device pointers, N = output size, batch 1):
@@ -18,12 +19,13 @@
 
 enum {
     IP_WIDTH, IP_HEIGHT, IP_X0, IP_Y0, IP_SIDE, IP_SIZE, IP_BOX, IP_FOREGROUND, IP_BILINEAR,
-    IP_BG_R, IP_BG_G, IP_BG_B, IP_COUNT
+    IP_BG_R, IP_BG_G, IP_BG_B, IP_NOTCHES, IP_COUNT
 };
 enum {
     FP_DEPTH_SCALE, FP_B0, FP_B1, FP_B2, FP_LIM0, FP_LIM1, FP_LIM2,
     FP_SCALE0, FP_SCALE1, FP_SCALE2, FP_OFF0, FP_OFF1, FP_OFF2, FP_COUNT
 };
+enum { NOTCH_AX, NOTCH_AY, NOTCH_BX, NOTCH_BY, NOTCH_Z_FROM, NOTCH_Z_TO, NOTCH_R2, NOTCH_FIELDS };
 
 // ⌊a / b⌋ for b > 0 and any sign of a (C++ division truncates toward zero).
 __device__ __forceinline__ long long floor_div(long long a, long long b) {
@@ -50,15 +52,27 @@ __device__ __forceinline__ int bilinear(const unsigned char* color, int w, int h
     return (acc + 512) >> 10;
 }
 
-// The ROI inequality on l = a·z + b, in the same operation order as RoiCropper._roi_mask.
-__device__ __forceinline__ bool inside_roi(const float* a, float z, const float* fp, bool box) {
+// The ROI inequality on l = a·z + b, in the same operation order as RoiCropper._roi_mask (edge.crop.roi_inequality).
+// A cylinder's radial notches cut the points in their sector (both edge cross products ≥ 0), within their axial
+// range and beyond their radius; a − b is written a + (−b), which rounds identically (negation is exact).
+__device__ __forceinline__ bool inside_roi(const float* a, float z, const float* fp, bool box, int notches) {
     float l0 = __fadd_rn(__fmul_rn(a[0], z), fp[FP_B0]);
     float l1 = __fadd_rn(__fmul_rn(a[1], z), fp[FP_B1]);
     float l2 = __fadd_rn(__fmul_rn(a[2], z), fp[FP_B2]);
     if (box) {
         return fabsf(l0) <= fp[FP_LIM0] && fabsf(l1) <= fp[FP_LIM1] && fabsf(l2) <= fp[FP_LIM2];
     }
-    return __fadd_rn(__fmul_rn(l0, l0), __fmul_rn(l1, l1)) <= fp[FP_LIM0] && fabsf(l2) <= fp[FP_LIM1];
+    const float rho2 = __fadd_rn(__fmul_rn(l0, l0), __fmul_rn(l1, l1));
+    if (!(rho2 <= fp[FP_LIM0] && fabsf(l2) <= fp[FP_LIM1])) return false;
+    for (int k = 0; k < notches; ++k) {
+        const float* nt = fp + FP_COUNT + k * NOTCH_FIELDS;
+        const float from_a = __fadd_rn(__fmul_rn(nt[NOTCH_AX], l1), -__fmul_rn(nt[NOTCH_AY], l0));
+        const float to_b = __fadd_rn(__fmul_rn(l0, nt[NOTCH_BY]), -__fmul_rn(l1, nt[NOTCH_BX]));
+        if (from_a >= 0.0f && to_b >= 0.0f && l2 >= nt[NOTCH_Z_FROM] && l2 <= nt[NOTCH_Z_TO] && rho2 > nt[NOTCH_R2]) {
+            return false;
+        }
+    }
+    return true;
 }
 
 extern "C" __global__ void roi_crop(const unsigned char* __restrict__ color, const unsigned short* __restrict__ depth,
@@ -83,7 +97,7 @@ extern "C" __global__ void roi_crop(const unsigned char* __restrict__ color, con
         z = __fmul_rn((float)depth[p], fp[FP_DEPTH_SCALE]);
         x = __fmul_rn(rays[2 * p], z);
         y = __fmul_rn(rays[2 * p + 1], z);
-        m = z > 0.0f && inside_roi(roi_rays + 3 * p, z, fp, ip[IP_BOX] != 0);
+        m = z > 0.0f && inside_roi(roi_rays + 3 * p, z, fp, ip[IP_BOX] != 0, ip[IP_NOTCHES]);
     }
     if (!m && z == 0.0f && silhouette != nullptr) m = silhouette[o] != 0;
     const bool background = ip[IP_FOREGROUND] != 0 && !m;

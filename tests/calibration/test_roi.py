@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +18,7 @@ from calibration.roi import (
     BoxShape,
     CameraBinding,
     CylinderShape,
+    RadialNotch,
     RoiError,
     RoiFile,
     load_roi,
@@ -55,7 +58,14 @@ def make_roi(**update: object) -> RoiFile:
     return roi.model_copy(update=update)
 
 
-@pytest.mark.parametrize("shape", [CylinderShape(radius_m=0.251, length_m=0.348), BoxShape(extents_m=(0.5, 0.5, 0.35))])
+NOTCH = RadialNotch(angle_from_deg=-160, angle_to_deg=-130, z_from_m=-0.12, z_to_m=0.1, radius_m=0.254)
+NOTCHED = CylinderShape(radius_m=0.251, length_m=0.348, notches=[NOTCH])
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [CylinderShape(radius_m=0.251, length_m=0.348), BoxShape(extents_m=(0.5, 0.5, 0.35)), NOTCHED],
+)
 def test_save_load_round_trip_is_equal_and_version_stable(tmp_path: Path, shape: CylinderShape | BoxShape) -> None:
     roi = make_roi(shape=shape)
     path = tmp_path / "cfg" / "roi.yaml"
@@ -76,6 +86,68 @@ def test_version_ignores_audit_fields_and_follows_geometry() -> None:
     assert make_roi(margin_m=0.02).version != roi.version
     assert make_roi(T_camera_roi=_pose(31.0)).version != roi.version
     assert make_roi(shape=CylinderShape(radius_m=0.252, length_m=0.348)).version != roi.version
+
+
+def test_a_file_without_notches_loads_hashes_and_saves_as_before(tmp_path: Path) -> None:
+    """Backward compatibility: files written before notches existed have no ``notches`` key; they load as a plain
+    cylinder, keep their version hash (models trained on them stay valid) and are written back without the key."""
+    roi = make_roi()
+    old = roi.model_dump(mode="json")
+    del old["shape"]["notches"]  # what the previous tool wrote
+    path = tmp_path / "roi.yaml"
+    path.write_text(yaml.safe_dump(old, sort_keys=False))
+    loaded = load_roi(path)
+    assert loaded == roi and loaded.shape.notches == []  # type: ignore[union-attr]
+    payload = {k: v for k, v in old.items() if k not in ("created", "acceptance", "tool_version")}
+    old_hash = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    assert loaded.version == old_hash
+    save_roi(loaded, path)
+    assert "notches" not in path.read_text()
+    assert make_roi(shape=NOTCHED).version != roi.version
+    save_roi(make_roi(shape=NOTCHED), path)
+    assert "notches:" in path.read_text()
+
+
+@pytest.mark.parametrize(
+    ("notch", "match"),
+    [
+        ({"angle_from_deg": 0, "angle_to_deg": 200}, "must be 0–180° wide"),
+        ({"angle_from_deg": 10, "angle_to_deg": 10}, "must be 0–180° wide"),
+        ({"z_from_m": 0.1, "z_to_m": -0.1}, "must not be below z_from_m"),
+        ({"radius_m": 0}, "radius_m"),
+    ],
+)
+def test_bad_notches_name_the_problem(tmp_path: Path, notch: dict[str, float], match: str) -> None:
+    d = _valid_dict()
+    d["shape"] = {"type": "cylinder", "radius_m": 0.25, "length_m": 0.3,
+                  "notches": [{**NOTCH.model_dump(), **notch}]}  # fmt: skip
+    with pytest.raises(RoiError, match=match):
+        load_roi(_write(tmp_path, d))
+
+
+def test_notch_cuts_its_sector_and_axial_range_beyond_its_radius() -> None:
+    roi = make_roi(shape=NOTCHED)
+    T = roi.pose
+
+    def at(deg: float, rho: float, z: float) -> list[float]:
+        return [rho * np.cos(np.radians(deg)), rho * np.sin(np.radians(deg)), z]
+
+    local = np.array(
+        [
+            at(-145, 0.253, 0.0),  # in the notch, within its radius: kept
+            at(-145, 0.256, 0.0),  # beyond it: cut
+            at(-145, 0.256, 0.11),  # beyond the notch's axial range: the full margin
+            at(-145, 0.256, -0.121),
+            at(-125, 0.256, 0.0),  # outside the sector
+            at(-165, 0.256, 0.0),
+            at(-160, 0.256, 0.0),  # on the sector's edges: cut
+            at(-130, 0.256, 0.0),
+            at(-145, 0.262, 0.0),
+            at(35, 0.262, 0.0),  # the opposite side: the full margin
+        ]
+    )
+    inside = roi.contains(local @ T[:3, :3].T + T[:3, 3])
+    assert inside.tolist() == [True, False, True, True, True, True, False, False, False, True]
 
 
 def test_contains_respects_pose_shape_and_margin() -> None:

@@ -31,7 +31,7 @@ from edge.crop import (
     roi_ray_table,
     roi_silhouette,
 )
-from tests.edge._crop_data import make_frame, make_roi, make_spec
+from tests.edge._crop_data import TEST_NOTCHES, make_frame, make_roi, make_spec
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 BAG = SHARED / "fixtures" / "realsense" / "single_depth_color_640x480.bag"
@@ -98,6 +98,8 @@ def reference_crop(
         ("box", "foreground", "nearest", 24, 0.8, True),
         ("box", "full", "bilinear", 56, 0.8, False),
         ("cylinder", "full", "bilinear", 36, 0.45, True),  # window taller than the image: padded rows
+        ("notched", "foreground", "bilinear", 40, 0.8, True),  # radial notches: RoiFile.contains is the reference
+        ("notched", "full", "nearest", 36, 0.45, False),
     ],
 )
 def test_cpu_crop_matches_slow_reference(kind: str, mode: str, interp: str, size: int, z: float, keep: bool) -> None:
@@ -241,7 +243,7 @@ def sampled_roi_rays(spec: StreamSpec, roi: RoiFile, layout: CropLayout) -> npt.
     return np.ascontiguousarray(rays.reshape(-1, 3).T)
 
 
-@pytest.mark.parametrize("kind", ["cylinder", "box"])
+@pytest.mark.parametrize("kind", ["cylinder", "box", "notched"])
 def test_depth_runs_hold_exactly_the_depths_that_pass_the_float32_inequality(kind: str) -> None:
     """Every raw depth 1..65535 at the shortest runs (rays grazing the ROI), random runs and empty pixels."""
     spec = make_spec(640, 480)
@@ -249,6 +251,9 @@ def test_depth_runs_hold_exactly_the_depths_that_pass_the_float32_inequality(kin
     layout = RoiCropper(spec, roi, CropSpec(size=64)).layout
     a, test = sampled_roi_rays(spec, roi, layout), RoiTest.from_roi(roi)
     runs = depth_runs(a, test, spec.depth_scale, np.ones(a.shape[1], dtype=np.bool_))
+    if kind == "notched":  # rays that cross a notch pass the ROI, leave it and pass again: no single run per pixel
+        assert runs is None, "the crop must fall back to the per-frame inequality (checked against RoiFile.contains)"
+        return
     assert runs is not None
     lo, hi = runs[0].astype(np.int64), runs[1].astype(np.int64)
     hit = np.flatnonzero(hi >= lo)
@@ -331,9 +336,16 @@ def test_crop_spec_validation() -> None:
         CropSpec(sise=128)  # type: ignore[call-arg]
 
 
-def test_no_per_frame_allocation() -> None:
+@pytest.mark.parametrize(
+    ("kind", "per_frame_test"),
+    [("cylinder", False), ("cylinder", True), ("notched", True)],  # the test notches always need the float path
+)
+def test_no_per_frame_allocation(kind: str, per_frame_test: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if per_frame_test and kind == "cylinder":  # no depth runs: the float32 inequality runs every frame
+        monkeypatch.setattr(edge.crop, "RUN_CHECK_BUDGET", 0)
     spec = make_spec(640, 480)
-    cropper = RoiCropper(spec, make_roi(spec, "cylinder"), CropSpec(size=256))
+    cropper = RoiCropper(spec, make_roi(spec, kind), CropSpec(size=256))
+    assert (cropper._runs is None) == per_frame_test
     frames = [make_frame(spec, seed=s) for s in range(3)]
     first = cropper.crop(frames[0])
     buffers = (first.rgb, first.xyz, first.mask, first.color)
@@ -387,9 +399,10 @@ def test_real_d435_bag_box_roi_keeps_exactly_the_points_inside() -> None:
     assert not tight.contains(pts[~mask & (pts[:, 2] > 0)]).any(), "a dropped point lies inside the box"
 
 
-def test_silhouette_covers_the_projected_roi_and_nothing_far_from_it() -> None:
+@pytest.mark.parametrize("kind", ["cylinder", "notched"])
+def test_silhouette_covers_the_projected_roi_and_nothing_far_from_it(kind: str) -> None:
     spec = make_spec(320, 240)
-    roi = make_roi(spec, "cylinder", center=(0.02, -0.01, 0.8))
+    roi = make_roi(spec, kind, center=(0.02, -0.01, 0.8))
     crop = CropSpec()
     sil = roi_silhouette(spec.color_intrinsics, roi, crop)
     full = full_res_mask(make_frame(spec), roi)  # pixels whose deprojected point is inside the ROI
@@ -397,3 +410,25 @@ def test_silhouette_covers_the_projected_roi_and_nothing_far_from_it() -> None:
     vs, us = np.nonzero(sil)
     assert us.min() > 0 and vs.min() > 0 and us.max() < 319 and vs.max() < 239  # the ROI is inside the view
     assert sil.sum() < 1.3 * (us.max() - us.min() + 1) * (vs.max() - vs.min() + 1)
+
+
+def test_notches_cut_only_their_sector_and_axial_range_beyond_their_radius() -> None:
+    """The notched cylinder keeps exactly the plain cylinder's points minus those each notch cuts (checked in the
+    ROI frame from the notch's own angles); the crop's own answers are checked against RoiFile.contains above."""
+    spec = make_spec(320, 240)
+    plain, notched = make_roi(spec, "cylinder"), make_roi(spec, "notched")
+    xyz = xyz_from_depth(make_frame(spec).depth, spec.depth_scale, ray_table(spec.color_intrinsics)).reshape(-1, 3)
+    local = (xyz - plain.pose[:3, 3]) @ plain.pose[:3, :3]
+    angle = np.degrees(np.arctan2(local[:, 1], local[:, 0]))
+    rho = np.hypot(local[:, 0], local[:, 1])
+    cut = np.zeros(len(xyz), dtype=np.bool_)
+    for n in TEST_NOTCHES:
+        in_sector = (angle - n.angle_from_deg) % 360 <= (n.angle_to_deg - n.angle_from_deg) % 360
+        cut |= in_sector & (local[:, 2] >= n.z_from_m) & (local[:, 2] <= n.z_to_m) & (rho > n.radius_m)
+    inside_plain = plain.contains(xyz)
+    assert np.count_nonzero(inside_plain & cut) > 200, "the notches must cut points of the scene"
+    assert np.count_nonzero(inside_plain & ~cut) > 1000
+    np.testing.assert_array_equal(notched.contains(xyz), inside_plain & ~cut)
+    # the crop's window is the notched surface's projection: inside the plain cylinder's
+    a, b = RoiCropper(spec, plain, CropSpec(size=64)).layout, RoiCropper(spec, notched, CropSpec(size=64)).layout
+    assert a.bbox[0] <= b.bbox[0] and a.bbox[1] <= b.bbox[1] and b.bbox[2] <= a.bbox[2] and b.bbox[3] <= a.bbox[3]

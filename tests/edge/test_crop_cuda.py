@@ -112,6 +112,8 @@ def host_kernel(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
         ("box", "full", "nearest", 0.8, True),
         ("box", "foreground", "bilinear", 0.8, True),
         ("cylinder", "full", "bilinear", 0.45, True),  # padded window
+        ("notched", "foreground", "bilinear", 0.8, True),  # support-aware radial margin
+        ("notched", "full", "nearest", 0.45, False),
     ],
 )
 def test_kernel_source_run_on_the_host_matches_cpu_exactly(
@@ -160,6 +162,8 @@ def test_cuda_cropper_without_pycuda_says_what_to_install() -> None:
         ("cylinder", "foreground", "bilinear", 0.8),
         ("box", "full", "nearest", 0.8),
         ("cylinder", "full", "bilinear", 0.45),  # padded window
+        ("notched", "foreground", "bilinear", 0.8),  # a cylinder with radial notches (support-aware margin)
+        ("notched", "full", "nearest", 0.45),
     ],
 )
 def test_cuda_crop_matches_cpu(kind: str, mode: str, interp: str, z: float) -> None:
