@@ -928,7 +928,8 @@ def parse_set(item: str) -> tuple[str, str]:
 def adjust_roi(roi: RoiFile, sets: Mapping[str, str], grow_m: float = 0.0) -> RoiFile:
     """Numeric manual adjustment: ``center``/``axis`` move the ROI frame, ``radius``/``length`` (cylinder) or
     ``extents`` (box) resize it, ``margin`` replaces the margin, and ``grow_m`` is ADDED to the margin (so it
-    grows every side of either shape alike). Acceptance stats are cleared: they described the old ROI."""
+    grows every side of either shape alike). A cylinder's radial notches move with the frame, keep their clearance
+    over a changed radius and grow by ``grow_m`` too. Acceptance stats are cleared: they described the old ROI."""
     data = roi.model_dump()
     T = roi.pose.copy()
     for key, text in sets.items():
@@ -950,6 +951,10 @@ def adjust_roi(roi: RoiFile, sets: Mapping[str, str], grow_m: float = 0.0) -> Ro
         else:
             data["margin_m"] = _floats(key, text, 1)[0]
     data["margin_m"] += grow_m
+    if isinstance(roi.shape, CylinderShape):  # notches keep their clearance over the shell, and grow with --grow
+        dr = data["shape"]["radius_m"] - roi.shape.radius_m + grow_m
+        for notch in data["shape"]["notches"]:
+            notch["radius_m"] += dr
     data["T_camera_roi"] = T.tolist()
     data["acceptance"] = None
     try:

@@ -52,6 +52,13 @@ class SyntheticSourceConfig(EdgeModel):
         1.0, ge=0.0, le=3.0, description="scale of the per-part pose jitter (1: ±1 cm, ±2° yaw; 0: drum never moves)"
     )
     defect_rate: float = Field(0.5, ge=0.0, le=1.0, description="probability that a part carries one defect")
+    defect_scale: float | None = Field(
+        None,
+        gt=0.0,
+        le=2.0,
+        description="override the station's defect scale (footprints and depths: 1 = 3 mm wide scratches, "
+        "Ø 30–50 mm dents; 0.35 = ~1 mm scratches, Ø 10–18 mm dents, down to ~40 pixels); None: the preset's",
+    )
     frames_per_part: int = Field(1, ge=1, description="consecutive frames showing the same drum")
     gap_frames: int = Field(0, ge=0, description="empty-station frames between two parts")
     realtime: bool = Field(False, description="pace reads to fps like a camera (False: as fast as rendering)")
@@ -155,7 +162,8 @@ def plan(config: SyntheticSourceConfig, index: int, defect: DefectType | Literal
         d = np.random.default_rng([config.seed, part, 22])
         hit = d.random() < config.defect_rate
         defect = DEFECT_TYPES[int(d.integers(len(DEFECT_TYPES)))] if hit else None
-    spec = None if defect is None else sample_defect(config.seed, part, defect, st.design.length_m, st.defect_scale)
+    scale = st.defect_scale if config.defect_scale is None else config.defect_scale
+    spec = None if defect is None else sample_defect(config.seed, part, defect, st.design.length_m, scale)
     phase = float(np.random.default_rng([config.seed, part, 26]).uniform(0, math.pi)) if st.design.ovality_m else 0.0
     return PartPlan(part, DrumSpec(center, yaw, spec, st.design, as_base(base), phase))
 

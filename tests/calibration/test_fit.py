@@ -26,7 +26,7 @@ from calibration.fit import (
     roi_mask,
 )
 from calibration.preview import write_preview
-from calibration.roi import BoxShape, CylinderShape, RoiError
+from calibration.roi import BoxShape, CylinderShape, RadialNotch, RoiError
 from edge.core.frame import DrumPose, Extrinsics, Frame, Intrinsics, StreamSpec
 from edge.core.geometry import ray_table
 
@@ -256,6 +256,18 @@ def test_set_and_grow_adjust_the_roi() -> None:
     assert restated.stats.points_inside >= result.stats.points_inside
     assert restated.stats.fill_rate != result.stats.fill_rate  # recomputed on the grown outline
     assert restated.stats.fit_residual_m == pytest.approx(result.stats.fit_residual_m)
+
+
+def test_adjusting_a_notched_roi_keeps_the_notches_clearance() -> None:
+    roi = raycast_result().roi
+    assert isinstance(roi.shape, CylinderShape)
+    r = roi.shape.radius_m
+    notch = RadialNotch(angle_from_deg=-100, angle_to_deg=-80, z_from_m=-0.1, z_to_m=0.1, radius_m=r + 0.005)
+    notched = roi.model_copy(update={"shape": roi.shape.model_copy(update={"notches": [notch]})})
+    wider = adjust_roi(notched, {"radius": f"{r + 0.01}"}, grow_m=0.002)
+    assert isinstance(wider.shape, CylinderShape) and len(wider.shape.notches) == 1
+    assert wider.shape.notches[0].radius_m == pytest.approx(r + 0.017)  # 5 mm over the new radius, grown 2 mm
+    assert wider.shape.notches[0].angle_from_deg == -100 and wider.shape.notches[0].z_to_m == 0.1
 
 
 @pytest.mark.parametrize(

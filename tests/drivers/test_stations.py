@@ -41,3 +41,20 @@ def test_clutter_never_occludes_the_drum(station: str) -> None:
 def test_unknown_station_is_refused_with_the_presets_named() -> None:
     with pytest.raises(ValueError, match="roller-standing"):
         SyntheticSourceConfig(station="nope")
+
+
+@pytest.mark.parametrize("kind", ["dent", "scratch"])
+def test_fine_defect_scale_gives_small_defects_with_aligned_masks(kind: str) -> None:
+    """``defect_scale`` overrides the preset's: at 0.35 (Ø 10–18 mm dents, ~1 mm wide scratches) the same part's
+    defect covers far fewer pixels, still only on the drum and exactly where the frame changed."""
+    cfg = SyntheticSourceConfig(seed=0, width=640, height=480, clutter=0.25, station="cradle-pallet")
+    fine_cfg = cfg.model_copy(update={"defect_scale": 0.35})
+    preset, fine, good = render_arrays(cfg, 1, kind), render_arrays(fine_cfg, 1, kind), render_arrays(cfg, 1, None)
+    big, small, drum = preset[2].defect_mask, fine[2].defect_mask, fine[2].drum_mask
+    assert big is not None and small is not None and drum is not None
+    assert 0 < small.sum() < 0.3 * big.sum(), (small.sum(), big.sum())
+    assert not (small & ~drum).any()
+    changed = (fine[0] != good[0]).any(axis=2) | (fine[1] != good[1])
+    assert not (changed & ~binary_dilation(small, iterations=1)).any()
+    with pytest.raises(ValueError, match="defect_scale"):
+        SyntheticSourceConfig(defect_scale=0)
