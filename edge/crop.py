@@ -24,7 +24,8 @@ depth; both modes share the window, so their outputs are pixel-aligned.
 Only the N×N sampled pixels are deprojected and tested against the ROI (never the full frame): with nearest
 sampling that is the same answer as testing at full resolution and resizing, at a fraction of the work. The test is
 the kernel's float32 inequality; at start-up it is solved once per sample pixel for every raw depth value
-(``depth_runs``), so per frame it is two integer comparisons giving the very same answers.
+(``depth_runs``), so per frame it is two integer comparisons per run of passing depths (one run, up to four
+where radial notches split a ray's passage) giving the very same answers.
 """
 
 from __future__ import annotations
@@ -433,8 +434,9 @@ def _coordinate_runs(a: F32, test: RoiTest, zs: F32) -> tuple[I64, I64]:
     return lo, hi
 
 
-def _passing_span(a: F32, test: RoiTest, zs: F32, lo: I64, hi: I64) -> tuple[I64, I64, I64]:
-    """First and last passing d and the number passing, per pixel, evaluating every d of [lo, hi].
+def _passing_runs(a: F32, test: RoiTest, zs: F32, lo: I64, hi: I64, *, most: int) -> tuple[I64, I64, I64]:
+    """Per pixel, the first ``most`` runs of passing d within [lo, hi] (first and last d of each, ``most``×P; none:
+    1 > 0) and how many runs there are, evaluating every d of [lo, hi].
 
     Offset by offset along the runs, longest runs first, so the pixels still running are always a prefix.
     """
@@ -442,46 +444,64 @@ def _passing_span(a: F32, test: RoiTest, zs: F32, lo: I64, hi: I64) -> tuple[I64
     order = np.argsort(-lengths, kind="stable")
     a_s, lo_s, neg_len = a[:, order], lo[order], -lengths[order]
     count = len(order)
-    first, last, passed = np.ones(count, np.int64), np.zeros(count, np.int64), np.zeros(count, np.int64)  # none: 1 > 0
+    first, last = np.ones((most, count), np.int64), np.zeros((most, count), np.int64)
+    runs = np.zeros(count, np.int64)
     coords = np.empty((3, count), dtype=np.float32)
     ok, scratch = np.empty(count, dtype=np.bool_), np.empty(count, dtype=np.bool_)
+    prev, start = np.zeros(count, dtype=np.bool_), np.empty(count, dtype=np.bool_)
     for offset in range(int(-neg_len.min(initial=0))):
         n = int(np.searchsorted(neg_len, -offset, side="left"))  # runs longer than offset
         d = lo_s[:n] + offset
         c = coords[:, :n]
         np.add(np.multiply(a_s[:, :n], zs[d], out=c), test.offset[:, None], out=c)
         roi_inequality(c, test, ok[:n], scratch[:n])
-        first[:n] = np.where(ok[:n] & (passed[:n] == 0), d, first[:n])
-        last[:n] = np.where(ok[:n], d, last[:n])
-        passed[:n] += ok[:n]
+        np.greater(ok[:n], prev[:n], out=start[:n])  # passes here, not at the previous d: a run starts
+        runs[:n] += start[:n]
+        for k in range(most):
+            now = runs[:n] == k + 1
+            first[k, :n] = np.where(start[:n] & now, d, first[k, :n])
+            last[k, :n] = np.where(ok[:n] & now, d, last[k, :n])
+        prev[:n] = ok[:n]
     unsorted = np.empty_like(order)
     unsorted[order] = np.arange(count)
-    return first[unsorted], last[unsorted], passed[unsorted]
+    return first[:, unsorted], last[:, unsorted], runs[unsorted]
 
 
-def depth_runs(
-    a: F32, test: RoiTest, depth_scale: float, valid: npt.NDArray[np.bool_]
-) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.uint16]] | None:
-    """Per sample pixel, the raw depths d ≥ 1 whose point passes the ROI inequality, when they are one run [lo, hi].
+U16 = npt.NDArray[np.uint16]
+MAX_RUNS = 4  # passing runs per sample pixel the per-frame test handles (a notched cylinder's rays may need more)
 
-    Then the per-frame test is two uint16 comparisons, with the very answers of the float32 inequality: z(d) =
-    d·scale never decreases with d, and rounding is monotone, so every l_k(d) = a_k·z + b_k is monotone and each
-    single-coordinate bound holds on one run of d, found by binary search. The box is exactly the intersection of
-    its three runs. The cylinder's l0² + l1² ≤ r² implies l0² ≤ r² and l1² ≤ r² (a rounded sum of non-negative
-    terms is ≥ each term), so its passing depths lie in the runs' intersection, where every d is evaluated once.
-    None (the crop evaluates the inequality every frame) when some pixel's passing depths are not one run or the
-    check would exceed ``RUN_CHECK_BUDGET`` evaluations. Pixels marked invalid (outside the image) get an empty run.
+
+def depth_runs(a: F32, test: RoiTest, depth_scale: float, valid: npt.NDArray[np.bool_]) -> tuple[U16, ...] | None:
+    """Per sample pixel, the raw depths d ≥ 1 whose point passes the ROI inequality, as runs ``(lo₁, hi₁, lo₂,
+    hi₂, …)``: one run for a box or a plain cylinder, up to ``MAX_RUNS`` for a cylinder with radial notches.
+
+    Then the per-frame test is two uint16 comparisons per run, with the very answers of the float32 inequality:
+    z(d) = d·scale never decreases with d, and rounding is monotone, so every l_k(d) = a_k·z + b_k is monotone and
+    each single-coordinate bound holds on one run of d, found by binary search. The box is exactly the intersection
+    of its three runs. The cylinder's l0² + l1² ≤ r² implies l0² ≤ r² and l1² ≤ r² (a rounded sum of non-negative
+    terms is ≥ each term), so its passing depths lie in the runs' intersection, where every d is evaluated once. A
+    notch is not convex: a ray may leave the ROI across it and come back (twice across a wide one). None (the crop
+    evaluates the inequality every frame) when some pixel's passing depths need more runs (one without notches), or
+    the check would exceed ``RUN_CHECK_BUDGET`` evaluations. Pixels marked invalid (outside the image) get empty
+    runs (lo 1 > hi 0).
     """
     zs = np.multiply(np.arange(DEPTH_CODES, dtype=np.float32), np.float32(depth_scale))  # crop()'s z for every d
     lo, hi = _coordinate_runs(a, test, zs)
+    firsts, lasts = lo[None], hi[None]
     if test.kind == "cylinder":
         if int(np.maximum(hi - lo + 1, 0).sum()) > RUN_CHECK_BUDGET:
             return None
-        lo, hi, passed = _passing_span(a, test, zs, lo, hi)
-        if np.any((passed > 0) & (hi - lo + 1 != passed)):
+        most = MAX_RUNS if len(test.notches) else 1
+        firsts, lasts, runs = _passing_runs(a, test, zs, lo, hi, most=most)
+        needed = int(runs.max(initial=0))
+        if needed > most:
             return None
-    empty = (hi < lo) | ~valid
-    return np.where(empty, 1, lo).astype(np.uint16), np.where(empty, 0, hi).astype(np.uint16)
+        firsts, lasts = firsts[: max(needed, 1)], lasts[: max(needed, 1)]
+    out: list[U16] = []
+    for first, last in zip(firsts, lasts, strict=True):
+        empty = (last < first) | ~valid
+        out += [np.where(empty, 1, first).astype(np.uint16), np.where(empty, 0, last).astype(np.uint16)]
+    return tuple(out)
 
 
 def depthless_rule(inside_at_zero: bool, silhouette: npt.NDArray[np.bool_] | None) -> tuple[bool, F32] | None:
@@ -610,9 +630,9 @@ class RoiCropper:
         self._bg_image = np.empty((n, n, 3), dtype=np.uint8)
         self._bg_image[:] = self.crop_spec.background_rgb
         self._tmp = np.empty(n * n, dtype=np.bool_)
-        notched = len(self.test.notches) > 0  # the notched cylinder's test needs three more float rows, one bool
-        self._work = np.empty((3, n * n) if notched else (3, 0), dtype=np.float32)
-        self._tmp2 = np.empty(n * n if notched else 0, dtype=np.bool_)
+        notched = len(self.test.notches) > 0  # a notched cylinder's second depth run or float test: one more bool,
+        self._tmp2 = np.empty(n * n if notched else 0, dtype=np.bool_)  # and its float test three float rows
+        self._work = np.empty((3, n * n) if notched and self._runs is None else (3, 0), dtype=np.float32)
 
     def crop(self, frame: Frame) -> CropOutput:
         """Crop one frame into the preallocated outputs (returned; overwritten by the next call)."""
@@ -651,10 +671,15 @@ class RoiCropper:
         if self._runs is None:
             self._float_test(z, mask)
             return
-        lo, hi = self._runs
-        np.greater_equal(self._d16_flat, lo, out=mask)
-        np.less_equal(self._d16_flat, hi, out=self._tmp)
-        mask &= self._tmp
+        d, runs, tmp = self._d16_flat, self._runs, self._tmp
+        np.greater_equal(d, runs[0], out=mask)
+        np.less_equal(d, runs[1], out=tmp)
+        mask &= tmp
+        for k in range(2, len(runs), 2):  # a notch splits some rays' passage: the further runs
+            np.greater_equal(d, runs[k], out=tmp)
+            np.less_equal(d, runs[k + 1], out=self._tmp2)
+            tmp &= self._tmp2
+            mask |= tmp
 
     def _float_test(self, z: F32, mask: npt.NDArray[np.bool_]) -> None:
         """The ROI inequality on ``l = a·z + b`` with the kernel's float32 operations."""

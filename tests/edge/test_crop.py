@@ -251,29 +251,36 @@ def test_depth_runs_hold_exactly_the_depths_that_pass_the_float32_inequality(kin
     layout = RoiCropper(spec, roi, CropSpec(size=64)).layout
     a, test = sampled_roi_rays(spec, roi, layout), RoiTest.from_roi(roi)
     runs = depth_runs(a, test, spec.depth_scale, np.ones(a.shape[1], dtype=np.bool_))
-    if kind == "notched":  # rays that cross a notch pass the ROI, leave it and pass again: no single run per pixel
-        assert runs is None, "the crop must fall back to the per-frame inequality (checked against RoiFile.contains)"
-        return
     assert runs is not None
-    lo, hi = runs[0].astype(np.int64), runs[1].astype(np.int64)
+    assert (len(runs) > 2) == (kind == "notched")  # a notch splits some rays' passage: further runs
+    bounds = [r.astype(np.int64) for r in runs]
+    lo, hi = bounds[0], bounds[1]
     hit = np.flatnonzero(hi >= lo)
     assert 100 < len(hit) < a.shape[1], "the window must hold pixels whose rays cross the ROI and pixels whose miss"
     rng = np.random.default_rng(8)
     shortest = hit[np.argsort(hi[hit] - lo[hit])[:24]]
     picked = np.concatenate([shortest, rng.choice(hit, 24), rng.choice(np.flatnonzero(hi < lo), 8)])
+    for k in range(2, len(bounds), 2):
+        split = np.flatnonzero(bounds[k + 1] >= bounds[k])
+        assert len(split) > 0 and np.all(bounds[k][split] > bounds[k - 1][split] + 1)  # a gap before each run
+        picked = np.concatenate([picked, rng.choice(split, 12)])
     zs = np.arange(65536, dtype=np.float32) * np.float32(spec.depth_scale)
     for p in picked:
         coords = a[:, p : p + 1] * zs[None, :] + test.offset[:, None]
         passed = np.empty(65536, dtype=np.bool_)
         roi_inequality(coords, test, passed, np.empty_like(passed))
         expected = np.zeros(65536, dtype=np.bool_)
-        expected[lo[p] : hi[p] + 1] = True
+        for k in range(0, len(bounds), 2):
+            expected[bounds[k][p] : bounds[k + 1][p] + 1] = True
         np.testing.assert_array_equal(passed[1:], expected[1:], err_msg=f"sample pixel {p}")
 
 
-def test_cylinder_over_the_run_budget_evaluates_the_inequality_every_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("kind", ["cylinder", "notched"])
+def test_cylinder_over_the_run_budget_evaluates_the_inequality_every_frame(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = make_spec()
-    roi = make_roi(spec, "cylinder")
+    roi = make_roi(spec, kind)
     crop = CropSpec(size=32, background_rgb=(10, 200, 30))
     with_runs = RoiCropper(spec, roi, crop)
     monkeypatch.setattr(edge.crop, "RUN_CHECK_BUDGET", 0)
@@ -336,16 +343,15 @@ def test_crop_spec_validation() -> None:
         CropSpec(sise=128)  # type: ignore[call-arg]
 
 
-@pytest.mark.parametrize(
-    ("kind", "per_frame_test"),
-    [("cylinder", False), ("cylinder", True), ("notched", True)],  # the test notches always need the float path
-)
+@pytest.mark.parametrize("per_frame_test", [False, True])
+@pytest.mark.parametrize("kind", ["cylinder", "notched"])
 def test_no_per_frame_allocation(kind: str, per_frame_test: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    if per_frame_test and kind == "cylinder":  # no depth runs: the float32 inequality runs every frame
+    if per_frame_test:  # no depth runs: the float32 inequality (with the notches' terms) runs every frame
         monkeypatch.setattr(edge.crop, "RUN_CHECK_BUDGET", 0)
     spec = make_spec(640, 480)
     cropper = RoiCropper(spec, make_roi(spec, kind), CropSpec(size=256))
     assert (cropper._runs is None) == per_frame_test
+    assert cropper._runs is None or (len(cropper._runs) > 2) == (kind == "notched")
     frames = [make_frame(spec, seed=s) for s in range(3)]
     first = cropper.crop(frames[0])
     buffers = (first.rgb, first.xyz, first.mask, first.color)
