@@ -79,7 +79,7 @@ def render_preview(result: CalibrationResult) -> Image:
     roi, stats = result.roi, result.stats
     shape = roi.shape
     dims = (
-        f"cylinder r={shape.radius_m * 1000:.1f} mm L={shape.length_m * 1000:.1f} mm"
+        f"cylinder r={shape.radius_m * 1000:.1f} mm L={shape.length_m * 1000:.1f} mm notches={len(shape.notches)}"
         if shape.type == "cylinder"
         else "box " + "x".join(f"{e * 1000:.0f}" for e in shape.extents_m) + " mm"
     )

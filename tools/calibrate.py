@@ -154,6 +154,13 @@ def _report(roi: RoiFile, out: Path) -> None:
         else "box " + " × ".join(f"{e:.4f}" for e in shape.extents_m) + " m"
     )
     print(f"wrote {out} (ROI version {roi.version}): {dims}, margin {roi.margin_m:.4f} m")
+    if shape.type == "cylinder" and shape.notches:
+        sectors = ", ".join(
+            f"{n.angle_from_deg:.0f}…{n.angle_to_deg:.0f}° z {n.z_from_m * 1000:.0f}…{n.z_to_m * 1000:.0f} mm "
+            f"r {n.radius_m:.4f} m"
+            for n in shape.notches
+        )
+        print(f"radial notches (a support touches the drum there; outer radius near the shell): {sectors}")
     if roi.acceptance is None:
         print("acceptance: not measured (adjusted without frames; recalibrate to measure)")
         return
