@@ -743,7 +743,7 @@ def radial_notches(
             mounted |= member & band
     angle = np.degrees(np.arctan2(local[:, 1], local[:, 0]))
     notches: list[RadialNotch] = []
-    for member in supports:
+    for member in sorted(supports, key=lambda m: -int(np.count_nonzero(m))):  # the largest first, MAX_NOTCHES kept
         a = angle[member]
         mid = math.degrees(math.atan2(np.sin(np.radians(a)).mean(), np.cos(np.radians(a)).mean()))
         off = (a - mid + 180) % 360 - 180

@@ -21,12 +21,13 @@ from calibration.fit import (
     compare_with_truth,
     parse_set,
     projection_mask,
+    radial_notches,
     restat,
     roi_from_frames,
     roi_mask,
 )
 from calibration.preview import write_preview
-from calibration.roi import BoxShape, CylinderShape, RadialNotch, RoiError
+from calibration.roi import BoxShape, CameraBinding, CylinderShape, RadialNotch, RoiError, RoiFile
 from edge.core.frame import DrumPose, Extrinsics, Frame, Intrinsics, StreamSpec
 from edge.core.geometry import ray_table
 
@@ -319,3 +320,35 @@ def test_preview_png_is_written_and_shows_the_roi(tmp_path: Path) -> None:
     assert len(np.unique(right.reshape(-1, 3), axis=0)) > 5
     with pytest.raises(CalibrationError, match="could not write"):
         write_preview(result, tmp_path / "roi.unknown-extension")
+
+
+def test_radial_notches_cut_a_support_and_keep_mounted_parts() -> None:
+    """A shell (r 0.25 m), a cradle face tangent to it along the middle that runs on beyond the 30 mm margin, and a
+    tab wholly inside the margin band: one notch over the face (5 mm over the shell), the tab keeps the margin."""
+    r, m = 0.25, 0.03
+    g = np.mgrid[0:360:0.5, -0.15:0.15:0.003].reshape(2, -1)
+    shell = np.stack([r * np.cos(np.radians(g[0])), r * np.sin(np.radians(g[0])), g[1]], axis=1)
+    f = np.mgrid[0.0:0.2:0.002, -0.1:0.1:0.003].reshape(2, -1)
+    face = np.stack([f[0], np.full(f.shape[1], -r), f[1]], axis=1)  # the plane y = −r, touching at −90°
+    t = np.mgrid[0.256:0.276:0.002, -0.01:0.01:0.002, 0.12:0.14:0.002].reshape(3, -1)
+    tab = t.T  # around +x, at the drum's end
+    settings = FitSettings()
+    shape = CylinderShape(radius_m=r, length_m=0.3)
+    notches = radial_notches(np.concatenate([shell, face, tab]), np.eye(4), shape, m, settings)
+    assert len(notches) == 1, notches
+    n = notches[0]
+    assert n.radius_m == pytest.approx(r + settings.notch_tolerance_m)
+    # the face beyond 5 mm of the shell: −78.6° … −63.3° (x 0.05 … 0.126 m), ±2°
+    assert -81 <= n.angle_from_deg <= -80 and -62 <= n.angle_to_deg <= -61
+    assert n.z_from_m == pytest.approx(-0.11, abs=0.004) and n.z_to_m == pytest.approx(0.11, abs=0.004)
+    roi = RoiFile(
+        camera=CameraBinding.from_spec(raycast()[0][0].spec),
+        T_camera_roi=np.eye(4).tolist(),
+        shape=shape.model_copy(update={"notches": notches}),
+        margin_m=m,
+    )
+    assert roi.contains(shell).all() and roi.contains(tab).all()
+    rho = np.hypot(face[:, 0], face[:, 1])
+    assert not roi.contains(face[rho > r + 0.006]).any()
+    assert roi.contains(face[rho < r + 0.004]).all()
+    assert radial_notches(np.concatenate([shell, tab]), np.eye(4), shape, m, settings) == []
