@@ -164,6 +164,9 @@ def run(quick: bool) -> BenchSection:
             "full-resolution mask (no resize, no normalisation) and crops to the ROI's bounding box, not the cylinder.",
             "Frames: synthetic plane + horizontal cylinder (edge-on drum), ray-cast per pixel, 2 % depth holes.",
             f"1-minute load average at the end of the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs "
-            "(a shared machine inflates p99).",
+            "(a shared machine inflates p99, and the wall-time speed-up: open3d's threads wait for the cores most).",
+            "The notched row: the same ROI with two radial notches under the drum (a V-cradle's faces, 3 mm over the "
+            "shell; they cut nothing in this scene, so only the test's cost is measured); its passing depths per "
+            "sample pixel are held as runs like the plain cylinder's (edge.crop.depth_runs).",
         ],
     )
