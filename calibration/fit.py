@@ -748,7 +748,7 @@ def radial_notches(
         mid = math.degrees(math.atan2(np.sin(np.radians(a)).mean(), np.cos(np.radians(a)).mean()))
         off = (a - mid + 180) % 360 - 180
         lo, hi = float(off.min()) - settings.notch_pad_deg, float(off.max()) + settings.notch_pad_deg
-        if hi - lo > 180:
+        if not 0 < hi - lo <= 180:
             continue  # a support wrapped half round the drum is not a notch; it keeps the full margin
         z = local[member, 2]
         notch = RadialNotch(

@@ -728,6 +728,8 @@ __all__ = [
     "DEPTH_CODES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "MAX_RUNS",
+    "NOTCH_FIELDS",
     "RUN_CHECK_BUDGET",
     "CropError",
     "CropLayout",
