@@ -27,7 +27,7 @@ from edge.core.frame import Extrinsics, Intrinsics, StreamSpec
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION: Final = 1
-MAX_NOTCHES: Final = 8  # radial notches a cylinder ROI may carry (the CUDA kernel's parameter block holds this many)
+MAX_NOTCHES: Final = 8  # radial notches a cylinder ROI may carry (each one costs the per-frame ROI test a few ops)
 
 
 class RoiError(EdgeError):
