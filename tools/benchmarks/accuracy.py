@@ -73,12 +73,13 @@ class Study:
     workers: int = 1  # processes rendering the line (frames are pure functions of their index)
     image_score: str = "max"  # AST's two image scores: max of the map, or mean of the grid map
     dada_epochs: int = 0  # 3DSR: DADA pretraining epochs (of the preset's corpus_batches generated batches)
+    extra_options: tuple[str, ...] = ()  # more ``--option KEY=VALUE`` for the family (the suite's --option)
 
     def options(self, pretrained: Mapping[str, Path]) -> list[str]:
         """The family's ``--option`` values: AST's image score; checkpoints of its declared pretraining dependencies
         (``engines._registry.pretrained_from``: 3DSR's DADA) as ``NAME=<path>``."""
         base = ["mode=rgbd", f"image_score={self.image_score}"] if self.model == "ast" else ["mode=rgbd"]
-        return base + [f"{key}={path}" for key, path in pretrained.items()]
+        return base + list(self.extra_options) + [f"{key}={path}" for key, path in pretrained.items()]
 
     def doc(self) -> Path:
         return Path(f"docs/models/{self.model}.md")
@@ -114,6 +115,7 @@ class ModeResult:
     n_defect: int
     fit_s: float
     ort_ms: float
+    ort_p99_ms: float
     maps: dict[int, npt.NDArray[np.float32]]  # test index → map, for the figure
     rgb: dict[int, npt.NDArray[np.float32]]
     map_scale: float
@@ -181,7 +183,9 @@ def edge_train(
     return (time.perf_counter_ns() - t0) / 1e9
 
 
-def train_models(study: Study, data: Path, roi_path: Path, work: Path) -> tuple[dict[str, float], float]:
+def train_models(
+    study: Study, data: Path, roi_path: Path, work: Path, modes: tuple[str, ...] = MODES
+) -> tuple[dict[str, float], float]:
     """Train one model per crop mode, each on the family's declared pretraining dependencies (3DSR: one DADA),
     trained first and shared by both modes; returns wall times and the dependencies' total."""
     pretrained: dict[str, Path] = {}
@@ -197,7 +201,7 @@ def train_models(study: Study, data: Path, roi_path: Path, work: Path) -> tuple[
         )
         pretrained[key] = (work / dependency / "model.safetensors").resolve()
     fit_s = {}
-    for mode in MODES:
+    for mode in modes:
         paths = (data, roi_path, work / f"{study.model}-{mode}")
         fit_s[mode] = edge_train(
             study, study.model, mode, epochs=study.epochs, options=study.options(pretrained), paths=paths
@@ -225,6 +229,8 @@ def score_mode(
     mean, std = np.array(card.mean, np.float32)[:, None, None], np.array(card.std, np.float32)[:, None, None]
     stage = ModelStage(onnx_path, RunnerPlan(RuntimeConfig(backend="onnxruntime", device="cpu", threads=threads)))
     try:
+        if len(test):  # one untimed call first: the latencies are of a warm runtime, as on the line
+            stage.run({k: test[0][k][None] for k in card.inputs})
         for i in range(len(test)):
             s = test[i]
             scores[i], maps[i], ms = stage.run({k: s[k][None] for k in card.inputs})
@@ -245,6 +251,7 @@ def score_mode(
         n_defect=int((~good).sum()),
         fit_s=fit_s,
         ort_ms=float(np.median(latencies)) / 1e6,
+        ort_p99_ms=float(np.quantile(latencies, 0.99)) / 1e6,
         maps=keep_maps,
         rgb=keep_rgb,
         map_scale=float(np.quantile(maps.max((1, 2)), 0.99)),  # colour scale of the figure's heatmaps
@@ -452,6 +459,9 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Study]:
     """The command line and the study it asks for (the family's study with the given settings replaced)."""
     parser = argparse.ArgumentParser(prog="python -m tools.benchmarks.accuracy", description=__doc__)
     parser.add_argument("--model", choices=MODELS, default="ast", help="model family (default ast)")
+    parser.add_argument(
+        "--suite", action="store_true", help="the suite over the station presets instead (its own options: --suite -h)"
+    )
     parser.add_argument("--quick", action="store_true", help="the smoke version (40 frames; never writes the doc)")
     parser.add_argument("--work", type=Path, help="keep data, ROI and models here (default: a temporary folder)")
     parser.add_argument("--doc", type=Path, help="page whose results block is rewritten (default docs/models/M.md)")
@@ -489,7 +499,13 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Study]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the study; 0 when its targets are met, 1 when not, 2 for a problem with the input (one line)."""
+    """Run the study (``--suite``: the suite over the station presets, :mod:`tools.benchmarks.accuracy_suite`);
+    0 when its targets are met, 1 when not, 2 for a problem with the input (one line)."""
+    args = sys.argv[1:] if argv is None else argv
+    if "--suite" in args:
+        from tools.benchmarks import accuracy_suite  # noqa: PLC0415  (it imports this module)
+
+        return accuracy_suite.main([a for a in args if a != "--suite"])
     try:
         return _study_main(argv)
     except EdgeError as err:
