@@ -104,7 +104,7 @@ def test_the_study_averages_stations_and_checks_every_target_per_station() -> No
 
 @pytest.mark.slow
 def test_the_suite_trains_every_suite_family_and_writes_its_page(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """ROIs fitted by edge-calibrate (--fit-rois), then a run on them (--roi-dir) with a registered suite family."""
     monkeypatch.setattr(_registry, "_FAMILIES", dict(_registry._FAMILIES))
@@ -124,6 +124,18 @@ def test_the_suite_trains_every_suite_family_and_writes_its_page(
     assert "| rail (seed 1) |" in text and "| roller-standing (seed 1) |" in text and "| **mean** |" in text
     assert "roller-standing seed 1: foreground image AUROC ≥ 0.95**: NOT met" in text
     assert "--roi-dir" in text and text.startswith("# page\n")
+    assert set(result["foreground"]["aggregations"]) == {"max", "top 0.1 % mean", "top 0.5 % mean", "top 2 % mean"}
+    assert "by image-score aggregation of the same maps" in text
+    (onnx,) = (work / "runs/tuning/rail-seed1").glob("toy-*/toy-foreground/model.onnx")
+    stamp = onnx.stat().st_mtime_ns
+    capsys.readouterr()
+    assert accuracy_main([*argv, "--threads", "1"]) == 1  # the same training (threads aside): reused, rescored
+    assert capsys.readouterr().out.count("accuracy: reusing") == 4 and onnx.stat().st_mtime_ns == stamp
+    assert accuracy_main([*argv, "--epochs", "2", "--stations", "rail"]) == 1  # another variant: its own folder
+    assert len(list((work / "runs/tuning/rail-seed1").glob("toy-*/toy-foreground/model.onnx"))) == 2
+    (onnx.parent.parent / "toy-full" / "edge-train.json").write_text('{"key": "other ROI"}', encoding="utf-8")
+    assert accuracy_main([*argv, "--stations", "rail"]) == 1  # a stale stamp: that folder trained afresh
+    assert capsys.readouterr().out.count("accuracy: reusing") == 1 and onnx.stat().st_mtime_ns == stamp
 
 
 def test_a_foreground_only_variant_reports_no_original_and_no_comparison() -> None:

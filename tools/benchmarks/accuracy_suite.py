@@ -20,6 +20,7 @@ without it).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -118,6 +119,7 @@ class Job:
             threads=self.threads,
             workers=self.workers,
             extra_options=extra,
+            reuse=True,
         )
 
 
@@ -205,7 +207,9 @@ def run_station(job: Job, station: str, family: str, command: str) -> dict[str, 
     roi_path, roi = station_roi(job, station)
     data = render_station(station, job.seed, job.counts, job.data_dir(station), job.workers)
     study = job.study(family)
-    runs = job.work / "runs" / job.split / f"{station}-seed{job.seed}" / family
+    settings = [study.preset, study.epochs, study.batch_size, study.learning_rate, study.options({}), study.device]
+    tag = hashlib.sha256(json.dumps([*settings, study.dada_epochs]).encode()).hexdigest()[:8]
+    runs = job.work / "runs" / job.split / f"{station}-seed{job.seed}" / f"{family}-{tag}"  # a variant per folder
     fit_s, dada_s = train_models(study, data, roi_path, runs, job.modes)
     result: dict[str, Any] = {
         "station": station,
@@ -236,6 +240,7 @@ def run_station(job: Job, station: str, family: str, command: str) -> dict[str, 
             "fit_s": r.fit_s,
             "ort_ms": r.ort_ms,
             "ort_p99_ms": r.ort_p99_ms,
+            "aggregations": r.aggregations,
         }
     out = result_path(job, station, family)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -300,7 +305,8 @@ def family_sections(family: str, rows: Sequence[dict[str, Any]]) -> list[BenchSe
             targets[f"{where}: ONNX Runtime p99 ≤ {TARGET_P99_MS:.0f} ms"] = fg["ort_p99_ms"] <= TARGET_P99_MS
     first = rows[0]
     name = f"{family} {first['preset']}"
-    return [
+    extra = [aggregation_section(name, rows)] if all("aggregations" in r["foreground"] for r in rows) else []
+    sections = [
         BenchSection(
             title=f"{name}: Original (full) vs Foreground-Only per station",
             headers=[
@@ -337,6 +343,31 @@ def family_sections(family: str, rows: Sequence[dict[str, Any]]) -> list[BenchSe
             rows=per_type,
         ),
     ]
+    return [*sections, *extra]
+
+
+def aggregation_section(name: str, rows: Sequence[dict[str, Any]]) -> BenchSection:
+    """Foreground image AUROC (and the worst type's) if the image score were another aggregation of the same maps."""
+    names = list(rows[0]["foreground"]["aggregations"])
+    table = []
+    for r in [*rows, None]:
+        pick = rows if r is None else [r]
+        cells = ["**mean**" if r is None else r["station"]]
+        for agg in names:
+            vals = [x["foreground"]["aggregations"][agg] for x in pick]
+            cells.append(
+                f"{np.mean([v['image_auroc'] for v in vals]):.3f} ({np.mean([v['worst_type'] for v in vals]):.3f})"
+            )
+        table.append(cells)
+    return BenchSection(
+        title=f"{name}: foreground image AUROC (worst type) by image-score aggregation of the same maps",
+        headers=["station", *names],
+        rows=table,
+        notes=[
+            "a diagnostic for choosing the image score: the maps returned by edge.inspect on the test split, "
+            "aggregated here in numpy (the deployed image score is the graph's own, in the tables below)"
+        ],
+    )
 
 
 def report(job: Job, command: str, wall_s: float) -> tuple[str, bool]:
