@@ -105,6 +105,12 @@ class Job:
     def data_dir(self, station: str) -> Path:
         return self.work / "data" / f"{station}-seed{self.seed}-{self.counts.key()}"
 
+    def tag(self, family: str) -> str:
+        """A short hash of the family's training settings: each variant keeps its own models and results."""
+        study = self.study(family)
+        settings = [study.preset, study.epochs, study.batch_size, study.learning_rate, study.options({})]
+        return hashlib.sha256(json.dumps([*settings, study.device, study.dada_epochs]).encode()).hexdigest()[:8]
+
     def study(self, family: str) -> Study:
         """The family's training settings: the one-line study's, with the suite's device, threads and options."""
         base = FULL_STUDIES.get(family, GENERIC)
@@ -199,7 +205,7 @@ def station_roi(job: Job, station: str) -> tuple[Path, RoiFile]:
 
 
 def result_path(job: Job, station: str, family: str) -> Path:
-    return job.work / "results" / job.split / f"{station}-seed{job.seed}-{family}.json"
+    return job.work / "results" / job.split / f"{station}-seed{job.seed}-{family}-{job.tag(family)}.json"
 
 
 def run_station(job: Job, station: str, family: str, command: str) -> dict[str, Any]:
@@ -207,9 +213,7 @@ def run_station(job: Job, station: str, family: str, command: str) -> dict[str, 
     roi_path, roi = station_roi(job, station)
     data = render_station(station, job.seed, job.counts, job.data_dir(station), job.workers)
     study = job.study(family)
-    settings = [study.preset, study.epochs, study.batch_size, study.learning_rate, study.options({}), study.device]
-    tag = hashlib.sha256(json.dumps([*settings, study.dada_epochs]).encode()).hexdigest()[:8]
-    runs = job.work / "runs" / job.split / f"{station}-seed{job.seed}" / f"{family}-{tag}"  # a variant per folder
+    runs = job.work / "runs" / job.split / f"{station}-seed{job.seed}" / f"{family}-{job.tag(family)}"
     fit_s, dada_s = train_models(study, data, roi_path, runs, job.modes)
     result: dict[str, Any] = {
         "station": station,
