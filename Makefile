@@ -40,7 +40,7 @@ bench: install
 	$(PY) -m tools.benchmarks
 
 bench-accuracy: install
-	$(PY) -m tools.benchmarks.accuracy
+	$(PY) -m tools.benchmarks.accuracy --suite
 
 lint: install
 	$(PY) -m ruff check .

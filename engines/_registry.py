@@ -24,10 +24,14 @@ _LAZY: dict[str, str] = {
     "dada": "engines.models.dada:DADA_FAMILY",
     "dsr3d": "engines.models.dsr3d:DSR3D_FAMILY",
 }
+# Families the accuracy suite (``python -m tools.benchmarks.accuracy --suite``) trains by default: the detectors.
+# A helper such as DADA (trained only as another family's pretraining dependency) is not one.
+_SUITE: set[str] = {"ast", "dsr3d"}
 
 
-def register_family(family: ModelFamily, *, replace: bool = False) -> None:
-    """Make ``family`` available under ``family.name``; a second family with the same name is an error."""
+def register_family(family: ModelFamily, *, replace: bool = False, suite: bool = False) -> None:
+    """Make ``family`` available under ``family.name``; a second family with the same name is an error. ``suite``:
+    the accuracy suite trains it by default (:func:`suite_families`)."""
     name = family.name
     known = _FAMILIES.get(name)
     if known is not None and known is not family and not replace:
@@ -36,20 +40,30 @@ def register_family(family: ModelFamily, *, replace: bool = False) -> None:
             "give the new family another name, or pass replace=True to override it deliberately",
         )
     _FAMILIES[name] = family
+    if suite:
+        _SUITE.add(name)
 
 
-def register_lazy(name: str, target: str) -> None:
-    """Register ``name`` as ``"module:attribute"``, imported when the family is first asked for."""
+def register_lazy(name: str, target: str, *, suite: bool = False) -> None:
+    """Register ``name`` as ``"module:attribute"``, imported when the family is first asked for; ``suite``: the
+    accuracy suite trains it by default (:func:`suite_families`)."""
     if ":" not in target:
         raise ModelRegistryError(
             f"lazy family target {target!r} is not of the form 'module:attribute'", "write it as pkg.mod:OBJECT"
         )
     _LAZY[name] = target
+    if suite:
+        _SUITE.add(name)
 
 
 def list_families() -> list[str]:
     """Names of every family that can be asked for (registered or lazy), sorted."""
     return sorted(set(_FAMILIES) | set(_LAZY))
+
+
+def suite_families() -> list[str]:
+    """Names of the families the accuracy suite trains by default (declared here, no module imported), sorted."""
+    return sorted(_SUITE & set(list_families()))
 
 
 def get_family(name: str) -> ModelFamily:

@@ -183,7 +183,7 @@ def test_fit_runs_both_phases_saves_each_epoch_and_resumes_without_redoing_epoch
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_image_score_max_or_mean() -> None:
+def test_image_score_max_mean_or_top_share() -> None:
     card_max, model_max = build("rgbd", image_score="max")
     _, model_mean = build("rgbd", image_score="mean")
     model_mean.load_state_dict(model_max.state_dict())
@@ -198,6 +198,15 @@ def test_image_score_max_or_mean() -> None:
     torch.testing.assert_close(amap, amap2)
     torch.testing.assert_close(s_max, amap.amax((1, 2, 3)))
     torch.testing.assert_close(s_mean, cell.mean((1, 2, 3)))
+    _, model_top = build("rgbd", image_score="top2pct")
+    model_top.load_state_dict(model_max.state_dict())
+    with torch.no_grad():
+        amap3, s_top = model_top.eval()(**batch)
+    k = round(0.02 * amap.shape[-1] ** 2)  # 2 % of the map's pixels
+    top = amap.flatten(1).sort(dim=1, descending=True).values[:, :k].mean(1)
+    torch.testing.assert_close(amap3, amap)
+    torch.testing.assert_close(s_top, top)
+    assert bool((s_top <= s_max).all()) and bool((s_top > 0).all())
     assert bool((s_max > s_mean).all())
 
 
@@ -229,7 +238,7 @@ def test_bad_cards_options_and_data_name_the_problem_and_the_remedy() -> None:
         AST_FAMILY.card("huge", "foreground")
     with pytest.raises(AstConfigError, match="rgb, depth or rgbd"):
         AST_FAMILY.card("tiny", "foreground", mode="combi")
-    with pytest.raises(AstConfigError, match="max or mean"):
+    with pytest.raises(AstConfigError, match="max, mean or top2pct"):
         AST_FAMILY.card("tiny", "foreground", image_score="p99")
     with pytest.raises(AstConfigError, match="only 'mode' and 'image_score'"):
         AST_FAMILY.card("tiny", "foreground", colour="red")

@@ -19,6 +19,7 @@ def _clean_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test gets its own copy of the registry tables."""
     monkeypatch.setattr(_registry, "_FAMILIES", dict(_registry._FAMILIES))
     monkeypatch.setattr(_registry, "_LAZY", dict(_registry._LAZY))
+    monkeypatch.setattr(_registry, "_SUITE", set(_registry._SUITE))
 
 
 def test_register_and_lookup() -> None:
@@ -27,6 +28,17 @@ def test_register_and_lookup() -> None:
     assert engines.get_family("toy") is TOY_FAMILY
     assert "toy" in list_families() and "ast" in list_families()
     assert list_families() == sorted(list_families())
+
+
+def test_suite_families_are_declared_without_importing_them() -> None:
+    """The accuracy suite iterates these: detectors only (DADA is 3DSR's pretraining, not a suite family)."""
+    declared = _registry.suite_families()
+    assert {"ast", "dsr3d"} <= set(declared) and "dada" not in declared and declared == sorted(declared)
+    register_family(TOY_FAMILY, replace=True)
+    assert "toy" not in _registry.suite_families()
+    register_family(TOY_FAMILY, replace=True, suite=True)
+    register_lazy("toy3", "_toy:TOY_FAMILY", suite=True)
+    assert _registry.suite_families() == sorted([*declared, "toy", "toy3"])
 
 
 def test_unknown_name_lists_known_ones() -> None:

@@ -13,6 +13,9 @@ table into ``docs/models/ast.md`` (``dsr3d.md``); it is not part of ``make bench
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import shutil
 import sys
 import tempfile
 import time
@@ -39,7 +42,7 @@ from engines import get_family
 from engines._registry import pretrained_from
 from engines.datasets import MvtecFolder, open_dataset
 from engines.export import card_from_onnx
-from engines.metrics import AnomalyMetrics, evaluate
+from engines.metrics import AnomalyMetrics, evaluate, image_auroc, per_type_auroc
 from engines.runtime.select import RunnerPlan, RuntimeConfig
 from tools import train
 from tools.benchmarks.report import BenchSection, machine_block
@@ -73,12 +76,14 @@ class Study:
     workers: int = 1  # processes rendering the line (frames are pure functions of their index)
     image_score: str = "max"  # AST's two image scores: max of the map, or mean of the grid map
     dada_epochs: int = 0  # 3DSR: DADA pretraining epochs (of the preset's corpus_batches generated batches)
+    extra_options: tuple[str, ...] = ()  # more ``--option KEY=VALUE`` for the family (the suite's --option)
+    reuse: bool = False  # keep an edge-train output trained with the same command line and ROI (the suite)
 
     def options(self, pretrained: Mapping[str, Path]) -> list[str]:
         """The family's ``--option`` values: AST's image score; checkpoints of its declared pretraining dependencies
         (``engines._registry.pretrained_from``: 3DSR's DADA) as ``NAME=<path>``."""
         base = ["mode=rgbd", f"image_score={self.image_score}"] if self.model == "ast" else ["mode=rgbd"]
-        return base + [f"{key}={path}" for key, path in pretrained.items()]
+        return base + list(self.extra_options) + [f"{key}={path}" for key, path in pretrained.items()]
 
     def doc(self) -> Path:
         return Path(f"docs/models/{self.model}.md")
@@ -114,6 +119,8 @@ class ModeResult:
     n_defect: int
     fit_s: float
     ort_ms: float
+    ort_p99_ms: float
+    aggregations: dict[str, dict[str, float]]  # image score from the maps → image AUROC and worst per-type AUROC
     maps: dict[int, npt.NDArray[np.float32]]  # test index → map, for the figure
     rgb: dict[int, npt.NDArray[np.float32]]
     map_scale: float
@@ -174,14 +181,32 @@ def edge_train(
     ]  # fmt: skip
     for option in options:
         argv += ["--option", option]
+    stamp = out / "edge-train.json"  # what trained the folder: its command line (less the threads) and ROI file
+    threads_at = argv.index("--threads")
+    key = {"argv": argv[:threads_at] + argv[threads_at + 2 :], "roi_sha256": sha256_file(roi_path)}
+    if study.reuse and stamp.is_file() and (out / "model.onnx").is_file() and (out / "scoring.yaml").is_file():
+        done = json.loads(stamp.read_text(encoding="utf-8"))
+        if done.get("key") == key:
+            print(f"accuracy: reusing {out} (trained by the same edge-train command on the same ROI)")
+            return float(done["wall_s"])
+    if study.reuse and out.exists():  # the suite's own folder, trained otherwise: start it afresh
+        shutil.rmtree(out)
     t0 = time.perf_counter_ns()
     code = train.main(argv)
     if code != 0:
         raise EdgeError(f"edge-train {' '.join(argv)} exited with {code}", "read its message above")
-    return (time.perf_counter_ns() - t0) / 1e9
+    wall_s = (time.perf_counter_ns() - t0) / 1e9
+    stamp.write_text(json.dumps({"key": key, "wall_s": wall_s}, indent=1) + "\n", encoding="utf-8")
+    return wall_s
 
 
-def train_models(study: Study, data: Path, roi_path: Path, work: Path) -> tuple[dict[str, float], float]:
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def train_models(
+    study: Study, data: Path, roi_path: Path, work: Path, modes: tuple[str, ...] = MODES
+) -> tuple[dict[str, float], float]:
     """Train one model per crop mode, each on the family's declared pretraining dependencies (3DSR: one DADA),
     trained first and shared by both modes; returns wall times and the dependencies' total."""
     pretrained: dict[str, Path] = {}
@@ -197,7 +222,7 @@ def train_models(study: Study, data: Path, roi_path: Path, work: Path) -> tuple[
         )
         pretrained[key] = (work / dependency / "model.safetensors").resolve()
     fit_s = {}
-    for mode in MODES:
+    for mode in modes:
         paths = (data, roi_path, work / f"{study.model}-{mode}")
         fit_s[mode] = edge_train(
             study, study.model, mode, epochs=study.epochs, options=study.options(pretrained), paths=paths
@@ -225,6 +250,8 @@ def score_mode(
     mean, std = np.array(card.mean, np.float32)[:, None, None], np.array(card.std, np.float32)[:, None, None]
     stage = ModelStage(onnx_path, RunnerPlan(RuntimeConfig(backend="onnxruntime", device="cpu", threads=threads)))
     try:
+        if len(test):  # one untimed call first: the latencies are of a warm runtime, as on the line
+            stage.run({k: test[0][k][None] for k in card.inputs})
         for i in range(len(test)):
             s = test[i]
             scores[i], maps[i], ms = stage.run({k: s[k][None] for k in card.inputs})
@@ -236,6 +263,7 @@ def score_mode(
     finally:
         stage.close()
     good = np.array([k == "good" for k in kinds])
+    aggregations = {name: _auroc_of(score, kinds) for name, score in map_aggregations(maps).items()}
     ng = np.array([scorer.score(x)[1] == "NG" for x in scores])
     return ModeResult(
         metrics=evaluate(scores, maps, gts, kinds),
@@ -245,10 +273,28 @@ def score_mode(
         n_defect=int((~good).sum()),
         fit_s=fit_s,
         ort_ms=float(np.median(latencies)) / 1e6,
+        ort_p99_ms=float(np.quantile(latencies, 0.99)) / 1e6,
+        aggregations=aggregations,
         maps=keep_maps,
         rgb=keep_rgb,
         map_scale=float(np.quantile(maps.max((1, 2)), 0.99)),  # colour scale of the figure's heatmaps
     )
+
+
+def map_aggregations(maps: npt.NDArray[np.float32]) -> dict[str, npt.NDArray[np.float64]]:
+    """Other image scores computed from the same anomaly maps (a diagnostic: which aggregation separates best):
+    the map's maximum, and the mean of its top 0.1 %, 0.5 % and 2 % pixels."""
+    flat = maps.reshape(len(maps), -1).astype(np.float64)
+    out = {"max": flat.max(1)}
+    for share in (0.001, 0.005, 0.02):
+        k = max(1, round(share * flat.shape[1]))
+        out[f"top {100 * share:g} % mean"] = np.partition(flat, -k, axis=1)[:, -k:].mean(1)
+    return out
+
+
+def _auroc_of(scores: npt.NDArray[np.float64], kinds: list[str]) -> dict[str, float]:
+    per_type = per_type_auroc(scores, kinds)
+    return {"image_auroc": image_auroc(scores, [k != "good" for k in kinds]), "worst_type": min(per_type.values())}
 
 
 def silhouette_shares(data: Path, roi: RoiFile) -> tuple[float, float]:
@@ -452,6 +498,9 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Study]:
     """The command line and the study it asks for (the family's study with the given settings replaced)."""
     parser = argparse.ArgumentParser(prog="python -m tools.benchmarks.accuracy", description=__doc__)
     parser.add_argument("--model", choices=MODELS, default="ast", help="model family (default ast)")
+    parser.add_argument(
+        "--suite", action="store_true", help="the suite over the station presets instead (its own options: --suite -h)"
+    )
     parser.add_argument("--quick", action="store_true", help="the smoke version (40 frames; never writes the doc)")
     parser.add_argument("--work", type=Path, help="keep data, ROI and models here (default: a temporary folder)")
     parser.add_argument("--doc", type=Path, help="page whose results block is rewritten (default docs/models/M.md)")
@@ -489,7 +538,13 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Study]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the study; 0 when its targets are met, 1 when not, 2 for a problem with the input (one line)."""
+    """Run the study (``--suite``: the suite over the station presets, :mod:`tools.benchmarks.accuracy_suite`);
+    0 when its targets are met, 1 when not, 2 for a problem with the input (one line)."""
+    args = sys.argv[1:] if argv is None else argv
+    if "--suite" in args:
+        from tools.benchmarks import accuracy_suite  # noqa: PLC0415  (it imports this module)
+
+        return accuracy_suite.main([a for a in args if a != "--suite"])
     try:
         return _study_main(argv)
     except EdgeError as err:

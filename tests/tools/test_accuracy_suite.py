@@ -1,0 +1,149 @@
+"""The accuracy suite over the station presets: its data plan and cache, its command line, and one whole run."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drivers.synthetic import STATIONS
+from edge.core.frame import DEFECT_TYPES
+from engines import _registry
+from engines._registry import register_family, suite_families
+from tests.engines._toy import TOY_FAMILY
+from tools.benchmarks.accuracy import main as accuracy_main
+from tools.benchmarks.accuracy_suite import Counts, family_sections, frame_plan, parse, render_station
+
+
+def test_every_defect_type_is_forced_and_the_defaults_are_the_issue_counts() -> None:
+    counts = Counts()
+    plan = frame_plan(counts)
+    assert [i for i, _ in plan] == list(range(len(plan)))  # one part per frame, each frame its own part
+    kinds = Counter(kind for _, kind in plan)
+    assert kinds[None] == 60 + 10 + 30
+    assert all(kinds[k] == 30 for k in DEFECT_TYPES) and len(kinds) == len(DEFECT_TYPES) + 1
+    args, job = parse(["--device", "cpu"])
+    assert job.stations == tuple(STATIONS) and job.models == tuple(suite_families())
+    assert job.counts == counts and job.split == "tuning" and job.seed == 1 and args.block is None
+    _, held = parse(["--device", "cpu", "--split", "heldout"])
+    assert held.seed != job.seed  # the held-out split never shares the tuning parts
+
+
+def test_a_station_is_rendered_once_with_its_counts_and_cached(tmp_path: Path) -> None:
+    counts = Counts(train=2, validation=1, test_good=1, per_type=1)
+    out = tmp_path / "rail"
+    root = render_station("rail", 5, counts, out, workers=2)
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+    assert meta["counts"] == counts.expected()
+    assert len(list((root / "test").glob("*/gt/*.png"))) == 1 + len(DEFECT_TYPES)
+    assert not out.with_name("rail.partial").exists()
+    stamp = (root / "dataset.json").stat().st_mtime_ns
+    assert render_station("rail", 5, counts, out) == root  # cached: nothing rendered again
+    assert (root / "dataset.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--stations", "rail,moon-base"], "unknown station moon-base"),
+        (["--models", "ast,patchcore"], "unknown model family patchcore"),
+        (["--option", "image_score=mean"], "is not FAMILY:KEY=VALUE"),
+        (["--counts", "60,10,30"], "is not 4 integers"),
+    ],
+)
+def test_bad_arguments_fail_with_one_line(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert accuracy_main(["--suite", "--device", "cpu", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("accuracy --suite: ") and needle in err[0], err
+
+
+def test_a_missing_precomputed_roi_fails_before_anything_is_rendered(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--suite", "--device", "cpu", "--roi-dir", str(tmp_path / "rois"), "--work", str(tmp_path / "w")]
+    assert accuracy_main([*argv, "--stations", "rail", "--no-doc"]) == 2
+    err = capsys.readouterr().err
+    assert "has no rail-seed1.yaml" in err and "--fit-rois" in err
+    assert not (tmp_path / "w").exists()
+
+
+def _row(station: str, fg: float, full: float, scratch: float, p99: float) -> dict[str, Any]:
+    def mode(auroc: float, kind: float) -> dict[str, Any]:
+        return {
+            "image_auroc": auroc, "pixel_auroc": 0.9, "au_pro": 0.8, "f1": 0.9,
+            "per_type": {"dent": 1.0, "scratch": kind}, "false_alarms": 1, "misses": 3, "n_good": 30,
+            "n_defect": 60, "fit_s": 10.0, "ort_ms": 20.0, "ort_p99_ms": p99,
+        }  # fmt: skip
+
+    head = {"station": station, "seed": 1, "family": "ast", "preset": "edge", "epochs": 24, "device": "cpu"}
+    return head | {"options": ["mode=rgbd"], "full": mode(full, 0.5), "foreground": mode(fg, scratch)}
+
+
+def test_the_study_averages_stations_and_checks_every_target_per_station() -> None:
+    rows = [_row("a", 0.97, 0.80, 0.95, 30.0), _row("b", 0.93, 0.95, 0.60, 70.0)]
+    study, per_type = family_sections("ast", rows)
+    mean = study.rows[-1]
+    assert mean[0] == "**mean**" and mean[1:3] == ["0.875", "0.950"]  # full, foreground
+    assert mean[9:11] == ["6/120 (2/60)", "6/120 (2/60)"] and mean[11] == "70"
+    assert per_type.headers == ["station", "dent", "scratch"]
+    assert per_type.rows[-1] == ["**mean**", "1.000 (1.000)", "0.775 (0.500)"]
+
+    def met(start: str) -> bool:
+        (value,) = [v for k, v in study.targets.items() if k.startswith(start)]
+        return value
+
+    assert met("a seed 1: foreground image AUROC ≥ 0.95") and not met("b seed 1: foreground image AUROC ≥ 0.95")
+    assert met("a seed 1: foreground image AUROC ≥ 0.9 for every type")
+    assert not met("b seed 1: foreground image AUROC ≥ 0.9 for every type")
+    assert met("a seed 1: foreground > full") and not met("b seed 1: foreground > full")
+    assert met("a seed 1: ONNX Runtime p99 ≤ 50 ms") and not met("b seed 1: ONNX Runtime p99 ≤ 50 ms")
+
+
+@pytest.mark.slow
+def test_the_suite_trains_every_suite_family_and_writes_its_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ROIs fitted by edge-calibrate (--fit-rois), then a run on them (--roi-dir) with a registered suite family."""
+    monkeypatch.setattr(_registry, "_FAMILIES", dict(_registry._FAMILIES))
+    monkeypatch.setattr(_registry, "_SUITE", set())  # only the toy: the real families take minutes
+    register_family(TOY_FAMILY, replace=True, suite=True)
+    rois, work, page = tmp_path / "rois", tmp_path / "work", tmp_path / "accuracy.md"
+    page.write_text("# page\n<!-- accuracy:tuning:begin -->\n<!-- accuracy:tuning:end -->\n", encoding="utf-8")
+    common = ["--suite", "--stations", "rail,roller-standing", "--device", "cpu", "--counts", "2,2,2,1"]
+    assert accuracy_main([*common, "--fit-rois", str(rois)]) == 0
+    assert sorted(p.name for p in rois.iterdir()) == ["rail-seed1.yaml", "roller-standing-seed1.yaml"]
+    argv = [*common, "--roi-dir", str(rois), "--work", str(work), "--epochs", "1", "--doc", str(page)]
+    assert accuracy_main(argv) == 1  # a one-epoch toy meets no target
+    (path,) = (work / "results/tuning").glob("roller-standing-seed1-toy-*.json")  # one per variant
+    result = json.loads(path.read_text(encoding="utf-8"))
+    assert set(result["foreground"]["per_type"]) == set(DEFECT_TYPES)
+    assert result["foreground"]["n_defect"] == len(DEFECT_TYPES) and result["full"]["n_good"] == 2
+    text = page.read_text(encoding="utf-8")
+    assert "| rail (seed 1) |" in text and "| roller-standing (seed 1) |" in text and "| **mean** |" in text
+    assert "roller-standing seed 1: foreground image AUROC ≥ 0.95**: NOT met" in text
+    assert "--roi-dir" in text and text.startswith("# page\n")
+    assert set(result["foreground"]["aggregations"]) == {"max", "top 0.1 % mean", "top 0.5 % mean", "top 2 % mean"}
+    assert "by image-score aggregation of the same maps" in text
+    (onnx,) = (work / "runs/tuning/rail-seed1").glob("toy-*/toy-foreground/model.onnx")
+    stamp = onnx.stat().st_mtime_ns
+    capsys.readouterr()
+    assert accuracy_main([*argv, "--threads", "1"]) == 1  # the same training (threads aside): reused, rescored
+    assert capsys.readouterr().out.count("accuracy: reusing") == 4 and onnx.stat().st_mtime_ns == stamp
+    assert accuracy_main([*argv, "--epochs", "2", "--stations", "rail"]) == 1  # another variant: its own folder
+    assert len(list((work / "runs/tuning/rail-seed1").glob("toy-*/toy-foreground/model.onnx"))) == 2
+    (onnx.parent.parent / "toy-full" / "edge-train.json").write_text('{"key": "other ROI"}', encoding="utf-8")
+    assert accuracy_main([*argv, "--stations", "rail"]) == 1  # a stale stamp: that folder trained afresh
+    assert capsys.readouterr().out.count("accuracy: reusing") == 1 and onnx.stat().st_mtime_ns == stamp
+
+
+def test_a_foreground_only_variant_reports_no_original_and_no_comparison() -> None:
+    row = _row("a", 0.97, 0.80, 0.95, 30.0)
+    del row["full"]
+    study, per_type = family_sections("ast", [row])
+    assert study.rows[0][1:3] == ["–", "0.970"] and study.rows[0][9] == "–"
+    assert per_type.rows[0][1:] == ["1.000", "0.950"]
+    assert not any("foreground > full" in k for k in study.targets)
+    assert parse(["--device", "cpu", "--modes", "foreground"])[1].modes == ("foreground",)

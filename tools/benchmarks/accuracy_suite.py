@@ -1,0 +1,512 @@
+"""The accuracy suite: every suite family, in both crop modes, on every station preset of the synthetic line.
+
+Per station (``drivers.synthetic.STATIONS``) and seed: good training, validation and test frames and, for EVERY
+defect type, a fixed number of defective test frames (forced with ``render_frame(..., defect=...)``), written as an
+MVTec 3D-AD export and cached by (station, seed, counts, size); the ROI from ``edge-calibrate`` on good frames of the
+station (or a ROI fitted earlier, ``--roi-dir``); then each family (default: ``engines._registry.suite_families``)
+is trained by ``edge-train`` once per crop mode and every test frame scored through :class:`edge.inspect.ModelStage`
+with ONNX Runtime, exactly as the one-line study (:mod:`tools.benchmarks.accuracy`) does. Results are kept per
+(station, seed, family) as JSON, and the page ``docs/accuracy.md`` gets the study per station and averaged.
+
+Tuning vs held-out (the guide: never judge accuracy on the data settings were chosen on): ``--split tuning`` is the
+presets at seed 1, the only data looked at while choosing settings; ``--split heldout`` is the same presets at seed 2
+(other parts, poses, defects, clutter and noise), run once with the chosen settings and reported apart.
+
+``python -m tools.benchmarks.accuracy --suite [--models ast] [--split tuning|heldout] [--device cuda] [--workers N]
+[--roi-dir DIR]``; ``--fit-rois DIR`` only fits and writes the ROIs (on a machine with open3d, for a GPU machine
+without it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calibration.roi import RoiFile, load_roi
+from drivers.mvtec import MvtecExportConfig, MvtecWriter
+from drivers.synthetic import STATIONS, SyntheticSourceConfig, render_frame
+from edge.core.errors import EdgeError
+from edge.core.frame import DEFECT_TYPES, DefectType, Frame
+from engines._registry import list_families, suite_families
+from tools import calibrate, train
+from tools.benchmarks.accuracy import FULL_STUDIES, MODES, Study, score_mode, train_models, write_into_doc
+from tools.benchmarks.report import BenchSection, machine_block
+
+DOC = Path("docs/accuracy.md")
+SPLIT_SEEDS = {"tuning": 1, "heldout": 2}  # the seed of every station of the split
+TARGET_AUROC = 0.95  # Foreground-Only image AUROC, every station
+TARGET_TYPE_AUROC = 0.90  # Foreground-Only image AUROC of every defect type, every station
+TARGET_P99_MS = 50.0  # the edge preset per frame in ONNX Runtime on 2 cores
+# Training settings of a family the one-line study has none for (a family added later); --epochs etc. override.
+GENERIC = Study(seed=0, frames=0, epochs=24, batch_size=8, learning_rate=2e-4)
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Frames per station: good train / validation / test, and defective test frames of every defect type."""
+
+    train: int = 60
+    validation: int = 10
+    test_good: int = 30
+    per_type: int = 30
+    width: int = 640  # edge-calibrate's frames are 640×480, and a ROI is refused by a camera of another size
+    height: int = 480
+
+    @property
+    def good(self) -> int:
+        return self.train + self.validation + self.test_good
+
+    def key(self) -> str:
+        return f"{self.train}-{self.validation}-{self.test_good}-{self.per_type}-{self.width}x{self.height}"
+
+    def expected(self) -> dict[str, dict[str, int]]:
+        """The export's counts per split and type when the station is rendered right."""
+        test = {"good": self.test_good} | dict.fromkeys(DEFECT_TYPES, self.per_type)
+        return {
+            "train": {"good": self.train},
+            "validation": {"good": self.validation},
+            "test": {k: v for k, v in test.items() if v},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """What one suite run does (from the command line)."""
+
+    split: str
+    stations: tuple[str, ...]
+    models: tuple[str, ...]
+    counts: Counts
+    work: Path
+    roi_dir: Path | None
+    device: str
+    workers: int
+    threads: int
+    epochs: int | None
+    options: tuple[str, ...]  # FAMILY:KEY=VALUE
+    modes: tuple[str, ...] = MODES  # crop modes trained (a tuning variant may train foreground only)
+
+    @property
+    def seed(self) -> int:
+        return SPLIT_SEEDS[self.split]
+
+    def data_dir(self, station: str) -> Path:
+        return self.work / "data" / f"{station}-seed{self.seed}-{self.counts.key()}"
+
+    def tag(self, family: str) -> str:
+        """A short hash of the family's training settings: each variant keeps its own models and results."""
+        study = self.study(family)
+        settings = [study.preset, study.epochs, study.batch_size, study.learning_rate, study.options({})]
+        return hashlib.sha256(json.dumps([*settings, study.device, study.dada_epochs]).encode()).hexdigest()[:8]
+
+    def study(self, family: str) -> Study:
+        """The family's training settings: the one-line study's, with the suite's device, threads and options."""
+        base = FULL_STUDIES.get(family, GENERIC)
+        extra = tuple(o.split(":", 1)[1] for o in self.options if o.split(":", 1)[0] == family)
+        return replace(
+            base,
+            model=family,
+            seed=self.seed,
+            frames=self.counts.good + self.counts.per_type * len(DEFECT_TYPES),
+            epochs=self.epochs or base.epochs,
+            device=self.device,
+            threads=self.threads,
+            workers=self.workers,
+            extra_options=extra,
+            reuse=True,
+        )
+
+
+def frame_plan(counts: Counts) -> list[tuple[int, DefectType | None]]:
+    """(frame index, forced defect) of every frame: the good parts first, then the defect types in turn."""
+    jobs: list[tuple[int, DefectType | None]] = [(i, None) for i in range(counts.good)]
+    kinds = [kind for _ in range(counts.per_type) for kind in DEFECT_TYPES]
+    return jobs + [(counts.good + k, kind) for k, kind in enumerate(kinds)]
+
+
+def _render(config: SyntheticSourceConfig, job: tuple[int, DefectType | None]) -> Frame:
+    return render_frame(config, job[0], defect=job[1])
+
+
+def render_station(station: str, seed: int, counts: Counts, out: Path, workers: int = 1) -> Path:
+    """The station's frames as an MVTec 3D-AD export under ``out`` (kept: a second call renders nothing); returns
+    the class folder. Rendered into ``out.partial`` first, so an interrupted run never leaves a half export."""
+    root = out / "drum"
+    if (root / "dataset.json").is_file():
+        return root
+    config = SyntheticSourceConfig(seed=seed, station=station, clutter="high", width=counts.width, height=counts.height)
+    partial_dir = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial_dir, ignore_errors=True)
+    export = MvtecExportConfig(
+        train_fraction=counts.train / counts.good, validation_fraction=counts.validation / counts.good
+    )
+    writer = MvtecWriter(partial_dir, export, seed=seed)
+    jobs = frame_plan(counts)
+    if workers > 1:  # render_frame is pure: a pool gives the same frames, in order
+        with ProcessPoolExecutor(workers) as pool:
+            for frame in pool.map(partial(_render, config), jobs, chunksize=4):
+                writer.write(frame)
+    else:
+        for job in jobs:
+            writer.write(_render(config, job))
+    summary = writer.close()
+    if summary.counts != counts.expected():
+        raise EdgeError(
+            f"station {station} seed {seed} exported {summary.counts}, expected {counts.expected()}",
+            "report this: the MVTec writer's split assignment no longer matches the suite's counts",
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out, ignore_errors=True)
+    partial_dir.rename(out)
+    return root
+
+
+def roi_name(station: str, seed: int) -> str:
+    return f"{station}-seed{seed}.yaml"
+
+
+def fit_roi(station: str, seed: int, path: Path) -> RoiFile:
+    """``edge-calibrate`` on 5 good frames of the station (its own command line, default margin); kept at ``path``."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        argv = ["--synthetic-seed", str(seed), "--station", station, "--clutter", "high", "--out", str(path)]
+        if calibrate.main(argv) != 0:
+            raise EdgeError(
+                f"edge-calibrate {' '.join(argv)} failed on station {station}", "read its message above; fix the fit"
+            )
+    return load_roi(path)
+
+
+def station_roi(job: Job, station: str) -> tuple[Path, RoiFile]:
+    """The ROI of the station: from ``--roi-dir`` when given (never refitted), else fitted once into the work dir."""
+    if job.roi_dir is None:
+        path = job.work / "rois" / roi_name(station, job.seed)
+        return path, fit_roi(station, job.seed, path)
+    path = job.roi_dir / roi_name(station, job.seed)
+    if not path.is_file():
+        raise EdgeError(
+            f"--roi-dir {job.roi_dir} has no {path.name}",
+            f"fit it where open3d is installed: python -m tools.benchmarks.accuracy --suite --split {job.split} "
+            f"--fit-rois {job.roi_dir}",
+        )
+    return path, load_roi(path)
+
+
+def result_path(job: Job, station: str, family: str) -> Path:
+    return job.work / "results" / job.split / f"{station}-seed{job.seed}-{family}-{job.tag(family)}.json"
+
+
+def run_station(job: Job, station: str, family: str, command: str) -> dict[str, Any]:
+    """Train ``family`` in both crop modes on the station and score its test split; the result is also saved."""
+    roi_path, roi = station_roi(job, station)
+    data = render_station(station, job.seed, job.counts, job.data_dir(station), job.workers)
+    study = job.study(family)
+    runs = job.work / "runs" / job.split / f"{station}-seed{job.seed}" / f"{family}-{job.tag(family)}"
+    fit_s, dada_s = train_models(study, data, roi_path, runs, job.modes)
+    result: dict[str, Any] = {
+        "station": station,
+        "seed": job.seed,
+        "family": family,
+        "preset": study.preset,
+        "epochs": study.epochs,
+        "options": list(study.options({})),
+        "device": study.device,
+        "pretraining_s": dada_s,
+        "roi_version": roi.version,
+        "command": command,
+        "run_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    for mode in job.modes:
+        r = score_mode(data, roi, runs / f"{family}-{mode}", fit_s[mode], [], threads=job.threads)
+        m = r.metrics
+        result[mode] = {
+            "image_auroc": m.image_auroc,
+            "pixel_auroc": m.pixel_auroc,
+            "au_pro": m.au_pro,
+            "f1": m.f1.f1,
+            "per_type": dict(m.per_type),
+            "false_alarms": r.false_alarms,
+            "misses": r.misses,
+            "n_good": r.n_good,
+            "n_defect": r.n_defect,
+            "fit_s": r.fit_s,
+            "ort_ms": r.ort_ms,
+            "ort_p99_ms": r.ort_p99_ms,
+            "aggregations": r.aggregations,
+        }
+    out = result_path(job, station, family)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    return result
+
+
+def _f(x: float) -> str:
+    return "–" if np.isnan(x) else f"{x:.3f}"
+
+
+def _mean(rows: Sequence[dict[str, Any]], mode: str, key: str) -> float:
+    """The mean over ``rows``; NaN when a row lacks the mode (a foreground-only tuning variant)."""
+    return float(np.mean([r[mode][key] if mode in r else np.nan for r in rows]))
+
+
+def _type_cell(rows: Sequence[dict[str, Any]], kind: str) -> str:
+    fg = np.mean([x["foreground"]["per_type"][kind] for x in rows])
+    if any("full" not in x for x in rows):
+        return f"{fg:.3f}"
+    return f"{fg:.3f} ({np.mean([x['full']['per_type'][kind] for x in rows]):.3f})"
+
+
+def family_sections(family: str, rows: Sequence[dict[str, Any]]) -> list[BenchSection]:
+    """The foreground study of one family: per station and averaged, then per defect type, with the targets."""
+    kinds = sorted({k for r in rows for k in r["foreground"]["per_type"]})
+    table = []
+    for r in [*rows, None]:
+        pick = rows if r is None else [r]
+        name = "**mean**" if r is None else f"{r['station']} (seed {r['seed']})"
+        cells = [name]
+        for key in ("image_auroc", "pixel_auroc", "au_pro", "f1"):
+            cells += [_f(_mean(pick, "full", key)), _f(_mean(pick, "foreground", key))]
+        for mode in MODES:
+            if any(mode not in x for x in pick):
+                cells.append("–")
+                continue
+            passed = sum(int(x[mode]["misses"]) for x in pick)
+            total = sum(int(x[mode]["n_defect"]) for x in pick)
+            alarms = sum(int(x[mode]["false_alarms"]) for x in pick)
+            cells.append(f"{passed}/{total} ({alarms}/{sum(int(x[mode]['n_good']) for x in pick)})")
+        cells.append(f"{max(float(x['foreground']['ort_p99_ms']) for x in pick):.0f}")
+        table.append(cells)
+    per_type = []
+    for r in [*rows, None]:
+        pick = rows if r is None else [r]
+        name = "**mean**" if r is None else r["station"]
+        per_type.append([name] + [_type_cell(pick, k) for k in kinds])
+    targets: dict[str, bool] = {}
+    for r in rows:
+        fg = r["foreground"]
+        where = f"{r['station']} seed {r['seed']}"
+        targets[f"{where}: foreground image AUROC ≥ {TARGET_AUROC}"] = fg["image_auroc"] >= TARGET_AUROC
+        worst = min(fg["per_type"], key=fg["per_type"].get)
+        targets[
+            f"{where}: foreground image AUROC ≥ {TARGET_TYPE_AUROC} for every type (worst {worst} "
+            f"{fg['per_type'][worst]:.3f})"
+        ] = min(fg["per_type"].values()) >= TARGET_TYPE_AUROC
+        if "full" in r:
+            targets[f"{where}: foreground > full"] = fg["image_auroc"] > r["full"]["image_auroc"]
+        if r["preset"] == "edge":
+            targets[f"{where}: ONNX Runtime p99 ≤ {TARGET_P99_MS:.0f} ms"] = fg["ort_p99_ms"] <= TARGET_P99_MS
+    first = rows[0]
+    name = f"{family} {first['preset']}"
+    extra = [aggregation_section(name, rows)] if all("aggregations" in r["foreground"] for r in rows) else []
+    sections = [
+        BenchSection(
+            title=f"{name}: Original (full) vs Foreground-Only per station",
+            headers=[
+                "station",
+                "image AUROC full",
+                "image AUROC fg",
+                "pixel AUROC full",
+                "pixel AUROC fg",
+                "AU-PRO@0.3 full",
+                "AU-PRO@0.3 fg",
+                "F1-max full",
+                "F1-max fg",
+                "defects passed (good flagged) full",
+                "defects passed (good flagged) fg",
+                "ORT p99 ms fg",
+            ],
+            rows=table,
+            targets=targets,
+            notes=[
+                f"{family}: edge-train --preset {first['preset']} "
+                + " ".join(f"--option {o}" for o in first["options"])
+                + f", {first['epochs']} epochs, training device {first['device']}; scoring.yaml fitted on "
+                "validation/good; every test frame scored by model.onnx in ONNX Runtime (CPU) through "
+                "edge.inspect.ModelStage",
+                "defects passed / good flagged: at the fitted scoring.yaml threshold; F1-max at the test-fitted "
+                "threshold; AU-PRO with 8-connected ground-truth regions up to FPR 0.3",
+                "ORT p99: of the model call while scoring the test split (ONNX Runtime, the run's threads), the "
+                "worst station in the mean row; a loaded shared CPU inflates it",
+            ],
+        ),
+        BenchSection(
+            title=f"{name}: image AUROC per defect type, foreground (full)",
+            headers=["station", *kinds],
+            rows=per_type,
+        ),
+    ]
+    return [*sections, *extra]
+
+
+def aggregation_section(name: str, rows: Sequence[dict[str, Any]]) -> BenchSection:
+    """Foreground image AUROC (and the worst type's) if the image score were another aggregation of the same maps."""
+    names = list(rows[0]["foreground"]["aggregations"])
+    table = []
+    for r in [*rows, None]:
+        pick = rows if r is None else [r]
+        cells = ["**mean**" if r is None else r["station"]]
+        for agg in names:
+            vals = [x["foreground"]["aggregations"][agg] for x in pick]
+            cells.append(
+                f"{np.mean([v['image_auroc'] for v in vals]):.3f} ({np.mean([v['worst_type'] for v in vals]):.3f})"
+            )
+        table.append(cells)
+    return BenchSection(
+        title=f"{name}: foreground image AUROC (worst type) by image-score aggregation of the same maps",
+        headers=["station", *names],
+        rows=table,
+        notes=[
+            "a diagnostic for choosing the image score: the maps returned by edge.inspect on the test split, "
+            "aggregated here in numpy (the deployed image score is the graph's own, in the tables below)"
+        ],
+    )
+
+
+def report(job: Job, command: str, wall_s: float) -> tuple[str, bool]:
+    """The page block of the split from every saved result of its stations; whether every target is met."""
+    parts: list[str] = []
+    met = True
+    for family in job.models:
+        rows = [
+            json.loads(p.read_text(encoding="utf-8"))
+            for station in job.stations
+            if (p := result_path(job, station, family)).is_file()
+        ]
+        if not rows:
+            continue
+        for sec in family_sections(family, rows):
+            parts.append(sec.to_markdown().replace("## ", "### ", 1))
+            met = met and all(sec.targets.values())
+        missing = [s for s in job.stations if not result_path(job, s, family).is_file()]
+        if missing:
+            parts.append(f"- not run yet for {family}: {', '.join(missing)} (the mean is over the rows above)")
+        runs = sorted({(str(r.get("command", "(not recorded)")), str(r.get("run_at", ""))[:10]) for r in rows})
+        parts.append("\n".join(f"- {family} rows measured by `{c}` ({day})" for c, day in runs))
+    c = job.counts
+    parts.append(
+        f"- data per station: seed {job.seed}, {c.width}×{c.height}, clutter high; train {c.train} good, "
+        f"validation {c.validation} good, test {c.test_good} good + {c.per_type} of each of {len(DEFECT_TYPES)} "
+        f"defect types ({', '.join(DEFECT_TYPES)}); ROI: "
+        + ("given with --roi-dir (fitted by edge-calibrate)" if job.roi_dir else "edge-calibrate, 5 good frames")
+    )
+    parts.append(machine_block(command) + f"\n- wall time of this run: {wall_s / 60:.1f} min")
+    return "\n\n".join(parts) + "\n", met
+
+
+def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Job]:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.benchmarks.accuracy --suite", description=(__doc__ or "").split("\n\n")[0]
+    )
+    parser.add_argument("--split", choices=list(SPLIT_SEEDS), default="tuning", help="tuning (seed 1) or heldout")
+    parser.add_argument("--stations", help="comma-separated subset of the station presets (default: all)")
+    parser.add_argument("--models", help="comma-separated families (default: the registry's suite families)")
+    parser.add_argument("--work", type=Path, default=Path("bench-out/accuracy-suite"), help="data, ROIs, runs")
+    parser.add_argument("--roi-dir", type=Path, help="ROIs fitted earlier (STATION-seedN.yaml), never refitted")
+    parser.add_argument("--fit-rois", type=Path, metavar="DIR", help="only fit the split's ROIs into DIR, then stop")
+    parser.add_argument("--render-only", action="store_true", help="only render (cache) the split's data, then stop")
+    parser.add_argument(
+        "--report-only", action="store_true", help="only rewrite the page from the results saved in --work"
+    )
+    parser.add_argument("--device", default="auto", help="edge-train --device (default auto)")
+    parser.add_argument("--workers", type=int, default=1, help="processes rendering frames (default 1)")
+    parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads (default 2)")
+    parser.add_argument("--epochs", type=int, help="epochs per training phase (default: the family's study)")
+    parser.add_argument(
+        "--option", action="append", default=[], metavar="FAMILY:KEY=VALUE", help="edge-train --option for a family"
+    )
+    parser.add_argument("--modes", default=",".join(MODES), help="crop modes to train (default: both)")
+    parser.add_argument("--counts", default="60,10,30,30", help="train,validation,test-good,per-type frames")
+    parser.add_argument("--doc", type=Path, default=DOC, help=f"page to write (default {DOC})")
+    parser.add_argument("--block", help="the page's accuracy:<BLOCK> markers (default: the split)")
+    parser.add_argument("--no-doc", action="store_true", help="print the report only")
+    args = parser.parse_args(list(argv))
+    try:
+        train_n, val, good, per_type = (int(x) for x in args.counts.split(","))
+    except ValueError:
+        raise EdgeError(f"--counts {args.counts!r} is not 4 integers", "e.g. --counts 60,10,30,30") from None
+    stations = tuple(args.stations.split(",")) if args.stations else tuple(STATIONS)
+    unknown = [s for s in stations if s not in STATIONS]
+    if unknown:
+        raise EdgeError(f"unknown station {', '.join(unknown)}", f"choose among {', '.join(STATIONS)}")
+    models = tuple(args.models.split(",")) if args.models else tuple(suite_families())
+    unknown = [m for m in models if m not in list_families()]
+    if unknown:
+        raise EdgeError(f"unknown model family {', '.join(unknown)}", f"choose among {', '.join(suite_families())}")
+    bad = [o for o in args.option if ":" not in o or "=" not in o]
+    if bad:
+        raise EdgeError(f"--option {bad[0]!r} is not FAMILY:KEY=VALUE", "e.g. --option ast:image_score=mean")
+    modes = tuple(args.modes.split(","))
+    if "foreground" not in modes or not set(modes) <= set(MODES):
+        raise EdgeError(f"--modes {args.modes!r} must be foreground or full,foreground", "e.g. --modes foreground")
+    if min(train_n, val, good, per_type) < 1 or args.workers < 1 or args.threads < 1:
+        raise EdgeError("--counts, --workers and --threads must be positive", "e.g. --counts 60,10,30,30")
+    job = Job(
+        split=args.split,
+        stations=stations,
+        models=models,
+        counts=Counts(train_n, val, good, per_type),
+        work=args.work,
+        roi_dir=args.roi_dir,
+        device=args.device
+        if args.fit_rois or args.render_only or args.report_only
+        else train.resolve_device(args.device),
+        workers=args.workers,
+        threads=args.threads,
+        epochs=args.epochs,
+        options=tuple(args.option),
+        modes=tuple(m for m in MODES if m in modes),
+    )
+    return args, job
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run the suite; 0 when every target is met, 1 when not, 2 for a problem with the input (one line)."""
+    try:
+        return _main(argv)
+    except EdgeError as err:
+        print(f"accuracy --suite: {err}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: Sequence[str]) -> int:
+    t0 = time.perf_counter_ns()
+    args, job = parse(argv)
+    if args.fit_rois is not None:
+        for station in job.stations:
+            fit_roi(station, job.seed, args.fit_rois / roi_name(station, job.seed))
+        print(f"wrote {len(job.stations)} ROIs into {args.fit_rois}")
+        return 0
+    if args.render_only:
+        for station in job.stations:
+            print(render_station(station, job.seed, job.counts, job.data_dir(station), job.workers))
+        return 0
+    if job.roi_dir is not None:  # a missing ROI fails before anything is rendered or trained
+        for station in job.stations:
+            station_roi(job, station)
+    command = "python -m tools.benchmarks.accuracy --suite " + " ".join(argv)
+    for station in [] if args.report_only else job.stations:
+        for family in job.models:
+            r = run_station(job, station, family, command.strip())
+            print(
+                f"{station} seed {job.seed} {family}: image AUROC full {r['full']['image_auroc']:.3f}, "
+                f"foreground {r['foreground']['image_auroc']:.3f}",
+                flush=True,
+            )
+    text, met = report(job, command.strip(), (time.perf_counter_ns() - t0) / 1e9)
+    print(text)
+    if not args.no_doc:
+        write_into_doc(args.doc, text, args.block or job.split)
+        print(f"wrote {args.doc}")
+    return 0 if met else 1
