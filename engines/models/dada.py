@@ -12,10 +12,13 @@ Anatomy (after ``VitjanZ/3DSR@6f83317``, Apache-2.0; facts in ``shared/research/
 3. Score of a DADA on its own (a diagnostic, not a detector): mean-channel |input − reconstruction| (× ``mask`` in
    ``foreground`` crop mode) → ``anomaly_map``; ``image_score`` = its max.
 
-Every codebook lookup is ``argmin`` of ‖x‖² + ‖e‖² − 2x·e followed by a Gather (``F.embedding``): no scatter
-one-hot, so TensorRT takes the graph (models.md §1.4). The presets (``PRESETS``) are shared with 3DSR, whose table
-is in ``engines/models/dsr3d.py``; DADA uses the hidden/residual/embedding widths, the codebook size and
-``corpus_batches``.
+Every codebook lookup is ``argmin`` of ‖e‖² − 2x·e (‖x‖² is the same for every codeword) followed by a Gather
+(``F.embedding``): no scatter one-hot, so TensorRT takes the graph (models.md §1.4). For speed in ONNX Runtime
+(docs/models/dsr3d.md, "Where the time goes") the two rgbd stems run as one block-diagonal convolution, the rgbd
+output heads are folded into the decoder's last ConvTranspose, and ``encode`` hands its upsampled q_lo to
+``decode``: the same parameters and the same function, fewer operators. The presets (``PRESETS``) are shared
+with 3DSR, whose table is in ``engines/models/dsr3d.py``; DADA uses the hidden/residual/embedding widths, the
+codebook size and ``corpus_batches``.
 
 Deviations and why: DADA is pretrained on a procedural corpus (``engines/models/_perlin.py``, with a quarter of the
 samples replaced by crops of the given normal frames) instead of ImageNet (not downloadable); the learning rate steps
@@ -88,6 +91,9 @@ class Dsr3dSettings:
 PRESETS: dict[str, Dsr3dSettings] = {
     "paper": Dsr3dSettings(384, 256, 128, 256, 2048, 128, 512, 32),
     "edge": Dsr3dSettings(256, 128, 64, 128, 512, 64, 128, 16, corpus_batches=250, epochs=60, batch_size=8),
+    "cpu": Dsr3dSettings(
+        128, 32, 16, 32, 128, 16, 32, 8, corpus_batches=15, epochs=40, batch_size=8, learning_rate=1e-3
+    ),
     "tiny": Dsr3dSettings(
         64, 16, 8, 16, 32, 8, 16, 8, corpus_batches=2, epochs=2, batch_size=4, learning_rate=1e-3
     ),
@@ -142,7 +148,8 @@ class VectorQuantizerEMA(nn.Module):
         """(nearest codewords B×D×H×W, indices B×H×W) of x B×D×H×W; no gradient reaches the codebook."""
         b, d, h, w = x.shape
         flat = x.permute(0, 2, 3, 1).reshape(-1, d)
-        idx = self.distances(flat).argmin(1)
+        cb = self.codebook
+        idx = ((cb**2).sum(1)[None] - 2.0 * flat @ cb.t()).argmin(1)  # ‖x‖² is the same for every codeword: left out
         q = nnf.embedding(idx, self.codebook).reshape(b, h, w, d).permute(0, 3, 1, 2)
         return q, idx.reshape(b, h, w)
 
@@ -184,6 +191,13 @@ class VectorQuantizerEMA(nn.Module):
         n = self.cluster_size.sum()
         smoothed = (self.cluster_size + self.eps) / (n + self.codebook.shape[0] * self.eps) * n
         self.codebook.copy_(self.ema_sum / smoothed[:, None])
+
+
+def weight_bias(layer: nn.Module) -> tuple[Tensor, Tensor]:
+    """(weight, bias) of a convolution built with a bias (every one that ``DadaNet`` folds)."""
+    if not isinstance(layer, nn.Conv2d | nn.ConvTranspose2d) or layer.bias is None:
+        raise Dsr3dConfigError(f"{type(layer).__name__} is not a convolution with a bias", "build it with DadaNet")
+    return layer.weight, layer.bias
 
 
 def conv(c_in: int, c_out: int, k: int, groups: int, stride: int = 1, *, bias: bool = True) -> nn.Conv2d:
@@ -257,27 +271,65 @@ class DadaNet(nn.Module):
         if mode == "rgbd":
             self.head_depth, self.head_rgb = nn.Conv2d(h // 8, 1, 1), nn.Conv2d(h // 8, 3, 1)
 
-    def quantize(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(q_lo, q_hi, commitment loss) of an input C×S×S (C = 4: depth, R, G, B; or 1: depth)."""
-        if self.mode == "rgbd":
-            x = nnf.relu(torch.cat([self.stem_depth(x[:, :1]), self.stem_rgb(x[:, 1:])], 1))
-        hi = self.enc_hi(x)
-        q_lo, loss_lo, _ = self.vq_lo(self.pre_vq_lo(self.enc_lo(hi)))
-        q_hi, loss_hi, _ = self.vq_hi(self.pre_vq_hi(interleave(hi, self.upsample(q_lo), self.groups)))
-        return q_lo, q_hi, loss_lo + loss_hi
-
-    def decode(self, q_lo: Tensor, q_hi: Tensor) -> Tensor:
-        """The general appearance decoder: (q_lo, q_hi) → C×S×S reconstruction."""
-        y: Tensor = self.decoder(interleave(self.upsample(q_lo), q_hi, self.groups))
+    def stem(self, x: Tensor) -> Tensor:
+        """``rgbd``: the depth and RGB 1×1 stems as one convolution with a block-diagonal weight (depth → the first
+        h/4 channels, RGB → the rest), the same as concatenating the two stems' outputs without the concatenation
+        (a 64-channel S×S copy that ONNX Runtime paid 5 ms for at ``edge``); ``depth``: the input itself."""
         if self.mode == "depth":
+            return x
+        (wd, bd), (wr, br) = weight_bias(self.stem_depth), weight_bias(self.stem_rgb)  # (h/4)×1 and (h/4)×3 (×1×1)
+        weight = torch.cat([torch.cat([wd, wd.new_zeros(wd.shape[0], 3, 1, 1)], 1),
+                            torch.cat([wr.new_zeros(wr.shape[0], 1, 1, 1), wr], 1)], 0)  # fmt: skip
+        bias = torch.cat([bd, br])
+        return nnf.relu(nnf.conv2d(x, weight, bias))
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(q_lo, q_hi, upsampled q_lo, commitment loss) of an input C×S×S (C = 4: depth, R, G, B; or 1: depth).
+        The upsampled q_lo is returned so that ``decode`` of these same codes need not upsample them again."""
+        hi = self.enc_hi(self.stem(x))
+        q_lo, loss_lo, _ = self.vq_lo(self.pre_vq_lo(self.enc_lo(hi)))
+        up_lo = self.upsample(q_lo)
+        q_hi, loss_hi, _ = self.vq_hi(self.pre_vq_hi(interleave(hi, up_lo, self.groups)))
+        return q_lo, q_hi, up_lo, loss_lo + loss_hi
+
+    def quantize(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(q_lo, q_hi, commitment loss) of an input C×S×S."""
+        q_lo, q_hi, _, loss = self.encode(x)
+        return q_lo, q_hi, loss
+
+    def output_layer(self) -> tuple[Tensor, Tensor]:
+        """(weight, bias) of the decoder's last ConvTranspose with the ``rgbd`` 1×1 heads folded in.
+
+        The heads are linear and follow the ConvTranspose directly, so head ∘ ConvT is one ConvTranspose with
+        4 outputs: depth from the depth group's inputs only, RGB from the RGB group's. That replaces a
+        ConvTranspose to h/4 channels at S×S, a Split, two 1×1 convolutions and a Concat (together about 15 ms of
+        ONNX Runtime's 3DSR ``edge`` frame) with a ConvTranspose to 4 channels; the parameters are unchanged."""
+        w, b = weight_bias(self.decoder[-1])  # c_in × (c_out/2) × 4 × 4: group j's inputs feed outputs j·c_out/2 + …
+        half_in, half_out = w.shape[0] // 2, w.shape[1]
+        blocks, biases = [], []
+        for j, head in enumerate((self.head_depth, self.head_rgb)):
+            hw, hb = weight_bias(head)
+            h = hw[:, :, 0, 0]  # outputs × (c_out/2)
+            blocks.append(torch.einsum("iokl,po->ipkl", w[j * half_in : (j + 1) * half_in], h))
+            biases.append(h @ b[j * half_out : (j + 1) * half_out] + hb)
+        zeros_d, zeros_rgb = blocks[0].new_zeros(half_in, 3, 4, 4), blocks[0].new_zeros(half_in, 1, 4, 4)
+        weight = torch.cat([torch.cat([blocks[0], zeros_d], 1), torch.cat([zeros_rgb, blocks[1]], 1)], 0)
+        return weight, torch.cat(biases)
+
+    def decode(self, q_lo: Tensor, q_hi: Tensor, up_lo: Tensor | None = None) -> Tensor:
+        """The general appearance decoder: (q_lo, q_hi) → C×S×S reconstruction; ``up_lo`` is ``upsample(q_lo)``
+        when the caller has it (``encode``)."""
+        z = interleave(self.upsample(q_lo) if up_lo is None else up_lo, q_hi, self.groups)
+        if self.mode == "depth":
+            y: Tensor = self.decoder(z)
             return y
-        y_depth, y_rgb = y.chunk(2, 1)
-        return torch.cat([self.head_depth(y_depth), self.head_rgb(y_rgb)], 1)
+        weight, bias = self.output_layer()
+        return nnf.conv_transpose2d(self.decoder[:-1](z), weight, bias, stride=2, padding=1)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(reconstruction, commitment loss)."""
-        q_lo, q_hi, loss = self.quantize(x)
-        return self.decode(q_lo, q_hi), loss
+        q_lo, q_hi, up_lo, loss = self.encode(x)
+        return self.decode(q_lo, q_hi, up_lo), loss
 
 
 # ------------------------------------------------------------------------------------------------------------- input

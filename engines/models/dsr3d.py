@@ -21,12 +21,14 @@ preset    S     DADA h / res / emb     codes  subspace  decoder  U-Net  fit (epo
 ========  ====  =====================  =====  ========  ======  =====  ====================
 paper     384   256 / 128 / 256        2048   128       512     32     120 / 16 / 2e-4
 edge      256   128 / 64 / 128         512    64        128     16     60 / 8 / 2e-4
+cpu       128   32 / 16 / 32           128    16        32      8      40 / 8 / 1e-3
 tiny      64    16 / 8 / 16            32     8         16      8      2 / 4 / 1e-3
 ========  ====  =====================  =====  ========  ======  =====  ====================
 
 Deviations and why: no ±15° rotation augmentation (the drum crop is pose-normalised by the ROI); the learning rate
 steps ×0.1 at 80 % of ``FitSettings.epochs`` instead of iterations; an epoch is one pass over the cached training
-set instead of fixed 4000 × 64 samples. DADA's own deviations are in its module.
+set instead of fixed 4000 × 64 samples; ``cpu`` is the preset sized for training on a 2-core CPU
+(docs/models/dsr3d.md, "The cpu preset"). DADA's own deviations are in its module.
 """
 
 from __future__ import annotations
@@ -176,10 +178,11 @@ class Dsr3dModel(nn.Module):
         r_lo, r_hi = f_lo + (r_lo - f_lo).detach(), f_hi + (r_hi - f_hi).detach()  # straight-through
         return f_lo, f_hi, self.decoder(torch.cat([self.dada.upsample(r_lo), r_hi], 1))
 
-    def segment(self, q_lo: Tensor, q_hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(f_lo, f_hi, object reconstruction, logits B×2×S×S) of (possibly anomalous) codes."""
+    def segment(self, q_lo: Tensor, q_hi: Tensor, up_lo: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(f_lo, f_hi, object reconstruction, logits B×2×S×S) of (possibly anomalous) codes; ``up_lo`` is DADA's
+        upsampled q_lo when the caller has it."""
         f_lo, f_hi, obj = self.restore(q_lo, q_hi)
-        general = self.dada.decode(q_lo, q_hi)
+        general = self.dada.decode(q_lo, q_hi, up_lo)
         return f_lo, f_hi, obj, self.unet(torch.cat([obj, general], 1))
 
     def forward(
@@ -187,8 +190,8 @@ class Dsr3dModel(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """(anomaly_map B×1×S×S, image_score B), raw."""
         x = self.prepare(rgb, xyz, mask)
-        q_lo, q_hi, _ = self.dada.quantize(x)
-        *_, logits = self.segment(q_lo, q_hi)
+        q_lo, q_hi, up_lo, _ = self.dada.encode(x)
+        *_, logits = self.segment(q_lo, q_hi, up_lo)
         prob = torch.softmax(logits, 1)[:, 1:]
         amap = nnf.avg_pool2d(prob, self.filter, stride=1, padding=self.filter // 2)
         if self.foreground and mask is not None:

@@ -25,6 +25,7 @@ from engines.models.dada import (
     Dsr3dTrainError,
     VectorQuantizerEMA,
     dada_batch,
+    interleave,
 )
 from engines.models.dsr3d import DSR3D_FAMILY, Dsr3dModel, make_anomalies, training_mask
 
@@ -232,6 +233,25 @@ def test_dada_forward_and_reconstruction_loss_decreases(mode: str) -> None:
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.85 * losses[0]
+
+
+def test_folded_stem_and_output_layer_equal_the_separate_layers() -> None:
+    """The block-diagonal stem and the heads folded into the last ConvTranspose (speed-ups for ONNX Runtime)
+    compute what the separate layers and their concatenations compute, from the same parameters."""
+    torch.manual_seed(0)
+    net = DADA_FAMILY.build(DADA_FAMILY.card("tiny", "foreground", mode="rgbd")).net.eval()
+    for p in net.parameters():  # non-trivial biases, so a misplaced one shows
+        p.data.normal_(0.0, 0.3)
+    x = torch.rand(2, 4, S, S)
+    with torch.no_grad():
+        separate = nnf.relu(torch.cat([net.stem_depth(x[:, :1]), net.stem_rgb(x[:, 1:])], 1))
+        torch.testing.assert_close(net.stem(x), separate, atol=1e-6, rtol=1e-5)
+        q_lo, q_hi, up_lo, _ = net.encode(x)
+        torch.testing.assert_close(up_lo, net.upsample(q_lo))
+        y_depth, y_rgb = net.decoder(interleave(net.upsample(q_lo), q_hi, net.groups)).chunk(2, 1)
+        unfolded = torch.cat([net.head_depth(y_depth), net.head_rgb(y_rgb)], 1)
+        torch.testing.assert_close(net.decode(q_lo, q_hi, up_lo), unfolded, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(net.decode(q_lo, q_hi), unfolded, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("mode", MODES)
