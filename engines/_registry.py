@@ -23,6 +23,7 @@ _LAZY: dict[str, str] = {
     "ast": "engines.models.ast:AST_FAMILY",
     "dada": "engines.models.dada:DADA_FAMILY",
     "dsr3d": "engines.models.dsr3d:DSR3D_FAMILY",
+    "shape_guided": "engines.models.shape_guided:SHAPE_GUIDED_FAMILY",
 }
 
 
