@@ -17,10 +17,15 @@ from edge.core.errors import EdgeError
 from engines.contract import ModelCard
 from engines.export import check_onnx, onnx_from_model
 from engines.models.shape_guided import (
+    PRESETS,
     SHAPE_GUIDED_FAMILY,
+    LocalNIF,
+    PointNetEncoder,
     ShapeGuidedModel,
     fold_windows,
     fps_patches,
+    neighbour_sigma,
+    neural_pull_loss,
     normalise_patches,
     omp,
     window_patches,
@@ -132,6 +137,43 @@ def plane_and_sphere(points: int, gen: torch.Generator) -> tuple[torch.Tensor, t
     extent = (cap - centre).norm(dim=-1).amax(1)[:, None, None]
     patches = torch.cat([plane, cap])
     return normalise_patches(patches, torch.ones(patches.shape[:2])), -centre / extent
+
+
+def test_nif_pulls_its_zero_set_onto_a_plane_and_a_sphere() -> None:
+    """Neural-Pull on 2 plane and 2 sphere-cap patches: the decoded |SDF| at the surface points falls 5×.
+
+    Not the issue's target (loss < 0.01 and a sign change across the surface): the Neural-Pull loss has a floor
+    near half the point spacing (its target is the nearest *sample*), measured 0.045 after 1500 steps on
+    256-point patches, and it is invariant to the field's sign, so the NIF learns a near-unsigned field
+    (docs/models/shape_guided.md); scoring uses |SDF| only."""
+    torch.manual_seed(0)
+    settings = PRESETS["tiny"]
+    encoder = PointNetEncoder(settings.encoder_conv, settings.encoder_fc)
+    nif = LocalNIF(settings.encoder_fc[-1], settings.nif_width, settings.nif_layers)
+    patches, _ = plane_and_sphere(64, torch.Generator().manual_seed(0))
+    patches = patches[[0, 1, 4, 5]]
+    sigma = neighbour_sigma(patches, settings.sigma_neighbour)
+
+    def surface_sdf() -> float:
+        encoder.eval()
+        with torch.no_grad():
+            latent = encoder(patches, torch.ones(patches.shape[:2]))
+            value = float(nif(latent, patches).abs().mean())
+        encoder.train()
+        return value
+
+    before = surface_sdf()
+    opt = torch.optim.Adam([*encoder.parameters(), *nif.parameters()], lr=3e-3)
+    gen = torch.Generator().manual_seed(1)
+    losses = []
+    for _ in range(100):
+        loss = neural_pull_loss(encoder, nif, patches, sigma, gen)
+        opt.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:3])
+    assert surface_sdf() < 0.2 * before
 
 
 # ------------------------------------------------------------------------------------------------------------- OMP
