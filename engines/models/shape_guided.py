@@ -18,8 +18,9 @@ has no licence, so none of it is copied):
    product Neural-Pull style (``neural_pull_loss``): noisy queries q = p + σ·ε with σ = 0.5·d_k (13 of 20 query
    sets) or d_k (7 of 20), d_k the distance to the k-th neighbour counting the point itself (k = 51 at n = 500);
    the encoder sees the queries' nearest patch points; the loss is ‖p_nn − (q − sdf·∇sdf/‖∇sdf‖)‖₂.
-3. RGB expert. A frozen EfficientNet-Lite at 224² (colour resized to 224 when S < 224): its last stride-4 and last
-   stride-8 blocks, each average-pooled 3×3 (stride 1) and brought to the 28 × 28 grid the links use.
+3. RGB expert. A frozen EfficientNet-Lite at ``backbone_size``² (224; 112 for ``tiny``¹; colour resized to it): its
+   last blocks at strides backbone_size/56 and backbone_size/28, each average-pooled 3×3 (stride 1) and brought
+   to the 28 × 28 grid the links use.
 4. Dual memory (``build_memory``, no gradient): every active training window's feature (SDF memory), every grid cell
    of every training sample linked to some window (RGB memory), and the link table: a window links the cells
    holding its valid points, dilated by 2 cells.
@@ -43,7 +44,7 @@ preset    S    s       n/k    encoder conv / fc             NIF          Lite   
 ========  ===  ======  =====  ===========================  ===========  ======  ===============  ================
 paper     224  14      500/51 64,128,1024 / 512,128         512 × 7      lite2   20               1000 / 1 / 1e-4
 edge      112  8       256/26 64,128,512 / 256,128          256 × 4      lite0   20               100 / 2 / 1e-4
-tiny      112  8       256/26 32,64,256 / 128,64            128 × 3      lite0   8                20 / 2 / 1e-3
+tiny      56   4       64/7   32,64,256 / 128,64            128 × 3      lite0¹  8                20 / 2 / 1e-3
 ========  ===  ======  =====  ===========================  ===========  ======  ===============  ================
 
 Deviations from the paper's code, and why (all in ``docs/models/shape_guided.md``):
