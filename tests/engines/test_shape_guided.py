@@ -117,8 +117,8 @@ def test_grid_windows_cover_every_pixel_and_fold_back_exactly() -> None:
     image = torch.arange(2 * 56 * 56, dtype=torch.float32).reshape(2, 1, 56, 56)
     windows = window_patches(image, 4)
     assert windows.shape == (2, 13 * 13, 64, 1)
-    for reduce in ("min", "max"):
-        assert torch.equal(fold_windows(windows[..., 0], 4, float("nan"), reduce), image)
+    for reduce, fill in (("min", float("inf")), ("max", float("-inf"))):
+        assert torch.equal(fold_windows(windows[..., 0], 4, fill, reduce), image)
     counts = fold_windows(torch.ones(1, 169, 64), 4, 0.0, "max")
     assert bool((counts == 1).all())
 
