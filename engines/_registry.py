@@ -23,6 +23,7 @@ _LAZY: dict[str, str] = {
     "ast": "engines.models.ast:AST_FAMILY",
     "dada": "engines.models.dada:DADA_FAMILY",
     "dsr3d": "engines.models.dsr3d:DSR3D_FAMILY",
+    "shape_guided": "engines.models.shape_guided:SHAPE_GUIDED_FAMILY",
 }
 # Families the accuracy suite (``python -m tools.benchmarks.accuracy --suite``) trains by default: the detectors.
 # A helper such as DADA (trained only as another family's pretraining dependency) is not one.

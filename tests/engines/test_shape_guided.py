@@ -1,0 +1,263 @@
+"""Shape-Guided (``engines/models/shape_guided.py``): patches, the 3D expert, OMP, self-excluded scoring, export.
+
+The family contract (build, shapes, ONNX, 1-epoch fit, resume) is checked in ``test_families.py`` with the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.decomposition import sparse_encode
+
+from edge.core.errors import EdgeError
+from engines.contract import ModelCard
+from engines.export import check_onnx, onnx_from_model
+from engines.models.shape_guided import (
+    PRESETS,
+    SHAPE_GUIDED_FAMILY,
+    LocalNIF,
+    PointNetEncoder,
+    ShapeGuidedModel,
+    fold_windows,
+    fps_patches,
+    neighbour_sigma,
+    neural_pull_loss,
+    normalise_patches,
+    omp,
+    window_patches,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 threads on 2 shared cores spin: 10-20× slower when others load them
+    yield
+    torch.set_num_threads(before)
+
+
+def bumpy(card: ModelCard, seed: int) -> dict[str, torch.Tensor]:
+    """One 1×… sample unlike any other seed's: a surface near 1 m with random bumps in a disc, random colour."""
+    size = card.input_size
+    rng = np.random.default_rng(seed)
+    yy, xx = (np.mgrid[0:size, 0:size] / size).astype(np.float32)
+    z = 1.0 + 0.03 * xx
+    for _ in range(6):
+        cy, cx, r = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.04, 0.15)
+        z += rng.uniform(-0.02, 0.02) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r**2))
+    disc = ((yy - 0.5) ** 2 + (xx - 0.5) ** 2 < 0.16).astype(np.float32)
+    xyz = np.stack([(xx - 0.5) * 0.3, (yy - 0.5) * 0.3, z]) * disc
+    colour = rng.uniform(0.2, 0.8, (3, 1, 1)) + 0.2 * np.sin(xx * rng.uniform(3, 9) + yy * rng.uniform(3, 9))
+    colour = colour + 0.05 * rng.normal(size=(3, size, size))
+    rgb = (colour - np.reshape(card.mean, (3, 1, 1))) / np.reshape(card.std, (3, 1, 1)) * disc
+    return {
+        "rgb": torch.from_numpy(rgb[None].astype(np.float32)),
+        "xyz": torch.from_numpy(xyz[None].astype(np.float32)),
+        "mask": torch.from_numpy(disc[None, None]),
+    }
+
+
+def tiny_model(seed: int = 0) -> tuple[ModelCard, ShapeGuidedModel]:
+    card = SHAPE_GUIDED_FAMILY.card("tiny", "foreground")
+    torch.manual_seed(seed)
+    return card, SHAPE_GUIDED_FAMILY.build(card).eval()
+
+
+# ------------------------------------------------------------------------------------------------------------ patches
+
+
+def test_fps_patches_count_coverage_and_seeded_reproducibility() -> None:
+    card = SHAPE_GUIDED_FAMILY.card("tiny", "foreground")
+    sample = bumpy(card, 1)
+    xyz, valid = sample["xyz"][0], sample["mask"][0, 0] > 0
+    n_valid = int(valid.sum())
+    points, group_mul = 64, 10
+    patches, pixels = fps_patches(xyz, valid, points, group_mul, torch.Generator().manual_seed(5))
+    assert patches.shape == (round(n_valid * group_mul / points), points, 3)  # P = round(N·group_mul/n)
+    assert bool(valid.reshape(-1)[pixels].all())  # only valid points are grouped
+    covered = torch.zeros(valid.numel(), dtype=torch.bool)
+    covered[pixels.reshape(-1)] = True
+    assert covered[valid.reshape(-1)].float().mean() >= 0.99
+    again, again_pixels = fps_patches(xyz, valid, points, group_mul, torch.Generator().manual_seed(5))
+    assert torch.equal(again, patches) and torch.equal(again_pixels, pixels)
+    _, other_pixels = fps_patches(xyz, valid, points, group_mul, torch.Generator().manual_seed(6))
+    assert not torch.equal(other_pixels, pixels)
+
+
+def test_a_cloud_without_valid_points_is_refused() -> None:
+    with pytest.raises(EdgeError, match="no valid points") as err:
+        fps_patches(torch.zeros(3, 8, 8), torch.zeros(8, 8, dtype=torch.bool), 16, 10, torch.Generator())
+    assert "ROI" in err.value.remedy
+
+
+def test_patch_normalisation_removes_position_and_size() -> None:
+    card = SHAPE_GUIDED_FAMILY.card("tiny", "foreground")
+    sample = bumpy(card, 2)
+    xyz, valid = sample["xyz"][0], sample["mask"][0, 0] > 0
+    moved = (xyz * 2.5 + torch.tensor([0.3, -0.2, 0.7]).view(3, 1, 1)) * valid
+    a, pixels = fps_patches(xyz, valid, 64, 10, torch.Generator().manual_seed(1))
+    b = normalise_patches(moved.reshape(3, -1).T[pixels], torch.ones(pixels.shape))  # the same points, moved
+    torch.testing.assert_close(b, a, atol=2e-5, rtol=0)
+    assert float(a.norm(dim=-1).amax()) == pytest.approx(1.0, abs=1e-5)  # scaled by the largest distance
+    torch.testing.assert_close(a.mean(1), torch.zeros(a.shape[0], 3), atol=1e-5, rtol=0)  # centred
+    _, model = tiny_model()
+    w_a = normalise_patches(window_patches(xyz[None], 4), window_patches(valid[None, None].float(), 4)[..., 0])
+    w_b = normalise_patches(window_patches(moved[None], 4), window_patches(valid[None, None].float(), 4)[..., 0])
+    torch.testing.assert_close(w_b, w_a, atol=1e-4, rtol=0)
+    with torch.no_grad():
+        ones = torch.ones(a.shape[:2])
+        torch.testing.assert_close(model.encoder(b, ones), model.encoder(a, ones), atol=1e-4, rtol=1e-4)
+
+
+def test_grid_windows_cover_every_pixel_and_fold_back_exactly() -> None:
+    image = torch.arange(2 * 56 * 56, dtype=torch.float32).reshape(2, 1, 56, 56)
+    windows = window_patches(image, 4)
+    assert windows.shape == (2, 13 * 13, 64, 1)
+    for reduce, fill in (("min", float("inf")), ("max", float("-inf"))):
+        assert torch.equal(fold_windows(windows[..., 0], 4, fill, reduce), image)
+    counts = fold_windows(torch.ones(1, 169, 64), 4, 0.0, "max")
+    assert bool((counts == 1).all())
+
+
+# ------------------------------------------------------------------------------------------------------- 3D expert
+
+
+def plane_and_sphere(points: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised patches, 4 of a plane (z = 0) then 4 of caps of the unit sphere, ``points`` points each; and the
+    sphere's centre in each cap's normalised frame (4×1×3)."""
+    plane = torch.cat([torch.rand(4, points, 2, generator=gen) * 2 - 1, torch.zeros(4, points, 1)], 2)
+    theta = torch.rand(4, points, generator=gen) * 0.9
+    phi = torch.rand(4, points, generator=gen) * 2 * torch.pi
+    cap = torch.stack([theta.sin() * phi.cos(), theta.sin() * phi.sin(), theta.cos()], 2)
+    centre = cap.mean(1, keepdim=True)
+    extent = (cap - centre).norm(dim=-1).amax(1)[:, None, None]
+    patches = torch.cat([plane, cap])
+    return normalise_patches(patches, torch.ones(patches.shape[:2])), -centre / extent
+
+
+def test_nif_pulls_its_zero_set_onto_a_plane_and_a_sphere() -> None:
+    """Neural-Pull on 2 plane and 2 sphere-cap patches: the decoded |SDF| at the surface points falls 5×.
+
+    Not the issue's target (loss < 0.01 and a sign change across the surface): the Neural-Pull loss has a floor
+    near half the point spacing (its target is the nearest *sample*), measured 0.045 after 1500 steps on
+    256-point patches, and it is invariant to the field's sign, so the NIF learns a near-unsigned field
+    (docs/models/shape_guided.md); scoring uses |SDF| only."""
+    torch.manual_seed(0)
+    settings = PRESETS["tiny"]
+    encoder = PointNetEncoder(settings.encoder_conv, settings.encoder_fc)
+    nif = LocalNIF(settings.encoder_fc[-1], settings.nif_width, settings.nif_layers)
+    patches, _ = plane_and_sphere(64, torch.Generator().manual_seed(0))
+    patches = patches[[0, 1, 4, 5]]
+    sigma = neighbour_sigma(patches, settings.sigma_neighbour)
+
+    def surface_sdf() -> float:
+        encoder.eval()
+        with torch.no_grad():
+            latent = encoder(patches, torch.ones(patches.shape[:2]))
+            value = float(nif(latent, patches).abs().mean())
+        encoder.train()
+        return value
+
+    before = surface_sdf()
+    opt = torch.optim.Adam([*encoder.parameters(), *nif.parameters()], lr=3e-3)
+    gen = torch.Generator().manual_seed(1)
+    losses = []
+    for _ in range(100):
+        loss = neural_pull_loss(encoder, nif, patches, sigma, gen)
+        opt.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:3])
+    assert surface_sdf() < 0.2 * before
+
+
+# ------------------------------------------------------------------------------------------------------------- OMP
+
+
+def test_omp_matches_scikit_learn_including_duplicate_atoms() -> None:
+    rng = np.random.default_rng(0)
+    atoms = rng.normal(size=(40, 10, 16))
+    atoms[:, 3] = atoms[:, 0]  # duplicate atoms
+    atoms[:20, 7] = atoms[:20, 5]
+    queries = rng.normal(size=(40, 16))
+    queries[:10] = atoms[:10, 0] * 2.0  # in the span of a duplicated atom: the pursuit stops after one atom
+    queries[10:15] = atoms[10:15, 0] - 0.5 * atoms[10:15, 2]  # in the span of two atoms
+    ours = omp(torch.from_numpy(queries), torch.from_numpy(atoms), 3).numpy()
+    with pytest.warns(RuntimeWarning):  # scikit-learn warns when it stops early on dependent atoms
+        reference = np.stack(
+            [
+                sparse_encode(q[None], a, algorithm="omp", n_nonzero_coefs=3)[0] @ a
+                for q, a in zip(queries, atoms, strict=True)
+            ]
+        )
+    assert np.abs(ours - reference).max() <= 1e-5
+
+
+# ------------------------------------------------------------------------------------------------------- scoring
+
+
+def test_a_training_sample_scored_with_its_own_match_excluded_equals_scoring_it_as_a_test_sample() -> None:
+    card, with_all = tiny_model()
+    samples = [bumpy(card, s) for s in range(10, 15)]
+    with_all.build_memory(samples)
+    _, without = tiny_model()
+    without.load_state_dict(
+        {k: v for k, v in with_all.state_dict().items() if not k.startswith(("sdf_", "rgb_"))}, strict=False
+    )
+    j = 2
+    without.build_memory([s for i, s in enumerate(samples) if i != j])
+    with torch.no_grad():
+        excluded = with_all.parts(**samples[j], exclude=torch.tensor([j]))
+        as_test = without.parts(**samples[j])
+        included = with_all.parts(**samples[j])
+    for got, want in zip(excluded, as_test, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert not torch.equal(included[0], excluded[0])  # with its own windows in the memory it scores otherwise
+
+
+def test_fit_alignment_sets_the_rgb_affine_from_self_excluded_training_maps() -> None:
+    card, model = tiny_model()
+    samples = [bumpy(card, s) for s in range(20, 24)]
+    model.build_memory(samples)
+    stats = model.fit_alignment(samples, range(len(samples)))
+    w, b = (float(v) for v in model.align)
+    assert w > 0 and (w, b) == pytest.approx((stats["align_w"], stats["align_b"]), rel=1e-5)
+    assert stats["sdf_mean"] > 0 and stats["rgb_mean"] > 0
+
+
+def test_onnx_runtime_reproduces_pytorch_on_a_model_with_memory(tmp_path: Path) -> None:
+    card, model = tiny_model()
+    samples = [bumpy(card, s) for s in range(30, 34)]
+    model.build_memory(samples)
+    model.fit_alignment(samples, range(len(samples)))
+    path = onnx_from_model(model, card, tmp_path / "sg.onnx")
+    for seed in (40, 41):
+        feeds = {k: v.numpy() for k, v in bumpy(card, seed).items()}
+        parity = check_onnx(model, path, feeds)  # |Δ| ≤ 1e-4 + 1e-3·|PyTorch|, per output
+        assert parity.ok, parity.summary()
+
+
+def test_cards_with_options_or_other_inputs_are_refused() -> None:
+    with pytest.raises(EdgeError, match="unknown Shape-Guided options"):
+        SHAPE_GUIDED_FAMILY.card("tiny", "foreground", coreset=0.1)
+    card = SHAPE_GUIDED_FAMILY.card("tiny", "foreground")
+    from dataclasses import replace
+
+    with pytest.raises(EdgeError, match="do not fit Shape-Guided"):
+        SHAPE_GUIDED_FAMILY.build(replace(card, inputs=("rgb", "mask")))
+    with pytest.raises(EdgeError, match="has no preset"):
+        SHAPE_GUIDED_FAMILY.card("huge", "foreground")
+
+
+def test_too_little_training_data_for_the_memory_is_refused() -> None:
+    card, model = tiny_model()
+    empty = bumpy(card, 50)
+    empty = {k: v * 0 for k, v in empty.items()}
+    with pytest.raises(EdgeError, match="fewer than K") as err:
+        model.build_memory([empty])
+    assert "more samples" in err.value.remedy
