@@ -231,6 +231,8 @@ class Inspector:
         self.runner = self.stage.runner
         crop = CropSpec(mode=card.crop_mode, size=card.input_size, mean=card.mean, std=card.std)
         cuda_crop = self.choice.crop == "cuda" and card.crop_mode != "image"
+        if self.choice.crop == "cuda" and not cuda_crop:  # the kernel crops the ROI's window only: say where it runs
+            self.choice = dataclasses.replace(self.choice, crop="cpu")
         self._device = self.stage.device_runner if cuda_crop else None
         self.cropper: Any
         self.check_mask = roi is not None and cropper is None and "foreground" in card.outputs
