@@ -19,7 +19,10 @@ output pixel ``(i, j)`` looks at the continuous source coordinate (pixel centres
 In ``foreground`` mode the colour of every output pixel whose mask is False is set to the background colour
 after resizing; a kept pixel at the ROI's edge may blend in up to one source pixel of its background neighbour
 (bilinear footprint), while mask and xyz never blend. ``full`` mode keeps the scene and zeroes nothing but missing
-depth; both modes share the window, so their outputs are pixel-aligned.
+depth; both modes share the window, so their outputs are pixel-aligned. ``image`` mode is ``full`` over the centred
+square window holding the whole image (:func:`image_layout`) and needs no ROI: without one the mask is "the sampled
+point has depth"; with one it is the ROI mask as above, on that whole-image window (how a model that learns its own
+foreground, BAAD, is trained and checked against the calibration).
 
 Only the N×N sampled pixels are deprojected and tested against the ROI (never the full frame): with nearest
 sampling that is the same answer as testing at full resolution and resizing, at a fraction of the work. The test is
@@ -64,9 +67,10 @@ class CropSpec(EdgeModel):
     """How a frame becomes model input: which mode, what size, how colour is normalised."""
 
     type: Literal["roi_crop"] = "roi_crop"
-    mode: Literal["foreground", "full"] = Field(
+    mode: Literal["foreground", "full", "image"] = Field(
         default="foreground",
-        description="foreground: pixels outside the ROI become background; full: the original scene, same geometry",
+        description="foreground: pixels outside the ROI become background; full: the original scene, same geometry; "
+        "image: the whole camera image (no ROI needed; the mask is the ROI's when one is given, else valid depth)",
     )
     size: int = Field(default=256, ge=8, le=4096, description="side of the square model input in pixels")
     mean: tuple[float, float, float] = Field(default=IMAGENET_MEAN, description="per-channel RGB mean on [0, 1]")
@@ -216,6 +220,14 @@ def crop_layout(intr: Intrinsics, roi: RoiFile, crop: CropSpec) -> CropLayout:
         height=intr.height,
         bbox=(u_lo, v_lo, u_hi, v_hi),
     )
+
+
+def image_layout(width: int, height: int, size: int) -> CropLayout:
+    """The centred square window holding the whole ``width``×``height`` image, sampled to ``size``² (the short side
+    padded with background and no depth): the ``image`` crop mode's window, and the scene crop's."""
+    side = max(width, height)
+    x0, y0 = (width - side) // 2, (height - side) // 2
+    return CropLayout(x0, y0, side, size, width, height, (0, 0, width - 1, height - 1))
 
 
 def roi_silhouette(intr: Intrinsics, roi: RoiFile, crop: CropSpec) -> npt.NDArray[np.bool_]:
@@ -542,19 +554,33 @@ def normalisation(crop: CropSpec) -> tuple[F32, F32]:
 
 
 class RoiCropper:
-    """CPU crop: all tables built in the constructor, every per-frame buffer preallocated and reused."""
+    """CPU crop: all tables built in the constructor, every per-frame buffer preallocated and reused.
+
+    ``roi`` may be None only in ``image`` mode (the whole image; mask = the sampled point has depth)."""
 
     def __init__(
-        self, spec: StreamSpec, roi: RoiFile, crop: CropSpec | None = None, *, allow_mismatch: bool = False
+        self, spec: StreamSpec, roi: RoiFile | None, crop: CropSpec | None = None, *, allow_mismatch: bool = False
     ) -> None:
         check_registered(spec)
-        roi.check_camera(spec, allow_mismatch=allow_mismatch)
         self.spec, self.roi, self.crop_spec = spec, roi, crop or CropSpec()
         intr = spec.color_intrinsics
-        self.layout = crop_layout(intr, roi, self.crop_spec)
         self.rays = ray_table(intr)
+        if roi is None:
+            if self.crop_spec.mode != "image":
+                raise CropError(
+                    f"crop mode {self.crop_spec.mode!r} needs a calibrated ROI and none was given",
+                    "calibrate one with edge-calibrate, or use a model trained with crop mode 'image' (BAAD)",
+                )
+            self.layout = image_layout(intr.width, intr.height, self.crop_spec.size)
+            self._image_without_roi(spec)
+            return
+        roi.check_camera(spec, allow_mismatch=allow_mismatch)
+        if self.crop_spec.mode == "image":
+            self.layout = image_layout(intr.width, intr.height, self.crop_spec.size)
+        else:
+            self.layout = crop_layout(intr, roi, self.crop_spec)
         self.roi_rays = roi_ray_table(self.rays, roi)
-        self.test = RoiTest.from_roi(roi)
+        self.test: RoiTest | None = RoiTest.from_roi(roi)
         self.scale, self.offset = normalisation(self.crop_spec)
         # value·scale + offset, rounded after each step exactly as the kernel does, for all 256 byte values: one
         # 1×256 table per channel, so each colour plane is normalised straight into its NCHW plane (no transpose)
@@ -574,6 +600,16 @@ class RoiCropper:
             inside_at_zero = bool(self._mask_flat[0])
         self._depthless = depthless_rule(inside_at_zero, self.silhouette)
 
+    def _image_without_roi(self, spec: StreamSpec) -> None:
+        """Tables and buffers of the ``image`` mode without an ROI: no ROI test, the mask is "has depth"."""
+        self.test, self.silhouette, self._depthless = None, None, None
+        self.scale, self.offset = normalisation(self.crop_spec)
+        table = np.arange(256, dtype=np.float32)[:, None] * self.scale + self.offset
+        self._luts = [np.ascontiguousarray(table[None, :, c], dtype=np.float32) for c in range(3)]
+        self._bg_value = tuple(float(c) for c in self.crop_spec.background_rgb)
+        self._build_tables()
+        self._alloc()
+
     def _build_tables(self) -> None:
         """Gather the ray tables at the N×N sample pixels once (out-of-image samples: no depth), solve the runs."""
         lay, w = self.layout, self.spec.color_intrinsics.width
@@ -590,9 +626,11 @@ class RoiCropper:
         )
         flat = self.rays.reshape(-1, 3)
         self._rxy = np.ascontiguousarray(flat[idx, :2].T)  # 2×N²: x = rx·z and y = ry·z in one broadcast multiply
-        self._a = np.ascontiguousarray(self.roi_rays.reshape(-1, 3)[idx].T)  # 3×N², likewise for l = a·z + b
-        self._b = self.test.offset[:, None]
-        self._runs = depth_runs(self._a, self.test, self.spec.depth_scale, valid.ravel())
+        self._runs: tuple[npt.NDArray[np.uint16], npt.NDArray[np.uint16]] | None = None
+        if self.test is not None:
+            self._a = np.ascontiguousarray(self.roi_rays.reshape(-1, 3)[idx].T)  # 3×N², likewise for l = a·z + b
+            self._b = self.test.offset[:, None]
+            self._runs = depth_runs(self._a, self.test, self.spec.depth_scale, valid.ravel())
         if self.crop_spec.color_interpolation == "bilinear":
             qx, qy = lay.bilinear_q()
             fx, fy = (qx / Q).astype(np.float32), (qy / Q).astype(np.float32)
@@ -661,7 +699,11 @@ class RoiCropper:
         np.take(depth.reshape(-1), self._idx, out=self._d16_flat, mode="clip")  # 'raise' buffers
 
     def _roi_mask(self, z: F32, mask: npt.NDArray[np.bool_]) -> None:
-        """mask = (z > 0 and the ROI inequality on ``l = a·z + b``) or (z == 0 and inside the silhouette)."""
+        """mask = (z > 0 and the ROI inequality on ``l = a·z + b``) or (z == 0 and inside the silhouette); without
+        an ROI (``image`` mode) z > 0."""
+        if self.test is None:
+            np.greater(z, 0, out=mask)
+            return
         self._roi_test(z, mask)
         if self._depthless is not None:
             apply_depthless_rule(self._depthless, z, mask, self._tmp)
@@ -683,10 +725,11 @@ class RoiCropper:
 
     def _float_test(self, z: F32, mask: npt.NDArray[np.bool_]) -> None:
         """The ROI inequality on ``l = a·z + b`` with the kernel's float32 operations."""
-        roi = self._roi_coords
+        roi, test = self._roi_coords, self.test
+        assert test is not None  # only called with an ROI
         np.multiply(self._a, z, out=roi)
         np.add(roi, self._b, out=roi)
-        roi_inequality(roi, self.test, mask, self._tmp, work=self._work, scratch2=self._tmp2)
+        roi_inequality(roi, test, mask, self._tmp, work=self._work, scratch2=self._tmp2)
 
     def _foreground_box(self) -> tuple[slice, slice]:
         """Output rows and columns holding every foreground pixel (all of them in full mode).
@@ -694,7 +737,7 @@ class RoiCropper:
         In foreground mode every pixel outside this box is painted the background colour, so only the box
         is resampled; the pixels inside it come out exactly as a whole-window remap would give them.
         """
-        if self.crop_spec.mode == "full":
+        if self.crop_spec.mode != "foreground":
             return slice(None), slice(None)
         x, y, w, h = cv2.boundingRect(self.out.mask.view(np.uint8))
         return slice(y, y + h), slice(x, x + w)
@@ -745,6 +788,7 @@ __all__ = [
     "crop_layout",
     "depth_runs",
     "depthless_rule",
+    "image_layout",
     "nearest_indices",
     "nearest_window",
     "normalisation",

@@ -10,6 +10,11 @@ trained; the scoring file must belong to that exact ONNX file (sha256), so a thr
 refused. On a GPU (``crop: cuda``) with an engine that takes device inputs (TensorRT, torch on CUDA), the CUDA
 crop kernel writes straight into the engine's input buffers and the engine runs on the crop's stream: no host round
 trip between crop and engine.
+
+A model trained with crop mode ``image`` (BAAD) sees the whole camera image and needs no ROI; when one is given
+anyway, and the model has the ``foreground`` output (its own foreground estimate), every inspection carries the IoU
+of that predicted mask against the ROI mask (:func:`mask_iou`): a live check that the calibration still matches
+what the camera sees. Crop mode ``image`` is cropped on the CPU (the CUDA kernel crops the ROI's window only).
 """
 
 from __future__ import annotations
@@ -91,6 +96,17 @@ def gate_budget(reference: Runner, feeds: Sequence[Mapping[str, np.ndarray]], pr
     return ParityBudget(map_atol=map_rel * max(scale, 1e-6), score_rtol=score_rtol)
 
 
+FOREGROUND_THRESHOLD = 0.5  # a pixel belongs to the predicted foreground when its probability exceeds this
+
+
+def mask_iou(foreground: npt.NDArray[np.floating[Any]], reference: npt.NDArray[np.bool_]) -> float:
+    """IoU of a predicted foreground probability map (thresholded at ``FOREGROUND_THRESHOLD``) and a reference mask
+    of the same shape (the ROI mask); 1.0 when both are empty."""
+    pred = foreground > FOREGROUND_THRESHOLD
+    union = int(np.count_nonzero(pred | reference))
+    return 1.0 if union == 0 else int(np.count_nonzero(pred & reference)) / union
+
+
 class ModelStage:
     """One exported model behind its runtime: engine outputs for prepared inputs, timed.
 
@@ -115,6 +131,7 @@ class ModelStage:
             self.choice = Choice("onnxruntime" if isinstance(runner, OrtRunner) else "torch", "cpu", "cpu",
                                  f"runner given by the caller ({runner.name})")  # fmt: skip
         self.runner = runner.activate()
+        self.outputs: Mapping[str, npt.NDArray[np.float32]] = {}  # every output of the last run (reused buffers)
         self.gate: ParityReport | None = None
         if self.choice.backend != "onnxruntime" and plan.config.parity_gate:
             self._gate(engine_precision(self.card, plan.config), threshold)
@@ -149,7 +166,7 @@ class ModelStage:
     def run(self, feed: Mapping[str, npt.NDArray[np.float32]]) -> tuple[float, npt.NDArray[np.float32], float]:
         """(raw image score, S×S anomaly map — a reused buffer, inference ms) for host inputs."""
         t0 = time.perf_counter_ns()
-        result = self.runner.infer({k: feed[k] for k in self.card.inputs})
+        result = self.outputs = self.runner.infer({k: feed[k] for k in self.card.inputs})
         return (
             float(result["image_score"].reshape(-1)[0]),
             result["anomaly_map"][0, 0],
@@ -177,6 +194,8 @@ class Inspection:
     score_ms: float  # reading the raw score and applying the scoring file
     anomaly_map: npt.NDArray[np.float32]  # S×S raw map
     crop: CropOutput  # mask and colour always on the host; rgb/xyz on the GPU path only after Inspector.host_crop()
+    foreground: npt.NDArray[np.float32] | None = None  # S×S predicted foreground (models with that output)
+    mask_iou: float | None = None  # IoU of ``foreground`` vs the ROI mask (a model with it, run with an ROI)
 
 
 class Inspector:
@@ -196,12 +215,12 @@ class Inspector:
     ) -> None:
         """``cropper``: a crop built by the caller for data without a camera stream (the bench's
         ``engines.scene.SceneCropper``: ``crop(sample)``, ``out``, ``layout``); then ``spec`` and ``roi`` are unused.
-        Otherwise the ROI crop of ``spec`` and ``roi`` (both required)."""
+        Otherwise the ROI crop of ``spec`` and ``roi`` (``roi`` may be None for a model of crop mode ``image``)."""
         scoring.check_artefact(onnx_path)
         card = card_from_onnx(onnx_path)
-        if cropper is None and (spec is None or roi is None):
-            raise ValueError("Inspector needs the stream spec and ROI, or a cropper")
-        if roi is not None:
+        if cropper is None and (spec is None or (roi is None and card.crop_mode != "image")):
+            raise ValueError("Inspector needs the stream spec and ROI (none for crop mode 'image'), or a cropper")
+        if roi is not None and card.crop_mode != "image":  # 'image': the ROI is a check of the model's mask, not input
             check_trained_with(roi, card.roi_version, onnx_path)
         norm = scoring.normalisation
         self.stage = ModelStage(
@@ -211,12 +230,16 @@ class Inspector:
         self.choice = self.stage.choice
         self.runner = self.stage.runner
         crop = CropSpec(mode=card.crop_mode, size=card.input_size, mean=card.mean, std=card.std)
-        self._device = self.stage.device_runner if self.choice.crop == "cuda" else None
+        cuda_crop = self.choice.crop == "cuda" and card.crop_mode != "image"
+        if self.choice.crop == "cuda" and not cuda_crop:  # the kernel crops the ROI's window only: say where it runs
+            self.choice = dataclasses.replace(self.choice, crop="cpu")
+        self._device = self.stage.device_runner if cuda_crop else None
         self.cropper: Any
+        self.check_mask = roi is not None and cropper is None and "foreground" in card.outputs
         if cropper is not None:
             self._device = None  # the caller's crop runs on the host
             self.cropper = cropper
-        elif self.choice.crop == "cuda":
+        elif cuda_crop:
             from edge.crop_cuda import CudaRoiCropper  # noqa: PLC0415  (pycuda only on a GPU box)
 
             assert spec is not None and roi is not None  # checked above
@@ -224,7 +247,7 @@ class Inspector:
                 spec, roi, crop, allow_mismatch=allow_mismatch, device=self.choice.device_index
             )
         else:
-            assert spec is not None and roi is not None  # checked above
+            assert spec is not None  # checked above
             self.cropper = RoiCropper(spec, roi, crop, allow_mismatch=allow_mismatch)
         # the engine's input buffers are allocated once at activation: their addresses are read once, here
         self._device_inputs = self._device.device_buffers() if self._device is not None else {}
@@ -269,14 +292,18 @@ class Inspector:
         """Run the engine on the prepared inputs and score the result."""
         out = self.cropper.out
         t1 = time.perf_counter_ns()
+        result: Mapping[str, npt.NDArray[Any]]
         if self._device is not None:
             result = self._device.infer_device({}, stream=self.cropper.stream)
             raw, amap = float(result["image_score"].reshape(-1)[0]), result["anomaly_map"][0, 0]
         else:
             raw, amap, _ = self.stage.run(self.inputs())
+            result = self.stage.outputs
         t2 = time.perf_counter_ns()
         z, verdict = self.scorer.score(raw)
         t3 = time.perf_counter_ns()
+        fg = result["foreground"][0, 0] if "foreground" in result else None
+        iou = mask_iou(fg, out.mask) if fg is not None and self.check_mask else None
         return Inspection(
             raw_score=raw,
             score=z,
@@ -287,6 +314,8 @@ class Inspector:
             score_ms=(t3 - t2) / 1e6,
             anomaly_map=amap,
             crop=out,
+            foreground=fg,
+            mask_iou=iou,
         )
 
     def inspect(self, frame: Frame) -> Inspection:

@@ -21,6 +21,7 @@ _FAMILIES: dict[str, ModelFamily] = {}
 # name → "module:attribute" of a module-level ModelFamily object, imported on first use.
 _LAZY: dict[str, str] = {
     "ast": "engines.models.ast:AST_FAMILY",
+    "baad": "engines.models.baad:BAAD_FAMILY",
     "dada": "engines.models.dada:DADA_FAMILY",
     "dsr3d": "engines.models.dsr3d:DSR3D_FAMILY",
     "shape_guided": "engines.models.shape_guided:SHAPE_GUIDED_FAMILY",

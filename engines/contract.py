@@ -11,6 +11,10 @@ Tensors (batch B; S = the model's input size; all float32, NCHW):
                             model ignores the ROI)
 - outputs ``anomaly_map`` B×1×S×S raw per-pixel anomaly (higher = more anomalous)
           ``image_score`` B        raw image score (higher = more anomalous)
+  extra outputs a family may add after those two (``ModelCard.outputs``, ``EXTRA_OUTPUTS``):
+          ``foreground``  B×1×S×S  the model's own foreground probability (BAAD's learned background mask)
+Crop modes: ``foreground`` and ``full`` crop the calibrated ROI's window (background removed / kept); ``image`` is
+the whole camera image, no ROI needed (``mask`` = ROI ∧ depth when an ROI is given, else depth present).
 Training/validation batches add ``label`` (B, 0 good / 1 defect) and ``gt`` (B×1×S×S, 0/1).
 """
 
@@ -24,8 +28,9 @@ from edge.core.errors import EdgeError
 
 INPUT_NAMES: tuple[str, ...] = ("rgb", "xyz", "mask")
 OUTPUT_NAMES: tuple[str, ...] = ("anomaly_map", "image_score")
+EXTRA_OUTPUTS: tuple[str, ...] = ("foreground",)  # optional outputs after OUTPUT_NAMES, each B×1×S×S
 PRESETS: tuple[str, ...] = ("paper", "edge", "tiny")
-CropMode = Literal["foreground", "full"]
+CropMode = Literal["foreground", "full", "image"]
 SettingsT = TypeVar("SettingsT")
 
 
@@ -49,10 +54,18 @@ class ModelCard:
     data_hash: str = ""
     options: dict[str, Any] = field(default_factory=dict)  # family-specific settings (e.g. AST mode "rgbd")
     precision: str = "fp32"  # numeric precision of the artefact: fp32 (exported), int8 (Q/DQ ONNX, edge-quantize)
+    outputs: tuple[str, ...] = OUTPUT_NAMES  # graph outputs: OUTPUT_NAMES, then any of EXTRA_OUTPUTS
+
+    def extra_outputs(self) -> tuple[str, ...]:
+        """The outputs this model has beyond ``anomaly_map`` and ``image_score`` (e.g. BAAD's ``foreground``)."""
+        return tuple(self.outputs[len(OUTPUT_NAMES) :])
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["inputs"], d["mean"], d["std"] = list(self.inputs), list(self.mean), list(self.std)
+        d["outputs"] = list(self.outputs)
+        if self.outputs == OUTPUT_NAMES:
+            del d["outputs"]  # the contract's two: cards of families without extras stay as they were
         return d
 
     @classmethod
@@ -70,6 +83,7 @@ class ModelCard:
             data_hash=str(d.get("data_hash", "")),
             options=dict(d.get("options", {})),
             precision=str(d.get("precision", "fp32")),
+            outputs=tuple(str(x) for x in d.get("outputs", OUTPUT_NAMES)),
         )
 
 
@@ -164,6 +178,20 @@ def check_card(card: ModelCard, family: str, input_size: int, error: type[EdgeEr
         raise error(
             f"card input size {card.input_size} differs from preset {card.preset!r} ({input_size})",
             f"make the card with the {family} family's card(preset, …)",
+        )
+
+
+def check_card_outputs(card: ModelCard, error: type[EdgeError]) -> None:
+    """Refuse a card whose outputs are not ``OUTPUT_NAMES`` followed by distinct names of ``EXTRA_OUTPUTS``."""
+    extras = card.extra_outputs()
+    if (
+        card.outputs[: len(OUTPUT_NAMES)] != OUTPUT_NAMES
+        or not set(extras) <= set(EXTRA_OUTPUTS)
+        or (len(set(extras)) != len(extras))
+    ):
+        raise error(
+            f"card outputs {card.outputs} are not {OUTPUT_NAMES} followed by some of {EXTRA_OUTPUTS}",
+            "list the contract's outputs first, then each extra output once",
         )
 
 

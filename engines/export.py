@@ -26,7 +26,7 @@ import numpy.typing as npt
 from edge.core.errors import EdgeError
 from edge.core.scoring import file_sha256
 from engines.checkpoint import tool_version, utc_now
-from engines.contract import OUTPUT_NAMES, ModelCard
+from engines.contract import ModelCard
 from engines.runtime.base import EngineError
 from engines.runtime.ort import model_metadata, open_session
 
@@ -71,8 +71,8 @@ def _positional(model: Any, names: tuple[str, ...]) -> Any:
             super().__init__()
             self.model = model
 
-        def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            out: tuple[torch.Tensor, torch.Tensor] = self.model(**dict(zip(names, args, strict=True)))
+        def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            out: tuple[torch.Tensor, ...] = self.model(**dict(zip(names, args, strict=True)))
             return out
 
     return Positional().eval()
@@ -98,7 +98,7 @@ def onnx_from_model(model: Any, card: ModelCard, path: Path, opset: int = 17) ->
                 args,
                 str(path),
                 input_names=list(card.inputs),
-                output_names=list(OUTPUT_NAMES),
+                output_names=list(card.outputs),
                 opset_version=opset,
                 dynamo=False,
             )
@@ -135,24 +135,27 @@ def _check_io(proto: Any, path: Path, card: ModelCard) -> None:
 
     Input shapes are static by construction. Output shapes may be left symbolic by the exporter (e.g. after a
     Resize), so they are taken from an onnxruntime run and written into the graph: TensorRT and readers then see
-    fixed shapes.
+    fixed shapes. The outputs are the card's (``anomaly_map``, ``image_score``, then its extra outputs such as
+    BAAD's ``foreground``, each 1×1×S×S).
     """
     s = card.input_size
     want = {**input_shapes(card), "anomaly_map": (1, 1, s, s), "image_score": (1,)}
+    want |= dict.fromkeys(card.extra_outputs(), (1, 1, s, s))
     got: dict[str, tuple[int, ...]] = {}
     for v in proto.graph.input:
         got[v.name] = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim)
     outputs = [v.name for v in proto.graph.output]
-    if [v.name for v in proto.graph.input] == list(card.inputs) and outputs == list(OUTPUT_NAMES):
+    if [v.name for v in proto.graph.input] == list(card.inputs) and outputs == list(card.outputs):
         sess = open_session(path)
-        for name, value in zip(OUTPUT_NAMES, sess.run(list(OUTPUT_NAMES), example_feeds(card)), strict=True):
+        for name, value in zip(card.outputs, sess.run(list(card.outputs), example_feeds(card)), strict=True):
             got[name] = tuple(np.shape(value))
     else:
         got |= dict.fromkeys(outputs, ())
     if got != want:
         raise ExportError(
             f"exported graph has I/O {got}, the contract wants {want}",
-            "make forward() return (anomaly_map B×1×S×S, image_score B) for inputs named as the card's",
+            "make forward() return (anomaly_map B×1×S×S, image_score B, then the card's extra outputs) for inputs "
+            "named as the card's",
         )
     for v in proto.graph.output:
         dims = v.type.tensor_type.shape.dim
@@ -207,7 +210,8 @@ def check_onnx(
     atol: float = 1e-4,
     rtol: float = 1e-3,
 ) -> ParityResult:
-    """Run ``feeds`` through onnxruntime (CPU) and ``model``; an output is ok when ``|a−b| ≤ atol + rtol·|b|``."""
+    """Run ``feeds`` through onnxruntime (CPU) and ``model``; an output is ok when ``|a−b| ≤ atol + rtol·|b|``.
+    Every output of the graph is compared (the contract's two and any extra, e.g. BAAD's ``foreground``)."""
     import torch  # noqa: PLC0415  (training-only dependency)
 
     sess = open_session(onnx_path)
@@ -215,12 +219,17 @@ def check_onnx(
     missing = sorted(set(names) - set(feeds))
     if missing:
         raise ExportError(f"parity feeds lack the inputs {missing} of {onnx_path}", f"feed all of {names}")
-    got = dict(zip(OUTPUT_NAMES, sess.run(list(OUTPUT_NAMES), {k: feeds[k] for k in names}), strict=True))
+    out_names = [o.name for o in sess.get_outputs()]
+    got = dict(zip(out_names, sess.run(out_names, {k: feeds[k] for k in names}), strict=True))
     model.eval()
     with torch.no_grad():
         ref = model(**{k: torch.from_numpy(np.ascontiguousarray(feeds[k])) for k in names})
+    if len(ref) != len(out_names):
+        raise ExportError(
+            f"the model returns {len(ref)} outputs, {onnx_path} has {out_names}", "export the model again"
+        )
     outputs: dict[str, OutputParity] = {}
-    for name, r in zip(OUTPUT_NAMES, ref, strict=True):
+    for name, r in zip(out_names, ref, strict=True):
         b = r.detach().cpu().numpy().astype(np.float64)
         a = np.asarray(got[name], dtype=np.float64)
         if a.shape != b.shape:

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.core.errors import EdgeError
-from edge.crop import CropLayout, CropOutput, CropSpec, Q, normalisation
+from edge.crop import CropLayout, CropOutput, CropSpec, Q, image_layout, normalisation
 
 
 class SceneCropError(EdgeError):
@@ -98,11 +98,7 @@ def plane_foreground(xyz: npt.NDArray[np.float32], settings: PlaneSettings | Non
     return out
 
 
-def scene_layout(width: int, height: int, size: int) -> CropLayout:
-    """The centred square window holding the whole ``width``×``height`` image, sampled to ``size``²."""
-    side = max(width, height)
-    x0, y0 = (width - side) // 2, (height - side) // 2
-    return CropLayout(x0, y0, side, size, width, height, (0, 0, width - 1, height - 1))
+scene_layout = image_layout  # the whole image: the same window as the ``image`` crop mode of a camera stream
 
 
 class SceneCropper:

@@ -1,4 +1,9 @@
-"""``edge-calibrate``: fit the drum's 3D ROI from a camera, a recording or the synthetic line, and write roi.yaml."""
+"""``edge-calibrate``: fit the drum's 3D ROI from a camera, a recording or the synthetic line, and write roi.yaml.
+
+``--propose-from MODEL_DIR`` (a BAAD model folder from ``edge-train --crop image``) runs the model on the calibration
+frames first: its predicted foreground, averaged over the frames, gives the drum's pixel (the centroid of the largest
+region), which replaces ``--hint-pixel`` — a starting point for the geometric fit, whose result the engineer still
+checks (the preview) and may adjust (``--set``/``--grow``)."""
 
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from drivers.base import FrameSource
 from drivers.synthetic.stations import DEFAULT_STATION, STATIONS
 from edge.core.errors import EdgeError
 from edge.core.frame import Frame
+from edge.crop import CropSpec, RoiCropper
 
 PROG = "edge-calibrate"
 
@@ -75,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hint", type=_floats(3), help="x,y,z of a point on the drum (m, colour camera frame)")
     p.add_argument(
         "--hint-pixel", type=_pixel, help="u,v of a colour-image pixel on the drum (column, row); overrides --hint"
+    )
+    p.add_argument(
+        "--propose-from",
+        type=Path,
+        metavar="MODEL_DIR",
+        help="a BAAD model folder (edge-train --crop image): its predicted foreground on the frames picks the drum "
+        "pixel (replaces --hint-pixel/--hint)",
     )
     p.add_argument(
         "--margin",
@@ -203,6 +216,50 @@ def settings_from_args(args: argparse.Namespace) -> FitSettings:
         raise CalibrationError(f"invalid calibration settings: {details}", "fix the named option") from None
 
 
+def propose_hint_pixel(frames: Sequence[Frame], model_dir: Path) -> tuple[tuple[int, int], float]:
+    """The drum pixel (u, v) BAAD proposes, and the share of the image its mask covers: the model (ONNX Runtime,
+    through ``edge.inspect.ModelStage``) on every frame's whole image, foreground probabilities averaged, > 0.5, the
+    largest 8-connected region's centroid mapped back to colour-image pixels."""
+    import cv2  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    from edge.inspect import FOREGROUND_THRESHOLD, ModelStage  # noqa: PLC0415  (runtime only when asked for)
+
+    onnx = model_dir / "model.onnx"
+    if not onnx.is_file():
+        raise CalibrationError(f"{onnx} does not exist", "pass the folder edge-train wrote for a BAAD model")
+    stage = ModelStage(onnx)
+    try:
+        card = stage.card
+        if card.crop_mode != "image" or "foreground" not in card.outputs:
+            raise CalibrationError(
+                f"{onnx} is a {card.family} model of crop mode {card.crop_mode!r} without a foreground output",
+                "train BAAD with edge-train --model baad --crop image and pass its folder",
+            )
+        crop = CropSpec(mode="image", size=card.input_size, mean=card.mean, std=card.std)
+        cropper = RoiCropper(frames[0].spec, None, crop)
+        total = np.zeros((card.input_size, card.input_size), dtype=np.float64)
+        for frame in frames:
+            out = cropper.crop(frame)
+            stage.run({"rgb": out.rgb, "xyz": out.xyz, "mask": out.mask.astype(np.float32)[None, None]})
+            total += stage.outputs["foreground"][0, 0]
+    finally:
+        stage.close()
+    fg = (total / len(frames) > FOREGROUND_THRESHOLD).astype(np.uint8)
+    n, _, stats, centroids = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    if n <= 1:
+        raise CalibrationError(
+            f"BAAD sees no foreground in the {len(frames)} frames", "show a drum to the camera, or give --hint-pixel"
+        )
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    cx, cy = centroids[best]
+    lay = cropper.layout
+    u = round(lay.x0 + (cx + 0.5) * lay.side / lay.size - 0.5)
+    v = round(lay.y0 + (cy + 0.5) * lay.side / lay.size - 0.5)
+    u, v = min(max(u, 0), lay.width - 1), min(max(v, 0), lay.height - 1)
+    return (u, v), float(stats[best, cv2.CC_STAT_AREA]) / fg.size
+
+
 def run(args: argparse.Namespace) -> None:
     sets = dict(parse_set(item) for item in args.set)
     if args.from_roi is not None:
@@ -214,6 +271,10 @@ def run(args: argparse.Namespace) -> None:
         return
     settings = settings_from_args(args)
     frames = collect_frames(open_source(args), args.frames, args.skip)
+    if args.propose_from is not None:
+        pixel, share = propose_hint_pixel(frames, args.propose_from)
+        print(f"BAAD proposes the drum at pixel {pixel[0]},{pixel[1]} (its mask covers {share:.1%} of the crop)")
+        settings = settings.model_copy(update={"hint_pixel": pixel, "hint": None})
     try:
         result = roi_from_frames(frames, settings)
     except CalibrationError as e:

@@ -27,7 +27,7 @@ from calibration.roi import load_roi
 from edge.core.errors import EdgeError
 from edge.core.scoring import ModelIdentity, Scorer, ScoringFile, file_sha256, fit_scoring, save_scoring
 from edge.crop import CropSpec
-from edge.inspect import GOLDEN_NAME, ModelStage
+from edge.inspect import GOLDEN_NAME, ModelStage, mask_iou
 from engines._registry import get_family
 from engines.checkpoint import TrainInfo, load_state, save_checkpoint, save_state, utc_now
 from engines.contract import FitSettings, FitsValidation, ModelCard, ModelFamily
@@ -124,7 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
         "public data is cropped whole, or with its background plane removed in --crop foreground)",
     )
     p.add_argument(
-        "--crop", choices=["foreground", "full"], default="foreground", help="crop mode (default foreground)"
+        "--crop",
+        choices=["foreground", "full", "image"],
+        default="foreground",
+        help="crop mode (default foreground; image: the whole camera image, for BAAD, whose mask the ROI supervises)",
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--epochs", type=int, default=10)
@@ -205,13 +208,20 @@ def _write_golden(path: Path, samples: Sequence[Sample], card: ModelCard) -> Non
 
 
 def evaluate_test(onnx_path: Path, data: Dataset, card: ModelCard, scoring: ScoringFile) -> dict[str, float]:
-    """Test-split metrics with the fitted scoring: image AUROC (both classes needed) and verdict counts."""
+    """Test-split metrics with the fitted scoring: image AUROC (both classes needed) and verdict counts; for a model
+    with a foreground output trained with an ROI (BAAD) also its mask IoU against the ROI mask on test/good."""
     test = data.split("test")
     if len(test) == 0:
         return {}
     stage = cpu_stage(onnx_path)
+    ious: list[float] = []
     try:
         raw = stage.raw_scores(test[i] for i in range(len(test)))
+        if "foreground" in card.outputs and card.roi_version:
+            for i in data.good("test"):
+                sample = test[i]
+                stage.run({k: sample[k][None] for k in card.inputs})
+                ious.append(mask_iou(stage.outputs["foreground"][0, 0], sample["mask"][0] > 0.5))
     finally:
         stage.close()
     labels = np.ones(len(test), dtype=np.int64)
@@ -224,6 +234,8 @@ def evaluate_test(onnx_path: Path, data: Dataset, card: ModelCard, scoring: Scor
         "false_alarms": float((ng & (labels == 0)).sum()),
         "misses": float((~ng & (labels == 1)).sum()),
     }
+    if ious:
+        metrics |= {"mask_iou_mean": float(np.mean(ious)), "mask_iou_min": float(np.min(ious))}
     if 0 < labels.sum() < labels.size:
         try:
             from sklearn.metrics import roc_auc_score  # noqa: PLC0415  (evaluation-only dependency)
@@ -371,6 +383,11 @@ def _print_summary(out: Path, metrics: Mapping[str, float]) -> None:
     ]
     if "test_good" in metrics:
         lines.append(verdict_counts(metrics, "test"))
+    if "mask_iou_mean" in metrics:
+        lines.append(
+            f"predicted foreground vs ROI mask on test/good: IoU mean {metrics['mask_iou_mean']:.3f}, "
+            f"min {metrics['mask_iou_min']:.3f}"
+        )
     lines.append(f"wrote {out / 'model.safetensors'}, {out / 'model.onnx'}, {out / 'scoring.yaml'}")
     for line in lines:
         print(f"{PROG}: {line}")

@@ -97,6 +97,18 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.mask_iou = Gauge(
+            "edge_foreground_mask_iou",
+            "IoU of a model's predicted foreground (BAAD) against the calibrated ROI mask, last scored frame.",
+            ["model"],
+            registry=r,
+        )
+        self.mask_alarm = Gauge(
+            "edge_foreground_mask_alarm",
+            "1 while a model's predicted foreground disagrees with the ROI (IoU below its mask_iou_floor).",
+            ["model"],
+            registry=r,
+        )
         for outcome in FRAME_OUTCOMES:  # export zeros from the start, so rate() has a baseline
             self.frames.labels(outcome=outcome)
         for result in RESULTS:
@@ -110,6 +122,10 @@ class Metrics:
         self.verdicts.labels(result=record.verdict).inc()
         if record.late:
             self.late_frames.inc()
+        for s in record.scores:
+            if s.mask_iou is not None:
+                self.mask_iou.labels(model=s.model).set(s.mask_iou)
+                self.mask_alarm.labels(model=s.model).set(int(s.mask_alarm))
 
     def set_runtimes(self, runtimes: dict[str, dict[str, str]]) -> None:
         """Export what each model runs on (a fresh inference child may resolve differently: old labels go)."""

@@ -46,7 +46,7 @@ class ModelIdentity(EdgeModel):
     family: str = Field(min_length=1, description="model family (registry name), e.g. ast")
     preset: str = Field(min_length=1, description="preset of the family, e.g. edge")
     input_size: int = Field(gt=0, description="side of the square model input in pixels")
-    crop_mode: Literal["foreground", "full"] = Field(description="crop mode the model was trained with")
+    crop_mode: Literal["foreground", "full", "image"] = Field(description="crop mode the model was trained with")
     roi_version: str = Field(default="", description="content hash of the roi.yaml used in training")
     artefact: str = Field(description="file name of the scored artefact (ONNX file or checkpoint)")
     artefact_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of that file")

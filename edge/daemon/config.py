@@ -36,6 +36,14 @@ class ModelConfig(EdgeModel):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:/-]+$", description="unique name used in records/metrics")
     onnx: Path = Field(description="model.onnx written by edge-train (relative paths: from the config file)")
     scoring: Path = Field(description="scoring.yaml fitted for exactly that ONNX file")
+    mask_iou_floor: float = Field(
+        0.8, ge=0.0, le=1.0, description="a model with a foreground output (BAAD) run with an ROI: its predicted "
+        "mask's IoU against the ROI mask below this raises edge_foreground_mask_alarm (camera or drum support moved)",
+    )  # fmt: skip
+    mask_iou_frames: int = Field(
+        3, ge=1, description="consecutive scored frames below mask_iou_floor before the alarm is raised (and above "
+        "it before it is cleared)",
+    )  # fmt: skip
 
 
 class GatingConfig(EdgeModel):
@@ -110,7 +118,10 @@ class EdgeConfig(EdgeModel):
 
     schema_version: Literal[1] = Field(description="config layout version; this build reads 1")
     source: SourceConfig = Field(description="where frames come from (realsense | playback | synthetic)")
-    roi: Path = Field(description="roi.yaml written by edge-calibrate")
+    roi: Path | None = Field(
+        None, description="roi.yaml written by edge-calibrate; may be left out when every model is of crop mode "
+        "'image' (BAAD, which learns the foreground itself); with it such a model's mask is checked against the ROI",
+    )  # fmt: skip
     models: list[ModelConfig] = Field(min_length=1, description="models scored on every gated-in frame or part")
     runtime: RuntimeConfig = Field(
         default_factory=RuntimeConfig, description="engine backend (auto | tensorrt | onnxruntime | torch), device, "
@@ -148,7 +159,7 @@ class EdgeConfig(EdgeModel):
             return p if p.is_absolute() else (base / p).resolve()
 
         cfg = self.model_copy(deep=True)
-        cfg.roi = fix(cfg.roi)
+        cfg.roi = fix(cfg.roi) if cfg.roi is not None else None
         cfg.storage.data_dir = fix(cfg.storage.data_dir)
         for m in cfg.models:
             m.onnx, m.scoring = fix(m.onnx), fix(m.scoring)
@@ -231,7 +242,7 @@ def parse_config(text: str, path: Path) -> EdgeConfig:
 
 def missing_files(config: EdgeConfig) -> list[str]:
     """Files the config names that do not exist (``--check-config`` reports them; start-up would fail on them)."""
-    named = [("roi", config.roi)]
+    named = [("roi", config.roi)] if config.roi is not None else []
     named += [(f"models.{i}.{k}", getattr(m, k)) for i, m in enumerate(config.models) for k in ("onnx", "scoring")]
     if isinstance(config.source, PlaybackSourceConfig):
         named.append(("source.path", config.source.path))

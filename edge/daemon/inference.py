@@ -48,7 +48,7 @@ class FrameEvent:
 class Models:
     """The loaded inspectors and the versions of what they were built from (reloaded together on SIGHUP)."""
 
-    roi: RoiFile
+    roi: RoiFile | None  # None: no ROI file (every model of crop mode 'image')
     inspectors: dict[str, Inspector]
     model_versions: dict[str, str]
     scoring_versions: dict[str, str]
@@ -73,7 +73,7 @@ def engine_cache(config: EdgeConfig, model: str) -> Path:
 def load_models(config: EdgeConfig, frame_spec: StreamSpec) -> Models:
     """Build one Inspector per configured model on the configured runtime (resolved once for all of them); the
     scoring file must belong to its ONNX (checked by Inspector)."""
-    roi = load_roi(config.roi)
+    roi = load_roi(config.roi) if config.roi is not None else None
     choice = resolve(config.runtime)
     inspectors: dict[str, Inspector] = {}
     try:
@@ -158,6 +158,9 @@ class InferenceLoop:
         self.next_sequence = next_sequence  # a restarted child continues from the daemon's count
         self.ok_seen = 0
         self.budget_ms = config.latency_budget_ms
+        self._model_configs = {m.name: m for m in config.models}
+        self._alarms: dict[str, bool] = {}  # model → foreground mask alarm raised
+        self._streaks: dict[str, int] = {}  # model → consecutive frames disagreeing with the alarm state
         self._color = np.empty(frame_spec.color_shape, dtype=np.uint8)  # the last scored frame, for evidence
         self._depth = np.empty(frame_spec.depth_shape, dtype=np.uint16)
 
@@ -173,7 +176,9 @@ class InferenceLoop:
         if self.ring is not None:
             register_ring(fresh, self.ring)
         log.info(
-            "event=reloaded roi_version=%s scoring=%s", fresh.roi.version, ",".join(fresh.scoring_versions.values())
+            "event=reloaded roi_version=%s scoring=%s",
+            fresh.roi.version if fresh.roi else "none",
+            ",".join(fresh.scoring_versions.values()),
         )
 
     def _gap(self, sequence: int) -> int:
@@ -236,7 +241,7 @@ class InferenceLoop:
             sequence=c.sequence, frame_number=frame.color_frame_number, device_ts_ns=frame.device_ts_ns,
             host_ts_ns=frame.host_ts_ns, kind="part" if self.config.gating.mode == "per_part" else "frame",
             part_id=self.gate.part_id, verdict=verdict, late=c.stages["total"] > self.budget_ms, roi_fill=c.fill,
-            scores=tuple(scores), stage_ms=c.stages, roi_version=self.models.roi.version,
+            scores=tuple(scores), stage_ms=c.stages, roi_version=self.models.roi.version if self.models.roi else "",
             model_versions=self.models.model_versions, scoring_versions=self.models.scoring_versions,
             gap_before=c.gap, error=error,
         )  # fmt: skip
@@ -258,10 +263,30 @@ class InferenceLoop:
             spent = (time.perf_counter_ns() - t0) / 1e6
             stages[f"crop:{name}"], stages[f"infer:{name}"] = ins.crop_ms, ins.infer_ms
             score_ms += max(0.0, spent - ins.infer_ms)
-            scores.append(ModelScore(name, ins.raw_score, ins.score, ins.verdict, ins.infer_ms))
+            alarm = self._mask_alarm(name, ins.mask_iou)
+            scores.append(ModelScore(name, ins.raw_score, ins.score, ins.verdict, ins.infer_ms, ins.mask_iou, alarm))
             inspections.append(ins)
         stages["score"] = score_ms
         return scores, inspections, ""
+
+    def _mask_alarm(self, name: str, iou: float | None) -> bool:
+        """The model's mask alarm after this frame: raised after ``mask_iou_frames`` consecutive frames below its
+        ``mask_iou_floor``, cleared after as many at or above it (logged when it changes)."""
+        if iou is None:
+            return False
+        cfg = self._model_configs[name]
+        below = iou < cfg.mask_iou_floor
+        was = self._alarms.get(name, False)
+        streak = self._streaks.get(name, 0) + 1 if below != was else 0
+        self._streaks[name] = streak
+        if streak >= cfg.mask_iou_frames:
+            self._alarms[name], self._streaks[name] = below, 0
+            log.log(
+                logging.ERROR if below else logging.INFO,
+                "event=foreground_mask_%s model=%s iou=%.3f floor=%.3f",
+                "alarm" if below else "ok", name, iou, cfg.mask_iou_floor,
+            )  # fmt: skip
+        return self._alarms.get(name, False)
 
     def _evidence(self, record: VerdictRecord, inspections: list[Inspection]) -> Evidence | None:
         """Pixels for NG records, and every ``sample_ok_every``-th OK one; nothing for the rest (queue traffic)."""

@@ -38,7 +38,7 @@ class Preflight:
     """What the checks read: the source's stream (``None`` when a live camera was not opened), ROI, model cards."""
 
     spec: StreamSpec | None
-    roi: RoiFile
+    roi: RoiFile | None  # None: no ROI file (every model of crop mode 'image')
     cards: dict[str, ModelCard]
     runtime: Choice  # the engine runtime this machine gives the models
     release: ReleaseState  # the verified bundle (sha256 per file; signed when release.public_key is set)
@@ -62,7 +62,7 @@ def preflight(config: EdgeConfig, *, open_camera: bool) -> Preflight:
         raise PreflightError(missing)
     problems: list[str] = []
     try:
-        roi = load_roi(config.roi)
+        roi = load_roi(config.roi) if config.roi is not None else None
     except EdgeError as err:
         raise PreflightError([f"roi: {err}"]) from None
     spec = _check_source(config, roi, open_camera, problems)
@@ -72,7 +72,13 @@ def preflight(config: EdgeConfig, *, open_camera: bool) -> Preflight:
         try:
             load_scoring(model.scoring).check_artefact(model.onnx)
             cards[model.name] = card = card_from_onnx(model.onnx)
-            check_trained_with(roi, card.roi_version, model.onnx)
+            if roi is not None and card.crop_mode != "image":  # 'image' (BAAD): the ROI only checks the mask
+                check_trained_with(roi, card.roi_version, model.onnx)
+            elif card.crop_mode != "image":
+                problems.append(
+                    f"{key}: {model.onnx} is of crop mode {card.crop_mode!r} and needs an ROI, and the config names "
+                    "no roi — add roi: <roi.yaml from edge-calibrate>, or run a model of crop mode 'image' (BAAD)"
+                )
         except EdgeError as err:
             problems.append(f"{key}: {err}")
     runtime: Choice | None = None
@@ -90,11 +96,11 @@ def preflight(config: EdgeConfig, *, open_camera: bool) -> Preflight:
     return Preflight(spec, roi, cards, runtime, verify_release(config))
 
 
-def _check_source(config: EdgeConfig, roi: RoiFile, open_camera: bool, problems: list[str]) -> StreamSpec | None:
+def _check_source(config: EdgeConfig, roi: RoiFile | None, open_camera: bool, problems: list[str]) -> StreamSpec | None:
     source = config.source
     live = isinstance(source, RealSenseSourceConfig)
     serial = source.serial if isinstance(source, RealSenseSourceConfig) else None
-    if serial is not None and serial != roi.camera.serial:
+    if roi is not None and serial is not None and serial != roi.camera.serial:
         problems.append(
             f"source.serial: camera {serial!r} is not the one the ROI was calibrated on "
             f"({roi.camera.serial!r}) — recalibrate with edge-calibrate on this camera, or set its serial"
@@ -111,7 +117,8 @@ def _check_source(config: EdgeConfig, roi: RoiFile, open_camera: bool, problems:
         problems.append(f"source: {err}")
         return None
     try:
-        roi.check_camera(spec)
+        if roi is not None:
+            roi.check_camera(spec)
     except EdgeError as err:
         problems.append(f"roi: {err}")
     return spec

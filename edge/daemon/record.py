@@ -26,6 +26,8 @@ class ModelScore:
     score: float
     verdict: Verdict
     infer_ms: float
+    mask_iou: float | None = None  # a model with a foreground output run with an ROI: predicted mask vs ROI mask
+    mask_alarm: bool = False  # mask_iou below the model's mask_iou_floor for mask_iou_frames scored frames
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,8 +69,9 @@ def signature_path(manifest: Path) -> Path:
 
 
 def bundle_files(config: EdgeConfig) -> dict[str, Path]:
-    """Key → file of everything that decides a verdict, in a fixed order: ``roi``, then each model's pair."""
-    files = {"roi": config.roi}
+    """Key → file of everything that decides a verdict, in a fixed order: ``roi`` (when the config names one), then
+    each model's pair."""
+    files = {"roi": config.roi} if config.roi is not None else {}
     for m in config.models:
         files[f"model:{m.name}"] = m.onnx
         files[f"scoring:{m.name}"] = m.scoring

@@ -300,7 +300,7 @@ def _torch_runner(onnx: Path, choice: Choice, config: RuntimeConfig) -> Runner:
 
     specs = [TensorSpec(k, input_shapes(card)[k], np.dtype(np.float32)) for k in card.inputs]
     return TorchRunner(
-        build, specs, threads=config.threads, device=choice.device, cuda_graph=config.cuda_graph,
+        build, specs, card.outputs, threads=config.threads, device=choice.device, cuda_graph=config.cuda_graph,
         tf32=config.precision != "fp32",
     )  # fmt: skip
 

@@ -65,11 +65,16 @@ def test_union_member_errors_name_the_source_key_not_the_tag() -> None:
 
 
 def test_unknown_and_missing_keys_are_one_line_each() -> None:
-    text = GOOD.replace("roi: roi.yaml\n", "") + "storage:\n  data_dri: /srv\n"
+    text = GOOD.replace("roi: roi.yaml\nmodels:\n", "models:\n").split("models:")[0] + "storage:\n  data_dri: /srv\n"
     lines = _errors(text)
     assert len(lines) == 2
-    assert any(": roi: Field required (missing)" in x for x in lines)
-    assert any(x.startswith("/etc/edge/edge.yaml:10: storage.data_dri: Extra inputs") for x in lines)
+    assert any(": models: Field required (missing)" in x for x in lines)
+    assert any(x.startswith("/etc/edge/edge.yaml:6: storage.data_dri: Extra inputs") for x in lines)
+
+
+def test_roi_may_be_left_out() -> None:
+    """The roi key is optional (models of crop mode 'image', BAAD); preflight refuses it for other models."""
+    assert parse_config(GOOD.replace("roi: roi.yaml\n", ""), Path("/etc/edge/edge.yaml")).roi is None
 
 
 def test_unknown_source_type_lists_the_choices() -> None:

@@ -438,3 +438,28 @@ def test_notches_cut_only_their_sector_and_axial_range_beyond_their_radius() -> 
     # the crop's window is the notched surface's projection: inside the plain cylinder's
     a, b = RoiCropper(spec, plain, CropSpec(size=64)).layout, RoiCropper(spec, notched, CropSpec(size=64)).layout
     assert a.bbox[0] <= b.bbox[0] and a.bbox[1] <= b.bbox[1] and b.bbox[2] <= a.bbox[2] and b.bbox[3] <= a.bbox[3]
+
+
+@pytest.mark.parametrize("kind", ["cylinder", "box"])
+def test_image_mode_crops_the_whole_image_with_or_without_an_roi(kind: str) -> None:
+    """Crop mode ``image`` (BAAD): the window holds the whole image; without an ROI the mask is "has depth", with
+    one it is the ROI mask (keep_depthless off: exactly ROI ∧ depth, sampled)."""
+    spec = make_spec(160, 120)
+    frame = make_frame(spec, seed=4)
+    roi = make_roi(spec, kind, center=(-0.05, 0.03, 1.1))
+    bare = RoiCropper(spec, None, CropSpec(mode="image", size=64))
+    assert bare.layout == edge.crop.image_layout(160, 120, 64)
+    assert (bare.layout.x0, bare.layout.y0, bare.layout.side) == (0, -20, 160)
+    out = bare.crop(frame)
+    np.testing.assert_array_equal(out.mask, out.xyz_hwc[..., 2] > 0)
+    assert out.mask.mean() > 0.5
+    checked = RoiCropper(spec, roi, CropSpec(mode="image", size=64, keep_depthless=False))
+    with_roi = checked.crop(frame)
+    ix, iy = checked.layout.nearest()
+    inside = ((ix >= 0) & (ix < 160))[None, :] & ((iy >= 0) & (iy < 120))[:, None]
+    expected = full_res_mask(frame, roi)[np.clip(iy, 0, 119)[:, None], np.clip(ix, 0, 159)[None, :]] & inside
+    np.testing.assert_array_equal(with_roi.mask, expected)
+    assert 0 < with_roi.mask.sum() < out.mask.sum()
+    np.testing.assert_array_equal(with_roi.xyz, bare.crop(frame).xyz)  # the scene is kept, as in full mode
+    with pytest.raises(edge.crop.CropError, match="needs a calibrated ROI"):
+        RoiCropper(spec, None, CropSpec(mode="full", size=64))

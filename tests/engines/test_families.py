@@ -23,7 +23,7 @@ import torch
 from edge.core.errors import EdgeError
 from engines._registry import get_family, list_families, pretrained_from
 from engines.checkpoint import TrainInfo, load_state, save_checkpoint, save_state
-from engines.contract import INPUT_NAMES, OUTPUT_NAMES, PRESETS, FitSettings, FitsValidation, ModelCard
+from engines.contract import EXTRA_OUTPUTS, INPUT_NAMES, OUTPUT_NAMES, PRESETS, FitSettings, FitsValidation, ModelCard
 from engines.export import check_onnx, onnx_from_model
 
 FAMILIES = list_families()
@@ -112,7 +112,7 @@ def weights(model: Any) -> dict[str, torch.Tensor]:
 
 
 def test_the_registry_holds_the_product_families() -> None:
-    assert {"ast", "dada", "dsr3d"} <= set(FAMILIES)
+    assert {"ast", "baad", "dada", "dsr3d"} <= set(FAMILIES)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -122,11 +122,14 @@ def test_tiny_model_follows_the_contract(name: str, pretrained: dict[str, Path])
     card, model = tiny(name, pretrained)
     assert card.family == name and card.preset == "tiny" and set(card.inputs) <= set(INPUT_NAMES)
     assert "mask" in card.inputs  # every family takes the mask (full crop mode feeds ones)
+    assert card.outputs[:2] == OUTPUT_NAMES and set(card.extra_outputs()) <= set(EXTRA_OUTPUTS)
     with torch.no_grad():
-        amap, score = model.eval()(**feeds(card, drums(card, 2, 1)))
+        amap, score, *extras = model.eval()(**feeds(card, drums(card, 2, 1)))
     s = card.input_size
     assert tuple(amap.shape) == (2, 1, s, s) and tuple(score.shape) == (2,)
     assert bool(torch.isfinite(amap).all()) and bool(torch.isfinite(score).all())
+    assert len(extras) == len(card.extra_outputs())  # each extra output (BAAD's foreground) is B×1×S×S
+    assert all(tuple(e.shape) == (2, 1, s, s) and bool(torch.isfinite(e).all()) for e in extras)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -136,7 +139,7 @@ def test_onnx_export_reproduces_pytorch(name: str, pretrained: dict[str, Path], 
     batch = {k: v.numpy() for k, v in feeds(card, drums(card, 1, 2)).items()}
     parity = check_onnx(model, path, batch)
     assert parity.ok, parity.summary()
-    assert set(parity.outputs) == set(OUTPUT_NAMES)
+    assert set(parity.outputs) == set(card.outputs) >= set(OUTPUT_NAMES)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
