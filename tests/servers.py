@@ -13,6 +13,7 @@ skips with the reason and the install command.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -116,7 +117,7 @@ class SeaweedS3:
         args = [
             WEED, "server", f"-dir={self.dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3", f"-s3.port={p['s3']}",
             f"-master.port={p['master']}", f"-volume.port={p['volume']}", f"-filer.port={p['filer']}",
-            "-volume.max=4", "-master.volumeSizeLimitMB=64", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-volume.max=100", "-master.volumeSizeLimitMB=64", "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-master.telemetry=false",
         ]  # fmt: skip
         log = (self.dir / "weed.log").open("ab")
@@ -136,11 +137,15 @@ class SeaweedS3:
         )  # fmt: skip
 
     def make_bucket(self, name: str) -> None:
-        """Create ``name`` (retried while the gateway is still finding its filer)."""
+        """Create ``name`` and write a first object to it (both retried while the gateway is still finding its
+        filer and the master is still growing the bucket's first volumes)."""
         deadline = time.monotonic() + 30
+        client = self.client()
         while True:
             try:
-                self.client().create_bucket(Bucket=name)
+                with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+                    client.create_bucket(Bucket=name)
+                client.put_object(Bucket=name, Key=".ready", Body=b"")
                 return
             except Exception:
                 if time.monotonic() > deadline:
