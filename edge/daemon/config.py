@@ -128,7 +128,7 @@ class EdgeConfig(EdgeModel):
         default_factory=ReleaseConfig, description="signed model + scoring + ROI bundles (off without public_key)"
     )
     plant: PlantConfig = Field(
-        default_factory=PlantConfig, description="results to the plant over MQTT v5 + S3, rollout (off by default)"
+        default_factory=PlantConfig, description="results to the plant over MQTT v5 + S3 (off by default)"
     )
 
     @model_validator(mode="after")
@@ -165,8 +165,6 @@ class EdgeConfig(EdgeModel):
             tls.cert_file = fix(tls.cert_file) if tls.cert_file is not None else None
             tls.key_file = fix(tls.key_file) if tls.key_file is not None else None
         cfg.release.manifest = fix(cfg.release.manifest)
-        if cfg.plant.rollout.golden is not None:
-            cfg.plant.rollout.golden = fix(cfg.plant.rollout.golden)
         if cfg.release.public_key is not None:
             cfg.release.public_key = fix(cfg.release.public_key)
         return cfg

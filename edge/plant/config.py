@@ -1,8 +1,7 @@
-"""The ``plant:`` section of ``edge.yaml``: where the station stands, its object store, outbox limits, rollout."""
+"""The ``plant:`` section of ``edge.yaml``: where the station stands, its object store, outbox limits."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -12,17 +11,6 @@ from edge.plant.record import StationId
 from edge.plant.s3 import S3Config
 
 _NAME = r"^[A-Za-z0-9_.-]*$"
-
-
-class RolloutConfig(EdgeModel):
-    """Follow the retained ``…/config/desired`` topic and install the bundles it names (docs/plant.md#rollout)."""
-
-    type: Literal["rollout"] = Field("rollout", description="section discriminator")
-    enabled: bool = Field(False, description="install bundles named on …/config/desired (needs plant.s3)")
-    golden: Path | None = Field(
-        None, description="golden.npz (edge-train's stored golden frames) a new model must reproduce before it is "
-        "swapped in; None: the golden.npz shipped in the bundle"
-    )  # fmt: skip
 
 
 class PlantConfig(EdgeModel):
@@ -42,7 +30,6 @@ class PlantConfig(EdgeModel):
         300.0, gt=0, description="raise the outbox alarm when the oldest waiting result is older than this"
     )
     send_window: int = Field(64, ge=1, le=1000, description="results sent before waiting for the broker's acks")
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="model/ROI rollout over MQTT + S3")
 
     @model_validator(mode="after")
     def _named(self) -> PlantConfig:
@@ -50,8 +37,6 @@ class PlantConfig(EdgeModel):
             missing = [k for k in ("site", "area", "line", "station") if not getattr(self, k)]
             if missing:
                 raise ValueError(f"plant.enabled needs {', '.join(missing)} (the station's topic levels)")
-        if self.rollout.enabled and self.s3 is None:
-            raise ValueError("plant.rollout.enabled needs plant.s3 (bundles are downloaded from it)")
         return self
 
     def station_id(self) -> StationId:
