@@ -6,8 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 EXTRAS := dev,calibrate,train,bench
 STAMP := $(VENV)/.installed-$(EXTRAS)
-# libusb: pyrealsense2; mosquitto: the MQTT broker the verdict-publisher tests talk to.
-SYS_PACKAGES := libusb-1.0-0 mosquitto
+# libusb: pyrealsense2; mosquitto: the MQTT broker the verdict-publisher tests talk to; postgresql: the server the
+# edge-ingest tests start (tests/servers.py).
+SYS_PACKAGES := libusb-1.0-0 mosquitto postgresql
 
 .PHONY: demo test bench bench-accuracy lint sysdeps install clean
 

@@ -49,6 +49,9 @@ from edge.daemon.supervisor import (
     child_init,
     configure_logging,
 )
+from edge.plant.outbox import Outbox
+from edge.plant.record import new_result_id
+from edge.plant.s3 import ObjectStore
 from engines.runtime.select import resolve
 
 log = logging.getLogger(__name__)
@@ -198,11 +201,13 @@ class EdgeApp:
         if (spec := self.spec) is None:
             with create_source(self.config.source) as probe:
                 spec = probe.spec
-        self.store = ResultStore(self.db_path)
+        plant = self.config.plant
+        self.store = ResultStore(self.db_path, outbox=plant.enabled)
         self.store.open()  # a full disk here is an error naming the disk (exit 1: systemd retries)
-        self.run_id = self.store.start_run(
-            {"source": spec.source, "config": self.config.model_dump(mode="json"), "versions": {"ring": "1"}}
-        )
+        self.run_id = self.store.start_run({
+            "source": spec.source, "config": self.config.model_dump(mode="json"), "versions": {"ring": "1"},
+            "camera_serial": spec.serial,
+        })  # fmt: skip
         self.release = ReleaseTracker(self.metrics.registry, self.store, self.run_id)
         self.release.accept(release, "start")
         if unfinished := self.store.unfinished_runs():
@@ -217,7 +222,11 @@ class EdgeApp:
             self.store.enable_incremental_vacuum()
             self._prune()
         self.evidence = self._open_evidence()
-        self.mqtt = MqttPublisher(self.config.mqtt, serial=spec.serial) if self.config.mqtt.enabled else None
+        self.mqtt = None
+        if self.config.mqtt.enabled:  # with the plant on: MQTT v5, the station's …/status, results via the outbox
+            status = plant.station_id().topic("status") if plant.enabled else None
+            self.mqtt = MqttPublisher(self.config.mqtt, serial=spec.serial, status_topic=status, v5=plant.enabled)
+        self.outbox = self._open_outbox()
         server = None
         if self.config.metrics.enabled:
             server = self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
@@ -254,6 +263,17 @@ class EdgeApp:
             log.error("event=evidence_unavailable error=%r", str(err))
             self.metrics.evidence_alarm.set(1)
             return None
+
+    def _open_outbox(self) -> Outbox | None:
+        plant = self.config.plant
+        if not plant.enabled or self.mqtt is None:
+            return None
+        objects = ObjectStore(plant.s3) if plant.s3 is not None else None
+        outbox = Outbox(self.store, self.mqtt, plant, objects, self.metrics.registry)
+        outbox.start()
+        log.info("event=plant_outbox topic=%s evidence=%s", outbox.topic,
+                 f"s3://{plant.s3.bucket}" if plant.s3 is not None else "none")  # fmt: skip
+        return outbox
 
     def _start_children(self, ring: FrameRing) -> None:
         ctx = mp.get_context("spawn")
@@ -358,6 +378,8 @@ class EdgeApp:
         lost = c["verdicts_lost"] = self.results.close()
         if lost:
             log.error("event=verdicts_lost total=%d (counted in the summary; not in the database)", lost)
+        if self.outbox is not None:
+            self.outbox.stop()
         log.info("event=run_final run_id=%d counters=%s", self.run_id, json.dumps(self.counters(), sort_keys=True))
         try:
             self.store.finish_run(self.run_id, self.counters())
@@ -448,6 +470,7 @@ class EdgeApp:
         self._account(event.sequence, event.gap_before)
 
     def _on_record(self, record: VerdictRecord, evidence: Evidence | None) -> None:
+        record = replace(record, result_id=new_result_id())
         self.results.write(record)  # first: the verdict is durable (or queued, during an outage) before the rest
         c = self.stats.counts
         c["scored"] += 1
@@ -456,16 +479,20 @@ class EdgeApp:
         c["late"] += int(record.late)
         self.metrics.observe(record)
         self._account(record.sequence, record.gap_before)
-        if self.mqtt is not None:
+        if self.mqtt is not None and self.outbox is None:
             self.mqtt.publish(record)
         if evidence is not None and self.evidence is not None:
             was_alarm = self.evidence.alarm
             saved = self.evidence.save(record, evidence)
             c["evidence_saved" if saved else "evidence_skipped"] += 1
+            if saved is not None and self.outbox is not None:
+                self.results.attach_evidence(record.result_id, saved)
             self.metrics.evidence_alarm.set(int(self.evidence.alarm))
             if self.evidence.alarm != was_alarm:
                 log.warning("event=evidence_alarm state=%s reason=%r", "on" if self.evidence.alarm else "off",
                             self.evidence.alarm_reason)  # fmt: skip
+        if self.outbox is not None:
+            self.outbox.ready(record.result_id)
         if record.verdict != "OK" or record.late or record.gap_before:
             log.info("event=verdict sequence=%d part=%s verdict=%s late=%s gap_before=%d total_ms=%.1f",
                      record.sequence, record.part_id, record.verdict, record.late, record.gap_before,

@@ -16,6 +16,7 @@ from edge.core.errors import EdgeError
 from edge.core.ringbuf import RingPolicy
 from edge.daemon.mqtt import MqttConfig
 from edge.daemon.release import ReleaseConfig
+from edge.plant.config import PlantConfig
 from engines.runtime.select import RuntimeConfig
 
 SCHEMA_VERSION = 1
@@ -137,6 +138,9 @@ class EdgeConfig(EdgeModel):
     release: ReleaseConfig = Field(
         default_factory=ReleaseConfig, description="signed model + scoring + ROI bundles (off without public_key)"
     )
+    plant: PlantConfig = Field(
+        default_factory=PlantConfig, description="results to the plant over MQTT v5 + S3 (off by default)"
+    )
 
     @model_validator(mode="after")
     def _unique_model_names(self) -> EdgeConfig:
@@ -144,6 +148,8 @@ class EdgeConfig(EdgeModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"model names must be unique, repeated: {', '.join(dupes)}")
+        if self.plant.enabled and not self.mqtt.enabled:
+            raise ValueError("plant.enabled needs mqtt.enabled (results reach the plant over MQTT)")
         return self
 
     def ring_policy(self) -> RingPolicy:

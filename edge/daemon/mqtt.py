@@ -9,6 +9,11 @@ TLS (``tls:``): the broker's certificate must chain to ``ca_file`` and name ``ho
 1.2 or newer); ``cert_file``/``key_file`` add a client certificate. A handshake that fails (wrong CA, wrong host
 name, expired certificate) is logged as ``event=mqtt_tls_refused`` with the reason, once per distinct reason, and
 kept in :attr:`MqttPublisher.tls_error`; paho keeps retrying, so a fixed broker certificate needs no restart.
+
+The plant outbox (edge/plant/outbox.py) uses the same publisher over MQTT v5: :meth:`MqttPublisher.send` hands one
+message to paho and returns its delivery handle (the outbox marks a result sent only once the broker acknowledged
+it), :meth:`MqttPublisher.follow` subscribes a callback to a topic again after every reconnect (the rollout's
+retained ``config/desired``), and the status topic is the station's ``…/status``.
 """
 
 from __future__ import annotations
@@ -106,16 +111,22 @@ class MqttConfig(EdgeModel):
 class MqttPublisher:
     """Publishes :class:`VerdictRecord` JSON; connects and reconnects in the background."""
 
-    def __init__(self, config: MqttConfig, *, serial: str = "unknown") -> None:
+    def __init__(
+        self, config: MqttConfig, *, serial: str = "unknown", status_topic: str | None = None, v5: bool = False
+    ) -> None:
+        """``status_topic`` replaces the configured one (the plant's ``…/status``); ``v5`` speaks MQTT 5."""
         self.config = config
         self.topic = config.topic.format(serial=serial)
-        self.status_topic = config.status_topic.format(serial=serial)
+        self.status_topic = status_topic or config.status_topic.format(serial=serial)
+        self.connections = 0  # accepted connections so far: a message sent on an earlier one may be resent by paho
+        self._follows: dict[str, Any] = {}
         self.published = 0
         self.queued_offline = 0
         self.dropped = 0
         self.tls_error = ""  # the latest TLS handshake failure; "" after a handshake succeeded
         self._connected = threading.Event()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=config.client_id)
+        protocol = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=config.client_id, protocol=protocol)
         if config.tls is not None:
             context = tls_context(config.tls)
             context.sslsocket_class = self._watched_socket_class()  # documented hook: the SSLSocket class to use
@@ -128,6 +139,7 @@ class MqttPublisher:
         client.will_set(self.status_topic, "offline", qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
         self._client = client
         client.connect_async(config.host, config.port, config.keepalive)
         client.loop_start()
@@ -184,6 +196,25 @@ class MqttPublisher:
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warning("MQTT message dropped (%s); %d dropped so far", mqtt.error_string(rc), self.dropped)
 
+    def send(self, topic: str, payload: str, *, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        """Hand one message to paho (never blocks on the network); the handle says when the broker has it."""
+        return self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def follow(self, topic: str, callback: Any) -> None:
+        """Call ``callback(payload: bytes)`` for every message on ``topic`` (QoS 1), resubscribing on reconnect."""
+        self._follows[topic] = callback
+        if self.connected:
+            self._client.subscribe(topic, qos=1)
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        callback = self._follows.get(msg.topic)
+        if callback is None:
+            return
+        try:
+            callback(msg.payload)
+        except Exception:  # a failing handler must not kill paho's network thread
+            log.exception("event=mqtt_handler_failed topic=%s", msg.topic)
+
     def close(self) -> None:
         """Say ``offline`` (retained), disconnect cleanly and stop paho's thread."""
         if self.connected:
@@ -196,6 +227,9 @@ class MqttPublisher:
             log.warning("MQTT broker %s:%d refused the connection: %s", self.config.host, self.config.port, reason)
             return
         client.publish(self.status_topic, "online", qos=1, retain=True)
+        for topic in self._follows:
+            client.subscribe(topic, qos=1)
+        self.connections += 1
         self._connected.set()
         log.info("MQTT connected to %s:%d", self.config.host, self.config.port)
 

@@ -55,6 +55,7 @@ class VerdictRecord:
     scoring_versions: dict[str, str]  # model → scoring file sha256 (12 hex)
     gap_before: int = 0
     error: str = ""
+    result_id: str = ""  # UUIDv7 given by the supervisor when the verdict reaches the sinks (edge.plant.record)
 
     def to_json_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -13,6 +13,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Mapping
+from pathlib import Path
 
 from edge.core.errors import EdgeError
 from edge.core.metrics import Metrics
@@ -48,6 +49,7 @@ class ResultWriter:
         self.error = ""  # the failure of the current outage ("" while the database is written)
         self._since = 0.0
         self._next_try = 0.0
+        self._evidence: dict[str, Path] = {}  # result_id → evidence folder of a verdict still queued in memory
 
     @property
     def alarm(self) -> bool:
@@ -85,13 +87,27 @@ class ResultWriter:
         try:
             while self.pending:
                 self.store.write(self.pending[0])
-                self.pending.popleft()
+                record = self.pending.popleft()
+                if (folder := self._evidence.pop(record.result_id, None)) is not None:
+                    self.store.set_evidence(record.result_id, folder)
         except StoreError as err:
             self._fail(err)
         finally:
             self.metrics.verdicts_pending.set(len(self.pending))
         if not self.pending:
             self._clear()
+
+    def attach_evidence(self, result_id: str, folder: Path) -> None:
+        """Note where a verdict's evidence was saved (the plant outbox uploads it): in its row once written, or
+        with the verdict while it waits in memory. Never raises: a failure is logged and the verdict goes out
+        without that evidence."""
+        if any(r.result_id == result_id for r in self.pending):
+            self._evidence[result_id] = folder
+            return
+        try:
+            self.store.set_evidence(result_id, folder)
+        except StoreError as err:
+            log.error("event=evidence_not_linked result_id=%s folder=%s error=%r", result_id, folder, str(err))
 
     def store_counters(self, run_id: int, counters: Mapping[str, int]) -> None:
         """Store the run's counters (after the queued verdicts: skipped while any wait). A failure raises the alarm
@@ -134,5 +150,6 @@ class ResultWriter:
         if self.pending:
             self._lose(len(self.pending), "exit")
             self.pending.clear()
+            self._evidence.clear()
             self.metrics.verdicts_pending.set(0)
         return self.lost

@@ -10,6 +10,11 @@ Layout (schema version :data:`SCHEMA_VERSION`, kept in ``PRAGMA user_version``):
 - ``scores``: one row per model per verdict (raw and normalised score, the model's own verdict), so score
   drift of one model is a plain ``SELECT … WHERE model = ?``.
 
+The outbox (schema 2, docs/plant.md): every verdict has a UUIDv7 ``result_id``; ``published_at`` is NULL while the
+verdict waits to be sent to the plant, the send time (ns) once the broker acknowledged it, 0 for a verdict that is
+not for the plant (written with ``plant.enabled`` off, or before schema 2) and -1 for one given up past the outbox
+limit. ``evidence_dir`` is the verdict's local evidence folder (to upload). A schema-1 file is migrated on open.
+
 Concurrency: the database runs in WAL mode, so readers (the CLI, a dashboard) never block the daemon and
 never see a half-written verdict. Two daemons writing the same file are serialised by SQLite's lock (each
 waits up to ``busy_timeout_ms``); rows stay intact and each belongs to its own run. WAL needs a local
@@ -35,11 +40,11 @@ from typing import Any
 import numpy as np
 
 from edge.core.errors import EdgeError
-from edge.daemon.record import VerdictRecord
+from edge.daemon.record import ModelScore, VerdictRecord
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PRUNE_BATCH = 2000  # verdict rows per retention transaction (keeps the write lock short)
 
 _SCHEMA = """
@@ -50,7 +55,8 @@ CREATE TABLE runs (
     source TEXT NOT NULL,
     config_json TEXT NOT NULL,
     versions_json TEXT NOT NULL,
-    counters_json TEXT NOT NULL DEFAULT '{}'
+    counters_json TEXT NOT NULL DEFAULT '{}',
+    camera_serial TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE verdicts (
     id INTEGER PRIMARY KEY,
@@ -70,7 +76,10 @@ CREATE TABLE verdicts (
     roi_version TEXT NOT NULL,
     model_versions_json TEXT NOT NULL,
     scoring_versions_json TEXT NOT NULL,
-    error TEXT NOT NULL
+    error TEXT NOT NULL,
+    result_id TEXT,
+    published_at INTEGER,
+    evidence_dir TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX verdicts_by_time ON verdicts(host_ts_ns);
 CREATE INDEX verdicts_by_verdict ON verdicts(verdict, host_ts_ns);
@@ -85,6 +94,20 @@ CREATE TABLE scores (
     PRIMARY KEY (verdict_id, model)
 ) WITHOUT ROWID;
 CREATE INDEX scores_by_model ON scores(model, verdict_id);
+"""
+
+# What schema 2 adds (the outbox, docs/plant.md); the end of _SCHEMA for a new file, a migration for a schema-1 file.
+_OUTBOX_INDEXES = """
+CREATE UNIQUE INDEX verdicts_by_result_id ON verdicts(result_id);
+CREATE INDEX verdicts_outbox ON verdicts(id) WHERE published_at IS NULL;
+"""
+_MIGRATE_1_TO_2 = f"""
+ALTER TABLE runs ADD COLUMN camera_serial TEXT NOT NULL DEFAULT '';
+ALTER TABLE verdicts ADD COLUMN result_id TEXT;
+ALTER TABLE verdicts ADD COLUMN published_at INTEGER;
+ALTER TABLE verdicts ADD COLUMN evidence_dir TEXT NOT NULL DEFAULT '';
+UPDATE verdicts SET published_at = 0;
+{_OUTBOX_INDEXES}
 """
 
 # What decided the verdicts (edge/daemon/release.py): one row per start and per SIGHUP, accepted or refused. Created on
@@ -106,7 +129,8 @@ CREATE TABLE IF NOT EXISTS config_changes (
 
 _VERDICT_COLUMNS = (
     "run_id, sequence, frame_number, device_ts_ns, host_ts_ns, kind, part_id, verdict, late, roi_fill, "
-    "gap_before, total_ms, stage_ms_json, roi_version, model_versions_json, scoring_versions_json, error"
+    "gap_before, total_ms, stage_ms_json, roi_version, model_versions_json, scoring_versions_json, error, "
+    "result_id, published_at"
 )
 
 
@@ -116,6 +140,16 @@ class StoreError(EdgeError):
 
 class StoreFullError(StoreError):
     """The results database's disk (or its size limit) is full."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A verdict waiting for the plant: its row, the record as written, its evidence folder, the camera serial."""
+
+    row_id: int
+    record: VerdictRecord
+    evidence_dir: Path | None
+    camera_serial: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,12 +218,16 @@ class ResultStore:
     The connection is guarded by a lock so the app may call it from more than one thread.
     """
 
-    def __init__(self, path: Path, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000) -> None:
+    def __init__(
+        self, path: Path, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000, outbox: bool = False
+    ) -> None:
+        """``outbox``: verdicts written wait in the outbox (``published_at`` NULL) to be sent to the plant."""
         if synchronous not in ("FULL", "NORMAL"):
             raise StoreError(f"synchronous={synchronous!r} is not supported", "use 'FULL' or 'NORMAL'")
         self.path = Path(path)
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
+        self._outbox = outbox
         self._conn: sqlite3.Connection | None = None
         self._run_id: int | None = None
         self._lock = threading.Lock()
@@ -217,12 +255,14 @@ class ResultStore:
         """Add a ``runs`` row; ``info`` may hold ``source``, ``config`` and ``versions`` (anything JSON-able)."""
         with self._transaction() as conn:
             cur = conn.execute(
-                "INSERT INTO runs (started_ns, source, config_json, versions_json) VALUES (?, ?, ?, ?)",
+                "INSERT INTO runs (started_ns, source, config_json, versions_json, camera_serial) "
+                "VALUES (?, ?, ?, ?, ?)",
                 (
                     time.time_ns(),
                     str(info.get("source", "")),
                     _dumps(info.get("config", {})),
                     _dumps(info.get("versions", {})),
+                    str(info.get("camera_serial", "")),
                 ),
             )
         assert cur.lastrowid is not None
@@ -251,6 +291,8 @@ class ResultStore:
             _dumps(record.model_versions),
             _dumps(record.scoring_versions),
             record.error,
+            record.result_id or None,
+            None if self._outbox else 0,
         )
         with self._transaction() as conn:
             cur = conn.execute(f"INSERT INTO verdicts ({_VERDICT_COLUMNS}) VALUES ({', '.join('?' * len(row))})", row)
@@ -270,6 +312,72 @@ class ResultStore:
             conn.execute(
                 "UPDATE runs SET counters_json = ?, finished_ns = ? WHERE id = ?",
                 (_dumps(dict(counters)), time.time_ns(), run_id),
+            )
+
+    def set_evidence(self, result_id: str, folder: Path) -> None:
+        """Note the local evidence folder of a written verdict (the outbox uploads it before publishing)."""
+        with self._transaction() as conn:
+            conn.execute("UPDATE verdicts SET evidence_dir = ? WHERE result_id = ?", (str(folder), result_id))
+
+    def outbox_batch(self, limit: int, *, up_to: str | None = None) -> list[OutboxRow]:
+        """The oldest verdicts waiting for the plant, in write order (``up_to``: no result id past this one)."""
+        query = (
+            "SELECT v.id, v.result_id, v.sequence, v.frame_number, v.device_ts_ns, v.host_ts_ns, v.kind, v.part_id, "
+            "v.verdict, v.late, v.roi_fill, v.gap_before, v.stage_ms_json, v.roi_version, v.model_versions_json, "
+            "v.scoring_versions_json, v.error, v.evidence_dir, r.camera_serial "
+            "FROM verdicts v JOIN runs r ON r.id = v.run_id WHERE v.published_at IS NULL"
+        )
+        params: tuple[Any, ...] = (limit,)
+        if up_to is not None:
+            query += " AND v.result_id <= ?"
+            params = (up_to, limit)
+        with self._lock:
+            conn = self._open_conn()
+            rows = conn.execute(f"{query} ORDER BY v.id LIMIT ?", params).fetchall()
+            scores: dict[int, list[ModelScore]] = {}
+            if rows:
+                ids = [r[0] for r in rows]
+                for vid, model, raw, score, verdict, infer_ms in conn.execute(
+                    f"SELECT verdict_id, model, raw, score, verdict, infer_ms FROM scores "
+                    f"WHERE verdict_id IN ({', '.join('?' * len(ids))})",
+                    ids,
+                ):
+                    scores.setdefault(vid, []).append(ModelScore(model, raw, score, verdict, infer_ms))
+        out = []
+        for r in rows:
+            record = VerdictRecord(
+                sequence=r[2], frame_number=r[3], device_ts_ns=r[4], host_ts_ns=r[5], kind=r[6], part_id=r[7],
+                verdict=r[8], late=bool(r[9]), roi_fill=r[10], gap_before=r[11], stage_ms=json.loads(r[12]),
+                roi_version=r[13], model_versions=json.loads(r[14]), scoring_versions=json.loads(r[15]), error=r[16],
+                scores=tuple(sorted(scores.get(r[0], []), key=lambda s: s.model)), result_id=r[1],
+            )  # fmt: skip
+            out.append(OutboxRow(r[0], record, Path(r[17]) if r[17] else None, r[18]))
+        return out
+
+    def mark_published(self, row_ids: list[int], at_ns: int) -> None:
+        """The plant has these verdicts (``at_ns`` > 0), or they were given up (-1)."""
+        with self._transaction() as conn:
+            conn.executemany("UPDATE verdicts SET published_at = ? WHERE id = ?", [(at_ns, i) for i in row_ids])
+
+    def outbox_state(self) -> tuple[int, int | None, str | None]:
+        """(verdicts waiting for the plant, host time in ns of the oldest, result id of the newest; None if none)."""
+        with self._lock:
+            n, oldest, newest = (
+                self._open_conn()
+                .execute("SELECT COUNT(*), MIN(host_ts_ns), MAX(result_id) FROM verdicts WHERE published_at IS NULL")
+                .fetchone()
+            )
+        return int(n), oldest, newest
+
+    def expire_oldest(self, n: int) -> int:
+        """Give up the ``n`` oldest waiting verdicts (``published_at`` = -1; they stay in the database)."""
+        with self._transaction() as conn:
+            return int(
+                conn.execute(
+                    "UPDATE verdicts SET published_at = -1 WHERE id IN "
+                    "(SELECT id FROM verdicts WHERE published_at IS NULL ORDER BY id LIMIT ?)",
+                    (n,),
+                ).rowcount
             )
 
     def add_config_change(  # noqa: PLR0917 (one row's columns)
@@ -440,7 +548,12 @@ def _prepare(conn: sqlite3.Connection, path: Path, synchronous: str, busy_timeou
             raise StoreError(f"results database {path} cannot use WAL mode (got {mode!r})", _FIX_PATH)
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         if version == 0:
-            conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            conn.executescript(
+                f"BEGIN IMMEDIATE; {_SCHEMA} {_OUTBOX_INDEXES} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            )
+        elif version == 1:
+            log.warning("event=db_migrate from=1 to=%d path=%s (adds the plant outbox columns)", SCHEMA_VERSION, path)
+            conn.executescript(f"BEGIN IMMEDIATE; {_MIGRATE_1_TO_2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
         conn.execute(_CONFIG_CHANGES)
     except sqlite3.DatabaseError as e:
         if _is_full(e, path):
@@ -472,9 +585,9 @@ def read_summary(path: Path, run_id: int | None = None) -> dict[str, Any]:
 
 def _summarise(conn: sqlite3.Connection, path: Path, run_id: int | None) -> dict[str, Any]:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version != SCHEMA_VERSION:
+    if version not in (1, SCHEMA_VERSION):  # schema 2 only added columns: a schema-1 file reads the same
         raise StoreError(
-            f"results database {path} has schema version {version}, expected {SCHEMA_VERSION}",
+            f"results database {path} has schema version {version}, expected 1 or {SCHEMA_VERSION}",
             "read it with the daemon version that wrote it",
         )
     query = "SELECT id, started_ns, finished_ns, source, counters_json FROM runs"

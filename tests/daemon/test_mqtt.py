@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import queue
-import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -19,32 +17,15 @@ from pydantic import ValidationError
 
 from edge.daemon.mqtt import PAYLOAD_SCHEMA_VERSION, MqttConfig, MqttPublisher
 from edge.daemon.record import ModelScore, VerdictRecord
+from tests.servers import MOSQUITTO, Mosquitto, free_port
 
-MOSQUITTO = shutil.which("mosquitto") or next(
-    (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None
-)
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto broker not installed (apt-get install mosquitto)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_broker(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
-    conf = tmp_path / f"mosquitto-{port}.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = subprocess.Popen([str(MOSQUITTO), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.02)
-    proc.kill()
-    pytest.fail(f"mosquitto did not listen on port {port}")
+    broker = Mosquitto(tmp_path, port).start()
+    assert broker.proc is not None
+    return broker.proc
 
 
 Subscriber = tuple[mqtt.Client, "queue.Queue[mqtt.MQTTMessage]"]

@@ -122,7 +122,7 @@ def test_newer_schema_and_foreign_database_are_refused(tmp_path: Path) -> None:
     conn = sqlite3.connect(newer)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
-    with pytest.raises(StoreError, match=r"schema version 2.*upgrade the daemon"):
+    with pytest.raises(StoreError, match=rf"schema version {SCHEMA_VERSION + 1}.*upgrade the daemon"):
         ResultStore(newer).open()
     foreign = tmp_path / "foreign.db"
     conn = sqlite3.connect(foreign)
@@ -164,3 +164,38 @@ def test_two_daemons_writing_one_file_do_not_corrupt_it(tmp_path: Path) -> None:
     assert conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0] == 800
     conn.close()
     assert np.isfinite(read_summary(db)["latency_ms"]["p50"])
+
+
+def test_schema_1_database_is_migrated_and_its_verdicts_stay_out_of_the_outbox(tmp_path: Path) -> None:
+    db = tmp_path / "results.db"
+    store = ResultStore(db)
+    store.open()
+    store.start_run({"source": "old"})
+    store.write(make_record(0, "NG"))
+    store.close()
+    conn = sqlite3.connect(db)  # make it the schema-1 file an older daemon wrote
+    conn.executescript(
+        "DROP INDEX verdicts_by_result_id; DROP INDEX verdicts_outbox; ALTER TABLE verdicts DROP COLUMN result_id; "
+        "ALTER TABLE verdicts DROP COLUMN published_at; ALTER TABLE verdicts DROP COLUMN evidence_dir; "
+        "ALTER TABLE runs DROP COLUMN camera_serial; PRAGMA user_version = 1;"
+    )
+    conn.close()
+    assert read_summary(db)["verdicts"]["NG"] == 1  # a schema-1 file reads as before
+
+    store = ResultStore(db, outbox=True)
+    store.open()
+    store.start_run({"source": "new", "camera_serial": "153122078"})
+    assert store.outbox_state() == (0, None, None)  # the old verdict is not for the plant
+    new = make_record(1, "OK")
+    store.write(VerdictRecord(**{**{f: getattr(new, f) for f in new.__slots__}, "result_id": "0190-x"}))
+    assert store.outbox_state()[0] == 1 and store.outbox_state()[2] == "0190-x"
+    [row] = store.outbox_batch(10)
+    assert row.record == VerdictRecord(**{**{f: getattr(new, f) for f in new.__slots__}, "result_id": "0190-x"})
+    assert row.camera_serial == "153122078" and row.evidence_dir is None
+    store.mark_published([row.row_id], 123)
+    assert store.outbox_state()[0] == 0
+    store.close()
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert [r[0] for r in conn.execute("SELECT published_at FROM verdicts ORDER BY id")] == [0, 123]
+    conn.close()
