@@ -1,0 +1,1 @@
+"""Plant integration: what a station exposes to the plant's systems (OPC UA server, result record, outbox)."""
