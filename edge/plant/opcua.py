@@ -39,6 +39,7 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
@@ -46,10 +47,11 @@ from asyncua import ua
 from asyncua.common.node import Node
 from asyncua.server.server import Server
 from asyncua.ua.object_ids import ObjectIds
-from pydantic import Field
+from uuid6 import uuid7
 
-from edge.core.config import EdgeModel
 from edge.core.errors import EdgeError
+from edge.daemon.record import VerdictRecord
+from edge.plant.opcua_config import OpcUaConfig
 
 log = logging.getLogger(__name__)
 
@@ -88,17 +90,46 @@ class InspectionResult(Protocol):
     def evidence_uris(self) -> Sequence[str]: ...
 
 
-class OpcUaConfig(EdgeModel):
-    """The station's OPC UA server (off by default). No security: bind it to a plant network a firewall guards."""
+# Our verdicts in OPC 40001-101 words: ERROR (scoring failed) is a result the station could not decide.
+RESULT_STATE: dict[str, str] = {"OK": "OK", "NG": "NotOK", "ERROR": "NotDecidable"}
 
-    type: Literal["opcua"] = Field("opcua", description="Section discriminator.")
-    enabled: bool = Field(False, description="serve the last result and the station state over OPC UA")
-    host: str = Field("127.0.0.1", description="bind address (0.0.0.0: every interface, for PLCs on the line)")
-    port: int = Field(4840, ge=0, le=65535, description="TCP port (4840 is OPC UA's registered port; 0: any free)")
-    namespace: str = Field("urn:drumsight-edge:station", min_length=1, description="namespace URI of our nodes")
-    system_name: str = Field(
-        "VisionSystem", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="browse name of the station object"
-    )
+
+@dataclass(frozen=True, slots=True)
+class VerdictResult:
+    """A daemon verdict as an :class:`InspectionResult`, for a daemon whose verdicts carry no plant record.
+
+    ResultId is a fresh UUIDv7 per verdict; RecipeId and ConfigurationId name the model, scoring and ROI hashes the
+    record carries (``model=sha12`` pairs, sorted). Where the plant outbox builds ``edge.plant.record`` results, the
+    daemon publishes those instead (same attribute names), so OPC UA and MQTT carry the same ResultId.
+    """
+
+    ResultId: str
+    CreationTime: datetime
+    ResultState: str
+    RecipeId: str
+    ConfigurationId: str
+    ProcessingTimes: Mapping[str, float]
+    scores: dict[str, dict[str, Any]]
+    latencies: dict[str, float]
+    camera_serial: str
+    evidence_uris: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, record: VerdictRecord, camera_serial: str) -> VerdictResult:
+        def pairs(versions: Mapping[str, str]) -> str:
+            return ";".join(f"{k}={v}" for k, v in sorted(versions.items()))
+
+        return cls(
+            ResultId=str(uuid7()),
+            CreationTime=datetime.fromtimestamp(record.host_ts_ns / 1e9, UTC),
+            ResultState=RESULT_STATE[record.verdict],
+            RecipeId=pairs(record.model_versions),
+            ConfigurationId=f"{pairs(record.scoring_versions)};roi={record.roi_version}",
+            ProcessingTimes=dict(record.stage_ms),
+            scores={s.model: {"raw": s.raw, "score": s.score, "verdict": s.verdict} for s in record.scores},
+            latencies={"publish_to_verdict_ms": record.stage_ms.get("total", 0.0)},
+            camera_serial=camera_serial,
+        )
 
 
 def _json(value: Any) -> Any:
@@ -183,6 +214,7 @@ class OpcUaServer:
         self._thread: threading.Thread | None = None
         self._server: Server | None = None
         self._nodes: dict[str, Node] = {}
+        self.state: State = "Preoperational"
         self._state: Node | None = None
         self._count: Node | None = None
         self._event: Any = None
@@ -251,6 +283,7 @@ class OpcUaServer:
         """Set the vision state machine's CurrentState (returns at once)."""
         if state not in STATES:
             raise OpcUaError(f"OPC UA state {state!r} is not modelled", f"use one of {', '.join(STATES)}")
+        self.state = state
         self._submit(self._write_state(state))
 
     def _submit(self, coro: Any) -> None:
