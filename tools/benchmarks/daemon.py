@@ -205,17 +205,16 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def _roles(main: int, inference_pid: int) -> dict[str, int]:
-    """main / capture / inference pids of a running daemon (the multiprocessing resource tracker left out)."""
-    roles = {"main": main}
+def _daemon_pids(main: int) -> list[int]:
+    """The main process and its children (the multiprocessing resource tracker left out)."""
+    pids = [main]
     for child in _children(main):
         try:
-            if b"resource_tracker" in Path(f"/proc/{child}/cmdline").read_bytes():
-                continue
+            if b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes():
+                pids.append(child)
         except OSError:
             continue
-        roles["inference" if child == inference_pid else "capture"] = child
-    return roles
+    return pids
 
 
 def run_daemon(work: Path, label: str, source: dict[str, Any], roi: Path, models: Mapping[str, Path], *,
@@ -232,7 +231,7 @@ def run_daemon(work: Path, label: str, source: dict[str, Any], roi: Path, models
     assert proc.stdout is not None
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
     reader.start()
-    rss: dict[str, list[float]] = {}
+    samples: dict[int, list[tuple[bool, float]]] = {}  # pid → (models loaded?, MB)
     inference_pid: int | None = None
     stopped = False
     try:
@@ -241,10 +240,9 @@ def run_daemon(work: Path, label: str, source: dict[str, Any], roi: Path, models
                 m = next((re.search(r"event=inference_ready pid=(\d+)", ln) for ln in lines if "inference_ready" in ln),
                          None)  # fmt: skip
                 inference_pid = int(m.group(1)) if m else None
-            if inference_pid is not None:  # sampled once the models are loaded
-                for role, pid in _roles(proc.pid, inference_pid).items():
-                    if (mb := _rss_mb(pid)) is not None:
-                        rss.setdefault(role, []).append(mb)
+            for pid in _daemon_pids(proc.pid):
+                if (mb := _rss_mb(pid)) is not None:
+                    samples.setdefault(pid, []).append((inference_pid is not None, mb))
             if duration_s is not None and time.monotonic() - t0 > duration_s:
                 proc.terminate()
                 stopped = True
@@ -256,6 +254,10 @@ def run_daemon(work: Path, label: str, source: dict[str, Any], roi: Path, models
             proc.kill()
             proc.wait()
     reader.join(5)
+    rss: dict[str, list[float]] = {}
+    for pid, taken in samples.items():  # main and inference once the models are loaded; capture from its start
+        role = "main" if pid == proc.pid else "inference" if pid == inference_pid else "capture"
+        rss.setdefault(role, []).extend(mb for loaded, mb in taken if loaded or role == "capture")
     run = Run(label, rc, time.monotonic() - t0, data / "results.db", "".join(lines), rss, stopped)
     if rc != 0:
         raise EdgeError(f"edge-daemon ({label}) exited {rc}: {' | '.join(run.log.splitlines()[-4:])}",
@@ -423,8 +425,9 @@ def run(quick: bool, long: bool = False) -> BenchSection:
         "publish → verdict: the daemon's per-verdict `total` stage; "
         "dropped: frames the ring overwrote (counted, in the verdicts' gap_before); unaccounted: frames of the "
         "recording in no counter (scored, gated, waiting, dropped, capture_lost).",
-        "memory: RSS (MB) of each process, sampled every 0.5 s once the models are loaded: median of the second half "
-        "of the run (peak in brackets); main holds SQLite and the sinks, capture the source, inference the models.",
+        "memory: RSS (MB) of each process, sampled every 0.5 s (main and inference once the models are loaded, "
+        "capture from its start): median of the second half of the samples (peak in brackets); "
+        "main holds SQLite and the sinks, capture the source, inference the models.",
         f"the machine was shared with other jobs while this ran (1-minute load average {load_before[0]:.2f} at the "
         f"start, {load_after[0]:.2f} at the end, on {os.cpu_count()} CPUs): absolute figures are inflated; rerun "
         f"on a quiet machine to judge the targets; run at {time.strftime('%H:%M:%S')}.",
