@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-EXTRAS := dev,calibrate,train,bench
+EXTRAS := dev,calibrate,train,bench,opcua
 STAMP := $(VENV)/.installed-$(EXTRAS)
 # libusb: pyrealsense2; mosquitto: the MQTT broker the verdict-publisher tests talk to; postgresql: the server the
 # edge-ingest tests start (tests/servers.py).

@@ -32,6 +32,11 @@ class PlaybackSourceConfig(EdgeModel):
         None, gt=0, description="no frame for this long while the file is still playing → RecordingError (stall)"
     )
     open_timeout_s: float = Field(5.0, gt=0, description="no first frameset within this → RecordingError")
+    rate_fps: float | None = Field(
+        None, gt=0, le=1000, description="hand out frames at this rate, as a camera at the line rate would (frame i "
+        "is due i/rate_fps s after the first read; a reader that falls behind gets the late frames at once); "
+        "None: as fast as they are read"
+    )  # fmt: skip
 
 
 class _FileReader:
@@ -140,6 +145,7 @@ class PlaybackSource(FrameSource):
         self._ended = False
         self._failed: RecordingError | None = None
         self._stalled_s = 0.0
+        self._t0_ns = 0  # perf_counter_ns of the first read (pacing with rate_fps)
 
     @property
     def spec(self) -> StreamSpec:
@@ -183,6 +189,8 @@ class PlaybackSource(FrameSource):
     def read(self, timeout_s: float, out: FrameBuffers | None = None) -> Frame:
         """Next depth+color pair in file order; EndOfStreamError at the end, RecordingError if the file stalls."""
         spec = self.spec
+        if self.config.rate_fps is not None:
+            self._wait_until_due(self.config.rate_fps, timeout_s)
         frames = self._pending if self._pending is not None else self._next_pair(timeout_s)
         self._pending = None
         if self._align is not None:
@@ -191,6 +199,20 @@ class PlaybackSource(FrameSource):
         assert frame is not None  # _next_pair always composes both streams
         self._sequence += 1
         return frame
+
+    def _wait_until_due(self, rate_fps: float, timeout_s: float) -> None:
+        """Sleep until frame ``sequence`` is due at ``rate_fps``; a due time beyond the timeout is a timeout."""
+        if self._sequence == 0:
+            self._t0_ns = time.perf_counter_ns()
+        wait_s = (self._t0_ns + round(self._sequence * 1e9 / rate_fps) - time.perf_counter_ns()) / 1e9
+        if wait_s > timeout_s:
+            time.sleep(max(timeout_s, 0.0))
+            raise FrameTimeoutError(
+                f"next frame of the replay is due in {wait_s:.3f} s, after the {timeout_s:.3f} s timeout",
+                "read with a timeout of at least one frame period (1/rate_fps)",
+            )
+        if wait_s > 0:
+            time.sleep(wait_s)
 
     def _next_pair(self, timeout_s: float) -> rs.composite_frame:
         """Take frames in file order until each stream has a new one; wait in slices of about a frame period."""

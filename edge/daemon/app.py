@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import TypeAdapter
@@ -53,6 +53,11 @@ from edge.plant.outbox import Outbox
 from edge.plant.record import new_result_id
 from edge.plant.s3 import ObjectStore
 from engines.runtime.select import resolve
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from edge.plant.opcua import InspectionResult, OpcUaServer
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +186,8 @@ class EdgeApp:
         self.run_id = 0
         self._capture_lost_known = 0  # frames read by dead capture processes and never published (see _account)
         self._next_prune = 0.0
+        self.opcua: OpcUaServer | None = None
+        self._opcua_result: Callable[[VerdictRecord], InspectionResult] | None = None
 
     # -- signals ---------------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -227,6 +234,7 @@ class EdgeApp:
             status = plant.station_id().topic("status") if plant.enabled else None
             self.mqtt = MqttPublisher(self.config.mqtt, serial=spec.serial, status_topic=status, v5=plant.enabled)
         self.outbox = self._open_outbox()
+        self.opcua = self._open_opcua(spec.serial)
         server = None
         if self.config.metrics.enabled:
             server = self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
@@ -242,13 +250,37 @@ class EdgeApp:
                 self._loop(spec.source, ring)
             except EdgeError as err:  # a spent restart budget, a results outage past its limit
                 log.error("event=fatal error=%r", str(err))
+                self._station_state("Error")
                 code = 1
             finally:  # whatever happened, the children are stopped and what can be written is written
                 if self._shutdown(ring):
                     code = code or 1
         if server is not None:
             server.close()
+        if self.opcua is not None:
+            self.opcua.close()
         return code
+
+    def _open_opcua(self, serial: str) -> OpcUaServer | None:
+        """The OPC UA server (``opcua.enabled``), serving until run() returns; its results come from _on_record."""
+        if not self.config.opcua.enabled:
+            return None
+        try:
+            from edge.plant.opcua import OpcUaServer, VerdictResult  # noqa: PLC0415 - asyncua: the 'opcua' extra
+        except ImportError as err:
+            raise EdgeError(
+                f"opcua.enabled is set but the OPC UA server cannot be loaded ({err})",
+                "install the 'opcua' extra (pip install 'drumsight-edge[opcua]') or set opcua.enabled: false",
+            ) from None
+        self._opcua_result = lambda record: VerdictResult.of(record, serial)
+        opcua = OpcUaServer(self.config.opcua)
+        opcua.start()
+        return opcua
+
+    def _station_state(self, state: Literal["Operational", "Halted", "Error"]) -> None:
+        """The OPC UA vision state (an Error stays until the server closes)."""
+        if self.opcua is not None and self.opcua.state != "Error":
+            self.opcua.set_state(state)
 
     def _open_evidence(self) -> EvidenceStore | None:
         s = self.config.storage
@@ -352,6 +384,7 @@ class EdgeApp:
         logged, not raised. Returns the number of verdicts lost (not written to the database).
         """
         self.notifier.notify("STOPPING=1")
+        self._station_state("Halted")
         self.capture_stop.value = 1
         try:
             self.capture.stop(10.0)
@@ -432,6 +465,7 @@ class EdgeApp:
                 self._done = True
             elif kind == "ready":
                 self._inference_ready = True
+                self._station_state("Operational")
                 runtimes = payload.get("runtimes", {})
                 self.runtime = runtime_summary(runtimes)
                 self.metrics.set_runtimes(runtimes)
@@ -481,6 +515,8 @@ class EdgeApp:
         self._account(record.sequence, record.gap_before)
         if self.mqtt is not None and self.outbox is None:
             self.mqtt.publish(record)
+        if self.opcua is not None and self._opcua_result is not None:
+            self.opcua.publish(self._opcua_result(record))
         if evidence is not None and self.evidence is not None:
             was_alarm = self.evidence.alarm
             saved = self.evidence.save(record, evidence)

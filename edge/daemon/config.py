@@ -17,6 +17,7 @@ from edge.core.ringbuf import RingPolicy
 from edge.daemon.mqtt import MqttConfig
 from edge.daemon.release import ReleaseConfig
 from edge.plant.config import PlantConfig
+from edge.plant.opcua_config import OpcUaConfig
 from engines.runtime.select import RuntimeConfig
 
 SCHEMA_VERSION = 1
@@ -133,6 +134,9 @@ class EdgeConfig(EdgeModel):
     storage: StorageConfig = Field(default_factory=StorageConfig, description="results and evidence")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus endpoint")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="verdict JSON over MQTT (off by default)")
+    opcua: OpcUaConfig = Field(
+        default_factory=OpcUaConfig, description="last result and station state over OPC UA (off by default)"
+    )
     ring: RingConfig = Field(default_factory=RingConfig, description="shared-memory ring")
     supervision: SupervisionConfig = Field(default_factory=SupervisionConfig, description="restart budget")
     release: ReleaseConfig = Field(

@@ -86,6 +86,17 @@ def test_db3_round_trip_is_exact_and_in_order(recording: Recording) -> None:
         np.testing.assert_array_equal(depth, recording.depth(i))
 
 
+def test_rate_fps_paces_reads_like_a_camera(recording: Recording) -> None:
+    rate = 20.0
+    with _source(recording.path, rate_fps=rate) as src:
+        t0 = time.perf_counter()
+        stamps = [time.perf_counter() - t0 for _ in src.frames()]
+    assert len(stamps) == recording.n
+    for i, t in enumerate(stamps):
+        assert t >= i / rate - 0.002, f"frame {i} came {i / rate - t:.3f} s before it was due"
+    assert stamps[-1] < (recording.n - 1) / rate + 0.5, "pacing does not slow the replay beyond the rate"
+
+
 def test_db3_reads_into_caller_buffers(recording: Recording) -> None:
     with _source(recording.path) as src:
         spec = src.spec

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ SECTIONS = [
     "tools.benchmarks.engines",
     "tools.benchmarks.int8",
     "tools.benchmarks.gpu",
+    "tools.benchmarks.daemon",
 ]
 
 
@@ -27,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
     parser.add_argument("--only", action="append", default=[], help="run only sections whose module ends so")
+    parser.add_argument(
+        "--long",
+        action="store_true",
+        help="sections that have one also run their long test (daemon: 10 minutes of memory growth)",
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     args = parser.parse_args(argv)
     console = Console()
@@ -36,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and not any(name.endswith(o) for o in args.only):
             continue
         console.print(f"[bold]bench[/] {name} …")
-        section: BenchSection = importlib.import_module(name).run(quick=args.quick)
+        module = importlib.import_module(name)
+        long = {"long": True} if args.long and "long" in inspect.signature(module.run).parameters else {}
+        section: BenchSection = module.run(quick=args.quick, **long)
         console.print(section.to_markdown())
         sections.append(section)
         all_met &= all(section.targets.values())
