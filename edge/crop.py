@@ -626,7 +626,7 @@ class RoiCropper:
         )
         flat = self.rays.reshape(-1, 3)
         self._rxy = np.ascontiguousarray(flat[idx, :2].T)  # 2×N²: x = rx·z and y = ry·z in one broadcast multiply
-        self._runs: tuple[npt.NDArray[np.uint16], npt.NDArray[np.uint16]] | None = None
+        self._runs: tuple[npt.NDArray[np.uint16], ...] | None = None
         if self.test is not None:
             self._a = np.ascontiguousarray(self.roi_rays.reshape(-1, 3)[idx].T)  # 3×N², likewise for l = a·z + b
             self._b = self.test.offset[:, None]
@@ -668,7 +668,7 @@ class RoiCropper:
         self._bg_image = np.empty((n, n, 3), dtype=np.uint8)
         self._bg_image[:] = self.crop_spec.background_rgb
         self._tmp = np.empty(n * n, dtype=np.bool_)
-        notched = len(self.test.notches) > 0  # a notched cylinder's second depth run or float test: one more bool,
+        notched = self.test is not None and len(self.test.notches) > 0  # a notched cylinder's second depth run or float test: one more bool,
         self._tmp2 = np.empty(n * n if notched else 0, dtype=np.bool_)  # and its float test three float rows
         self._work = np.empty((3, n * n) if notched and self._runs is None else (3, 0), dtype=np.float32)
 
