@@ -668,8 +668,9 @@ class RoiCropper:
         self._bg_image = np.empty((n, n, 3), dtype=np.uint8)
         self._bg_image[:] = self.crop_spec.background_rgb
         self._tmp = np.empty(n * n, dtype=np.bool_)
-        notched = self.test is not None and len(self.test.notches) > 0  # a notched cylinder's second depth run or float test: one more bool,
-        self._tmp2 = np.empty(n * n if notched else 0, dtype=np.bool_)  # and its float test three float rows
+        # a notched cylinder's second depth run or float test: one more bool, and its float test three float rows
+        notched = self.test is not None and len(self.test.notches) > 0
+        self._tmp2 = np.empty(n * n if notched else 0, dtype=np.bool_)
         self._work = np.empty((3, n * n) if notched and self._runs is None else (3, 0), dtype=np.float32)
 
     def crop(self, frame: Frame) -> CropOutput:

@@ -79,7 +79,15 @@ from torch import Tensor, nn
 
 from edge.core.errors import EdgeError
 from engines import training
-from engines.contract import CropMode, FitSettings, ModelCard, TrainContext, check_card, preset_settings
+from engines.contract import (
+    CropMode,
+    FitSettings,
+    ModelCard,
+    TrainContext,
+    check_card,
+    check_card_inputs,
+    preset_settings,
+)
 from engines.models.backbones import LITE_MEAN, LITE_STD, EfficientNetLite, efficientnet_lite, input_affine
 from engines.models.backbones import lite_block_args as _lite_block_args
 
@@ -748,8 +756,7 @@ class ShapeGuidedFamily:
         """A fresh (untrained, empty-memory) model for ``card``; the backbone carries its ImageNet weights."""
         settings = _settings(card.preset)
         check_card(card, self.name, settings.input_size, ShapeGuidedConfigError)
-        if tuple(card.inputs) != INPUTS:
-            raise ShapeGuidedConfigError(f"card inputs {card.inputs} do not fit Shape-Guided", f"use {INPUTS}")
+        check_card_inputs(card, INPUTS, "Shape-Guided", ShapeGuidedConfigError)
         if card.options:
             raise ShapeGuidedConfigError(
                 f"unknown Shape-Guided options {sorted(card.options)}", "Shape-Guided takes none"
