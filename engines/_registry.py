@@ -28,7 +28,10 @@ _LAZY: dict[str, str] = {
 }
 # Families the accuracy suite (``python -m tools.benchmarks.accuracy --suite``) trains by default: the detectors.
 # A helper such as DADA (trained only as another family's pretraining dependency) is not one.
-_SUITE: set[str] = {"ast", "dsr3d"}
+_SUITE: set[str] = {"ast", "baad", "dsr3d", "shape_guided"}
+# The crop modes the accuracy suite trains a family in when it declares none (``ModelFamily.suite_modes``): the
+# foreground study's pair, the paper's Original (``full``) and Foreground-Only (``foreground``).
+ROI_STUDY_MODES: tuple[str, ...] = ("full", "foreground")
 
 
 def register_family(family: ModelFamily, *, replace: bool = False, suite: bool = False) -> None:
@@ -114,3 +117,13 @@ def pretrained_from(family: ModelFamily | str) -> dict[str, str]:
             return {}
     declared: Mapping[str, str] = getattr(family, "pretrained_from", None) or {}
     return {str(k): str(v) for k, v in declared.items()}
+
+
+def suite_modes(family: ModelFamily | str) -> tuple[str, ...]:
+    """The crop modes the accuracy suite trains the family in (``ModelFamily.suite_modes``), by default
+    :data:`ROI_STUDY_MODES`; BAAD declares ``("image",)``: it learns its own foreground and runs on the whole image.
+    Asking by name imports the family's module."""
+    if isinstance(family, str):
+        family = get_family(family)
+    declared: tuple[str, ...] | None = getattr(family, "suite_modes", None)
+    return tuple(declared) if declared else ROI_STUDY_MODES

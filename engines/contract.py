@@ -125,6 +125,9 @@ class ModelFamily(Protocol):
     # option names, e.g. 3DSR's ``{"dada": "dada"}``. A tool that trains this family trains those first (same data,
     # preset and options less these keys; crop mode ``full``) and passes ``--option NAME=<out>/model.safetensors``.
     # pretrained_from: Mapping[str, str]
+    # Optional (read with ``engines._registry.suite_modes``): the crop modes the accuracy suite trains the family in,
+    # by default ("full", "foreground"), the foreground study's pair; BAAD's is ("image",).
+    # suite_modes: tuple[CropMode, ...]
 
     def build(self, card: ModelCard) -> Any:
         """A ``torch.nn.Module`` whose ``forward(**{name: tensor for name in card.inputs})`` returns

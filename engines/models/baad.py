@@ -350,6 +350,7 @@ class BaadFamily:
     """BAAD as the training and export tools see it (``engines.contract.ModelFamily``)."""
 
     name = "baad"
+    suite_modes: tuple[CropMode, ...] = ("image",)  # the accuracy suite: whole frames, no ROI at inference
     presets: Mapping[str, Mapping[str, Any]] = MappingProxyType({k: asdict(v) for k, v in PRESETS.items()})
 
     def card(self, preset: str, crop_mode: CropMode, **options: Any) -> ModelCard:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,11 @@ from drivers.synthetic import STATIONS
 from edge.core.frame import DEFECT_TYPES
 from engines import _registry
 from engines._registry import register_family, suite_families
+from engines.export import card_from_onnx
 from tests.engines._toy import TOY_FAMILY
+from tools.benchmarks import accuracy
 from tools.benchmarks.accuracy import main as accuracy_main
-from tools.benchmarks.accuracy_suite import Counts, family_sections, frame_plan, parse, render_station
+from tools.benchmarks.accuracy_suite import Counts, family_sections, frame_plan, image_sections, parse, render_station
 
 
 def test_every_defect_type_is_forced_and_the_defaults_are_the_issue_counts() -> None:
@@ -147,3 +150,74 @@ def test_a_foreground_only_variant_reports_no_original_and_no_comparison() -> No
     assert per_type.rows[0][1:] == ["1.000", "0.950"]
     assert not any("foreground > full" in k for k in study.targets)
     assert parse(["--device", "cpu", "--modes", "foreground"])[1].modes == ("foreground",)
+
+
+def _image_row(station: str, auroc: float, iou_mean: float) -> dict[str, Any]:
+    mode = {
+        "image_auroc": auroc, "pixel_auroc": 0.8, "au_pro": 0.6, "f1": 0.9, "per_type": {"dent": auroc, "scratch": 0.5},
+        "false_alarms": 0, "misses": 5, "n_good": 30, "n_defect": 60, "fit_s": 10.0, "ort_ms": 90.0,
+        "ort_p99_ms": 120.0, "aggregations": {}, "mask_iou": {"mean": iou_mean, "min": iou_mean - 0.05},
+    }  # fmt: skip
+    head = {"station": station, "seed": 1, "family": "baad", "preset": "edge", "epochs": 60, "device": "cpu"}
+    return head | {"options": [], "image": mode}
+
+
+def test_a_family_that_learns_its_foreground_is_trained_whole_frame_and_judged_against_the_best_roi_model() -> None:
+    _, job = parse(["--device", "cpu", "--modes", "foreground"])
+    assert job.modes_for("baad") == ("image",)  # declared by the family (suite_modes), whatever --modes says
+    assert job.modes_for("ast") == ("foreground",) and parse(["--device", "cpu"])[1].modes_for("ast") == (
+        "full",
+        "foreground",
+    )
+    assert "baad" in suite_families()
+    rows = [_image_row("a", 0.95, 0.93), _image_row("b", 0.80, 0.85)]
+    best = {"a": ("ast", 0.96), "b": ("dsr3d", 0.90)}
+    study, per_type = image_sections("baad", rows, best)
+    assert study.rows[0][1:3] == ["0.950", "0.960 (ast)"] and study.rows[1][2] == "0.900 (dsr3d)"
+    assert study.rows[-1][:3] == ["**mean**", "0.875", "0.930"]
+    assert study.rows[0][6] == "0.930 (min 0.880)" and study.rows[-1][6] == "0.890 (min 0.800)"
+    assert study.rows[-1][7] == "10/120 (0/60)"
+    assert per_type.headers == ["station", "dent", "scratch"] and per_type.rows[-1][1:] == ["0.875", "0.500"]
+
+    def met(start: str) -> bool:
+        (value,) = [v for k, v in study.targets.items() if k.startswith(start)]
+        return value
+
+    assert met("a seed 1: whole-frame image AUROC within 0.02 of the best ROI model (ast Foreground-Only 0.960)")
+    assert not met("b seed 1: whole-frame image AUROC within 0.02")
+    assert met("a seed 1: mean mask IoU vs the calibrated ROI ≥ 0.9")
+    assert not met("b seed 1: mean mask IoU vs the calibrated ROI ≥ 0.9")
+    alone, _ = image_sections("baad", rows[:1], {})  # no ROI model run at that station: nothing to compare with
+    assert alone.rows[0][2] == "–" and not any("best ROI model" in k for k in alone.targets)
+
+
+@pytest.mark.slow
+def test_the_suite_trains_baad_on_the_whole_frame_and_reports_its_mask_iou(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BAAD tiny, one epoch per phase, on a tiny rail station: crop mode image, the mask IoU on every good test frame
+    and the whole-frame block next to a ROI model (the toy) of the same run."""
+    monkeypatch.setattr(_registry, "_FAMILIES", dict(_registry._FAMILIES))
+    register_family(TOY_FAMILY, replace=True)
+    monkeypatch.setitem(
+        accuracy.FULL_STUDIES,
+        "baad",
+        replace(accuracy.FULL_STUDIES["baad"], preset="tiny", batch_size=2, learning_rate=1e-3),
+    )
+    work, page = tmp_path / "work", tmp_path / "accuracy.md"
+    page.write_text("<!-- accuracy:tuning:begin -->\n<!-- accuracy:tuning:end -->\n", encoding="utf-8")
+    argv = [
+        "--suite", "--stations", "rail", "--models", "toy,baad", "--device", "cpu", "--counts", "2,2,2,1",
+        "--work", str(work), "--epochs", "1", "--threads", "1", "--doc", str(page),
+    ]  # fmt: skip
+    assert accuracy_main(argv) == 1  # one epoch meets no target
+    (path,) = (work / "results/tuning").glob("rail-seed1-baad-*.json")
+    result = json.loads(path.read_text(encoding="utf-8"))
+    assert set(result) >= {"image"} and "foreground" not in result and "full" not in result
+    assert result["image"]["n_good"] == 2 and 0.0 <= result["image"]["mask_iou"]["min"] <= 1.0
+    (onnx,) = (work / "runs/tuning/rail-seed1").glob("baad-*/baad-image/model.onnx")
+    assert card_from_onnx(onnx).crop_mode == "image"
+    text = page.read_text(encoding="utf-8")
+    assert "baad tiny: the whole frame (crop mode image, no ROI at inference)" in text
+    assert "rail seed 1: whole-frame image AUROC within 0.02 of the best ROI model (toy Foreground-Only" in text
+    assert "rail seed 1: mean mask IoU vs the calibrated ROI ≥ 0.9" in text

@@ -37,7 +37,7 @@ from drivers.synthetic import SyntheticSource, SyntheticSourceConfig, render_fra
 from edge.core.errors import EdgeError
 from edge.core.scoring import Scorer, load_scoring
 from edge.crop import CropSpec
-from edge.inspect import ModelStage
+from edge.inspect import ModelStage, mask_iou
 from engines import get_family
 from engines._registry import pretrained_from
 from engines.datasets import MvtecFolder, open_dataset
@@ -51,6 +51,9 @@ MODES = ("full", "foreground")
 MODELS = ("ast", "dsr3d")
 NAMES = {"ast": "AST", "dsr3d": "3DSR"}
 TARGET_AUROC = 0.97
+
+
+RGBD = ("mode=rgbd",)  # AST's and 3DSR's feature mode in every study: colour and depth
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +79,14 @@ class Study:
     workers: int = 1  # processes rendering the line (frames are pure functions of their index)
     image_score: str = "max"  # AST's two image scores: max of the map, or mean of the grid map
     dada_epochs: int = 0  # 3DSR: DADA pretraining epochs (of the preset's corpus_batches generated batches)
+    base_options: tuple[str, ...] = ()  # the family's own ``--option`` values (AST and 3DSR: mode=rgbd)
     extra_options: tuple[str, ...] = ()  # more ``--option KEY=VALUE`` for the family (the suite's --option)
     reuse: bool = False  # keep an edge-train output trained with the same command line and ROI (the suite)
 
     def options(self, pretrained: Mapping[str, Path]) -> list[str]:
         """The family's ``--option`` values: AST's image score; checkpoints of its declared pretraining dependencies
         (``engines._registry.pretrained_from``: 3DSR's DADA) as ``NAME=<path>``."""
-        base = ["mode=rgbd", f"image_score={self.image_score}"] if self.model == "ast" else ["mode=rgbd"]
+        base = [*self.base_options, *([f"image_score={self.image_score}"] if self.model == "ast" else [])]
         return base + list(self.extra_options) + [f"{key}={path}" for key, path in pretrained.items()]
 
     def doc(self) -> Path:
@@ -92,18 +96,39 @@ class Study:
 FULL_STUDIES = {
     # 960 parts give 244 good training parts, trained 72 + 72 epochs (the paper's schedule): foreground 0.973 on an
     # H200 in 5.8 min. 480 parts × 24 epochs (0.911, 11 min) was the most run on a 2-core CPU; this is 6× its steps.
-    "ast": Study(seed=7, frames=960, epochs=72, batch_size=8, learning_rate=2e-4),
+    "ast": Study(seed=7, frames=960, epochs=72, batch_size=8, learning_rate=2e-4, base_options=RGBD),
     # edge (256², 2.7 s per forward on this CPU) would take days; tiny (64²) at 480 parts took 60 s per 3DSR epoch on
     # the shared CPU, so the CPU study is tiny on 180 parts with a short schedule (a GPU run passes larger values);
     # DADA needs its 400 epochs (800 corpus batches): at 100 its encoder had not left the one-code collapse
     "dsr3d": Study(
-        seed=7, frames=180, epochs=10, batch_size=4, learning_rate=1e-3, model="dsr3d", preset="tiny", dada_epochs=400
+        seed=7,
+        frames=180,
+        epochs=10,
+        batch_size=4,
+        learning_rate=1e-3,
+        model="dsr3d",
+        preset="tiny",
+        dada_epochs=400,
+        base_options=RGBD,
     ),
+    # BAAD has no one-line study (it needs no ROI at inference: the suite trains it in crop mode ``image``); these
+    # are its ``edge`` preset's recommended settings (docs/models/baad.md), the suite's when it trains BAAD
+    "baad": Study(seed=7, frames=0, epochs=60, batch_size=8, learning_rate=2e-4, model="baad"),
+    # Shape-Guided: no one-line study either; its ``edge`` preset's recommended fit (docs/models/shape_guided.md)
+    "shape_guided": Study(seed=7, frames=0, epochs=100, batch_size=2, learning_rate=1e-4, model="shape_guided"),
 }
 QUICK_STUDIES = {
-    "ast": Study(seed=7, frames=40, epochs=3, batch_size=8, learning_rate=2e-4),
+    "ast": Study(seed=7, frames=40, epochs=3, batch_size=8, learning_rate=2e-4, base_options=RGBD),
     "dsr3d": Study(
-        seed=7, frames=40, epochs=2, batch_size=4, learning_rate=1e-3, model="dsr3d", preset="tiny", dada_epochs=2
+        seed=7,
+        frames=40,
+        epochs=2,
+        batch_size=4,
+        learning_rate=1e-3,
+        model="dsr3d",
+        preset="tiny",
+        dada_epochs=2,
+        base_options=RGBD,
     ),
 }
 
@@ -121,6 +146,7 @@ class ModeResult:
     ort_ms: float
     ort_p99_ms: float
     aggregations: dict[str, dict[str, float]]  # image score from the maps → image AUROC and worst per-type AUROC
+    mask_iou: list[float]  # a model with a ``foreground`` output: IoU of its mask vs the ROI mask, every test/good
     maps: dict[int, npt.NDArray[np.float32]]  # test index → map, for the figure
     rgb: dict[int, npt.NDArray[np.float32]]
     map_scale: float
@@ -217,7 +243,7 @@ def train_models(
             dependency,
             "full",
             epochs=study.dada_epochs,
-            options=["mode=rgbd"],
+            options=list(RGBD),
             paths=(data, roi_path, work / dependency),
         )
         pretrained[key] = (work / dependency / "model.safetensors").resolve()
@@ -245,6 +271,7 @@ def score_mode(
     scores = np.empty(len(test))
     kinds: list[str] = []
     latencies: list[int] = []
+    ious: list[float] = []
     keep_maps: dict[int, npt.NDArray[np.float32]] = {}
     keep_rgb: dict[int, npt.NDArray[np.float32]] = {}
     mean, std = np.array(card.mean, np.float32)[:, None, None], np.array(card.std, np.float32)[:, None, None]
@@ -256,6 +283,8 @@ def score_mode(
             s = test[i]
             scores[i], maps[i], ms = stage.run({k: s[k][None] for k in card.inputs})
             latencies.append(int(ms * 1e6))
+            if "foreground" in stage.outputs and s["defect_type"] == "good":  # the learnt mask vs the calibrated one
+                ious.append(mask_iou(stage.outputs["foreground"][0, 0], s["mask"][0] > 0))
             gts[i] = s["gt"][0] > 0
             kinds.append(s["defect_type"])
             if i in figure_ids:
@@ -275,6 +304,7 @@ def score_mode(
         ort_ms=float(np.median(latencies)) / 1e6,
         ort_p99_ms=float(np.quantile(latencies, 0.99)) / 1e6,
         aggregations=aggregations,
+        mask_iou=ious,
         maps=keep_maps,
         rgb=keep_rgb,
         map_scale=float(np.quantile(maps.max((1, 2)), 0.99)),  # colour scale of the figure's heatmaps

@@ -48,8 +48,8 @@ LABELS = {
     "uint8": " (ONNX Runtime x86)",
     "uint8-all": " (every Conv, --keep-first 0)",
 }
-STUDY = accuracy.Study(seed=11, frames=240, epochs=10, batch_size=8, learning_rate=2e-4)
-QUICK = accuracy.Study(seed=11, frames=40, epochs=2, batch_size=8, learning_rate=2e-4)
+STUDY = accuracy.Study(seed=11, frames=240, epochs=10, batch_size=8, learning_rate=2e-4, base_options=accuracy.RGBD)
+QUICK = accuracy.Study(seed=11, frames=40, epochs=2, batch_size=8, learning_rate=2e-4, base_options=accuracy.RGBD)
 
 
 @dataclass(frozen=True, slots=True)
