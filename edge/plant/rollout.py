@@ -46,6 +46,7 @@ from edge.inspect import GOLDEN_NAME, ModelStage, parity_gate
 from edge.plant.s3 import ObjectStore, S3Error, sha256_file
 from engines.contract import ModelCard
 from engines.export import card_from_onnx
+from engines.runtime.base import EngineError
 from engines.runtime.select import RunnerPlan, RuntimeConfig, engine_precision
 
 if TYPE_CHECKING:
@@ -255,7 +256,13 @@ def _gate(bundle: str, folder: Path, runtime: RuntimeConfig, make_stage: StageFa
             failures = [stage.choice.fallback]
         else:
             threshold = norm.mean + scoring.threshold.value * norm.std
-            report = parity_gate(onnx, card, stage.runner, engine_precision(card, runtime), threshold)
+            try:
+                report = parity_gate(onnx, card, stage.runner, engine_precision(card, runtime), threshold)
+            except EngineError as err:  # golden crops that do not fit the model (another model's, unreadable)
+                raise RolloutError(
+                    "rolled_back", f"bundle {bundle}: the parity gate cannot run on the golden crops: {err}",
+                    "ship the golden.npz edge-train wrote beside this model.onnx",
+                ) from None  # fmt: skip
             failures = [f for p in report.pairs for f in p.failures]
     finally:
         stage.close()
@@ -355,6 +362,11 @@ class RolloutAgent:
         except RolloutError as err:
             log.error("event=rollout_%s bundle=%s error=%r", err.state, desired.bundle, str(err))
             self.report(desired.bundle, err.state, str(err))
+            return False
+        except Exception as err:  # a bug must not end the agent's thread: the station stays on its bundle
+            log.exception("event=rollout_rolled_back bundle=%s reason='unexpected error'", desired.bundle)
+            shutil.rmtree(bundles_dir(self.data_dir) / f".staging-{desired.bundle}", ignore_errors=True)
+            self.report(desired.bundle, "rolled_back", f"unexpected error: {err!r}")
             return False
         log.warning("event=rollout_installed bundle=%s action=restart", desired.bundle)
         self.on_installed(folder)  # the daemon stops in order (a flag): the report still goes out
