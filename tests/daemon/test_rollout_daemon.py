@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import queue
+import shutil
 import signal
 import sqlite3
 import threading
@@ -20,10 +21,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge.daemon.config import ConfigError, load_config
+from edge.daemon.main import main
 from edge.daemon.store import read_summary
 from edge.inspect import GOLDEN_NAME, ModelStage
 from edge.plant.record import ResultRecord
-from edge.plant.rollout import EXIT_ROLLOUT, ROLLED_BACK, current_bundle, install_bundle
+from edge.plant.rollout import EXIT_ROLLOUT, ROLLED_BACK, current_bundle, install_bundle, swap_current
 from edge.plant.s3 import ObjectStore, S3Config
 from engines.runtime.select import RuntimeConfig
 from tests.daemon.conftest import DaemonAssets
@@ -223,3 +226,37 @@ def test_a_current_bundle_that_fails_the_start_checks_is_rolled_back_to_the_prev
     current = current_bundle(data)
     assert current is not None and current.name == "ast-old"
     assert (data / "bundles" / "ast-new" / ROLLED_BACK).is_file()  # the retained desired will not install it again
+
+
+def test_rollout_config_problems_are_one_line_each_and_check_config_rolls_nothing_back(
+    make_config: Callable[..., Path], daemon_assets: DaemonAssets, second_model: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        load_config(make_config(plant={"rollout": {"enabled": True, "model": "two words"}}))
+    assert len(info.value.lines) == 1 and "plant.rollout.model" in info.value.lines[0]
+    assert "'two words'" in info.value.lines[0]
+    alone = make_config(plant={"rollout": {"enabled": True, "model": "other"}})
+    assert main(["--config", str(alone), "--check-config"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2, err
+    assert "plant.rollout.enabled: true needs plant.enabled: true, mqtt.enabled: true, a plant.s3 store" in err[0]
+    assert "plant.rollout.model: 'other' is not a configured model (ast-tiny)" in err[1]
+    s3 = {"endpoint_url": "http://127.0.0.1:9", "bucket": BUCKET}
+    plant = {"enabled": True, "site": "wuxi", "area": "assembly", "line": "L3", "station": "drum-07", "s3": s3,
+             "rollout": {"enabled": True}}  # fmt: skip
+    config = make_config(mqtt={"enabled": True, "host": "127.0.0.1", "port": 9}, plant=plant)
+    data = config.parent / "data"
+    for name, folder in (("ast-old", daemon_assets.onnx.parent), ("ast-new", second_model)):
+        (data / "bundles" / name).mkdir(parents=True)
+        for f in ("model.onnx", "scoring.yaml", GOLDEN_NAME):
+            shutil.copyfile(folder / f, data / "bundles" / name / f)
+        shutil.copyfile(daemon_assets.roi, data / "bundles" / name / "roi.yaml")
+        swap_current(data, data / "bundles" / name)
+    assert main(["--config", str(config), "--check-config"]) == 0
+    assert "rollout bundle 'ast-new'" in capsys.readouterr().out
+    (data / "bundles" / "ast-new" / "roi.yaml").unlink()
+    assert main(["--config", str(config), "--check-config"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bundle ast-new" in err[0] and "roi: file" in err[0], err
+    assert current_bundle(data) == (data / "bundles" / "ast-new").resolve(), "--check-config changes nothing"
