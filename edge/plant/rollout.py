@@ -20,8 +20,13 @@ The desired payload (:class:`DesiredBundle`) names a bundle — the ONNX, its sc
    and reported ``rolled_back``.
 
 Trust: the sha256 values come from the desired message, so who may write ``…/config/desired`` decides what runs
-(broker ACLs: only the release controller may publish there; docs/plant.md). A bundle signed with ``edge-sign``
-is not combined with rollout yet.
+(broker ACLs: only the release controller may publish there; docs/plant.md). Signing (``edge-sign``,
+``release.public_key``) is not combined with rollout yet: the daemon's start checks refuse a config with both.
+
+Bundle ↔ configured model: a bundle is one model; it replaces the ``onnx``/``scoring`` of the configured model
+``plant.rollout.model`` (the only model when unset) and the config's ``roi`` (:func:`bundle_config`). The daemon
+(``edge.daemon.preflight.preflight_bundle``, ``edge.daemon.app``) starts the agent, runs ``bundles/current`` and
+rolls a failing one back.
 """
 
 from __future__ import annotations
