@@ -206,7 +206,8 @@ def test_a_current_bundle_that_fails_the_start_checks_is_rolled_back_to_the_prev
     station: Path, plant: Plant, seaweed: SeaweedS3, daemon_assets: DaemonAssets, second_model: Path
 ) -> None:
     """Two installed bundles; the current one's scoring file then belongs to another ONNX (a bundle the station's
-    start checks refuse): the daemon swaps back to the previous bundle, runs it and reports why."""
+    start checks refuse): the daemon swaps back to the previous bundle, runs it and reports why; the desired message
+    naming the failed bundle does not install it again (that would loop restarts)."""
     objects = ObjectStore(S3Config(endpoint_url=seaweed.endpoint, bucket=BUCKET, access_key_id="k",
                                    secret_access_key="s"))  # fmt: skip
     data = station.parent / "data"
@@ -214,7 +215,8 @@ def test_a_current_bundle_that_fails_the_start_checks_is_rolled_back_to_the_prev
     for name, folder in (("ast-old", model_dir), ("ast-new", second_model)):
         files = {"onnx": folder / "model.onnx", "scoring": folder / "scoring.yaml", "roi": daemon_assets.roi,
                  "golden": folder / GOLDEN_NAME}  # fmt: skip
-        install_bundle(rollout.upload(name, files, objects), objects, data, RuntimeConfig(threads=1), ModelStage)
+        desired = rollout.upload(name, files, objects)
+        install_bundle(desired, objects, data, RuntimeConfig(threads=1), ModelStage)
     (data / "bundles" / "ast-new" / "scoring.yaml").write_bytes(daemon_assets.scoring.read_bytes())
     with daemon(station) as d:
         report = plant.report()
@@ -222,6 +224,11 @@ def test_a_current_bundle_that_fails_the_start_checks_is_rolled_back_to_the_prev
         assert "failed the start checks" in report["error"] and "scoring" in report["error"]
         d.wait_for(r"event=rollout_rolled_back bundle=ast-new running='ast-old'")
         assert set(plant.recipes(2)) == {recipe(daemon_assets.onnx)}
+        plant.want(desired.model_dump(mode="json", exclude_none=True))  # the retained desired of ast-new, again
+        again = plant.report()
+        assert (again["state"], again["bundle"], again["running"]) == ("rolled_back", "ast-new", "ast-old"), again
+        assert "failed the start checks on this station before" in again["error"]
+        assert d.proc.poll() is None, "no install, no restart"
         assert stop(d) == 0, "\n".join(d.lines[-30:])
     current = current_bundle(data)
     assert current is not None and current.name == "ast-old"
@@ -260,3 +267,23 @@ def test_rollout_config_problems_are_one_line_each_and_check_config_rolls_nothin
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bundle ast-new" in err[0] and "roi: file" in err[0], err
     assert current_bundle(data) == (data / "bundles" / "ast-new").resolve(), "--check-config changes nothing"
+
+
+def test_edge_rollout_refuses_before_publishing_and_reports_a_silent_station(
+    plant: Plant, seaweed: SeaweedS3, daemon_assets: DaemonAssets, second_model: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    assert release("two words", second_model, daemon_assets.roi, plant.port, seaweed.endpoint)[0] == "2"
+    assert "--bundle 'two words' must match" in capsys.readouterr().err
+    mixed = tmp_path / "mixed"  # the second model with the first model's scoring file: the station would refuse it
+    mixed.mkdir()
+    shutil.copyfile(second_model / "model.onnx", mixed / "model.onnx")
+    shutil.copyfile(daemon_assets.scoring, mixed / "scoring.yaml")
+    assert release("ast-mixed", mixed, daemon_assets.roi, plant.port, seaweed.endpoint)[0] == "2"
+    assert "scoring file was fitted for" in capsys.readouterr().err
+    assert "Contents" not in seaweed.client().list_objects_v2(Bucket=BUCKET, Prefix="ast-mixed/"), "nothing uploaded"
+    out = release("ast-quiet", second_model, daemon_assets.roi, plant.port, seaweed.endpoint, wait_s=1)
+    assert out == ["1", "edge-rollout: desired ast-quiet published to 1 station(s)",
+                   f"{PREFIX}: no report on ast-quiet within 1 s"]  # fmt: skip
