@@ -1,8 +1,9 @@
 """EdgeApp, the composition root: owns the ring, starts capture and inference, writes every verdict to the sinks.
 
-Start order: results database → evidence → MQTT → metrics → ring → capture → inference. Stop runs in reverse
-and drains: capture stops and closes the ring's stream, inference scores every frame already published and
-says ``done``, and every record on the queue is written before the database is closed.
+Start order: results database → evidence → MQTT (outbox, rollout agent) → metrics → ring → capture → inference.
+Stop runs in reverse and drains: capture stops and closes the ring's stream, inference scores every frame already
+published and says ``done``, and every record on the queue is written before the database is closed. A bundle the
+rollout agent installed stops the daemon the same way, with exit code ``EXIT_ROLLOUT`` (75) instead of 0.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from prometheus_client import Gauge
 from pydantic import TypeAdapter
 
 from drivers import SourceConfig, create_source
@@ -37,6 +39,7 @@ from edge.daemon.evidence import EvidenceError, EvidenceStore
 from edge.daemon.health import SdNotifier, Watchdog, runtime_summary, status_line
 from edge.daemon.inference import FrameEvent, inference_main
 from edge.daemon.mqtt import MqttPublisher
+from edge.daemon.preflight import BundleStart
 from edge.daemon.record import Evidence, VerdictRecord
 from edge.daemon.release import ReleaseState, ReleaseTracker, verify_release
 from edge.daemon.results import ResultWriter
@@ -51,6 +54,7 @@ from edge.daemon.supervisor import (
 )
 from edge.plant.outbox import Outbox
 from edge.plant.record import new_result_id
+from edge.plant.rollout import EXIT_ROLLOUT, RolloutAgent, rollout_model
 from edge.plant.s3 import ObjectStore
 from engines.runtime.select import resolve
 
@@ -164,8 +168,16 @@ class RunStats:
 class EdgeApp:
     """The daemon: ``run()`` returns the process exit code (0 after an orderly stop or the end of a recording)."""
 
-    def __init__(self, config: EdgeConfig, release: ReleaseState | None = None, spec: StreamSpec | None = None) -> None:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        release: ReleaseState | None = None,
+        spec: StreamSpec | None = None,
+        bundle: BundleStart | None = None,
+    ) -> None:
+        """``config`` is what runs (with plant.rollout: the current bundle's files, edge.daemon.preflight)."""
         self.config = config
+        self.bundle = bundle or BundleStart()
         self._release = release  # verified by the caller (edge-daemon does it before anything starts), else in run()
         self.spec = spec  # the source's stream as preflight read it (None: probe the source at start)
         self.data_dir = config.storage.data_dir
@@ -188,6 +200,8 @@ class EdgeApp:
         self._next_prune = 0.0
         self.opcua: OpcUaServer | None = None
         self._opcua_result: Callable[[VerdictRecord], InspectionResult] | None = None
+        self.rollout: RolloutAgent | None = None
+        self._installed = ""  # the bundle the rollout agent installed: stop in order, exit EXIT_ROLLOUT
 
     # -- signals ---------------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -233,7 +247,7 @@ class EdgeApp:
         if self.config.mqtt.enabled:  # with the plant on: MQTT v5, the station's …/status, results via the outbox
             status = plant.station_id().topic("status") if plant.enabled else None
             self.mqtt = MqttPublisher(self.config.mqtt, serial=spec.serial, status_topic=status, v5=plant.enabled)
-        self.outbox = self._open_outbox()
+        self.outbox, self.rollout = self._open_outbox(), self._open_rollout()  # after MQTT: they use its connection
         self.opcua = self._open_opcua(spec.serial)
         server = None
         if self.config.metrics.enabled:
@@ -259,6 +273,13 @@ class EdgeApp:
             server.close()
         if self.opcua is not None:
             self.opcua.close()
+        return self._exit_code(code)
+
+    def _exit_code(self, code: int) -> int:
+        """``code``, or EXIT_ROLLOUT after an orderly stop for an installed bundle (the service manager restarts)."""
+        if self._installed and code == 0:
+            log.warning("event=exit_for_rollout bundle=%s exit_code=%d", self._installed, EXIT_ROLLOUT)
+            return EXIT_ROLLOUT
         return code
 
     def _open_opcua(self, serial: str) -> OpcUaServer | None:
@@ -306,6 +327,34 @@ class EdgeApp:
         log.info("event=plant_outbox topic=%s evidence=%s", outbox.topic,
                  f"s3://{plant.s3.bucket}" if plant.s3 is not None else "none")  # fmt: skip
         return outbox
+
+    def _open_rollout(self) -> RolloutAgent | None:
+        """The rollout agent (``plant.rollout.enabled``; preflight checked MQTT and S3), following …/config/desired."""
+        plant = self.config.plant
+        if not plant.rollout.enabled or self.mqtt is None or plant.s3 is None:
+            return None
+        b = self.bundle
+        running = b.bundle or "configured files"
+        if b.rolled_back is not None:
+            log.error("event=rollout_rolled_back bundle=%s running=%r error=%r", b.rolled_back[0], running,
+                      b.rolled_back[1])  # fmt: skip
+        model = self.config.models[rollout_model(self.config)]
+        log.info("event=rollout_bundle bundle=%r model=%s onnx=%s", running, model.name, model.onnx)
+        Gauge(
+            "edge_rollout_bundle_info", "1 for the rollout bundle the station runs ('' : its configured files).",
+            ["bundle"], registry=self.metrics.registry,
+        ).labels(bundle=b.bundle).set(1)  # fmt: skip
+        agent = RolloutAgent(
+            self.mqtt, plant.station_id().prefix, ObjectStore(plant.s3), self.data_dir, self.config.runtime,
+            golden=plant.rollout.golden, on_installed=self._on_installed,
+        )  # fmt: skip
+        agent.start()
+        return agent
+
+    def _on_installed(self, folder: Path) -> None:
+        """The agent swapped ``bundles/current`` to ``folder`` (its thread): stop in order, as on SIGTERM."""
+        self._installed = folder.name
+        self._stop_reason = "rollout"
 
     def _start_children(self, ring: FrameRing) -> None:
         ctx = mp.get_context("spawn")
@@ -367,13 +416,17 @@ class EdgeApp:
             if time.monotonic() >= next_status:
                 next_status = time.monotonic() + STATUS_EVERY_S
                 self._status(source, ring)
-        if self._stop_reason:
+        if self._installed:
+            log.info("event=stop_requested reason=rollout bundle=%s", self._installed)
+        elif self._stop_reason:
             log.info("event=stop_requested signal=%s", self._stop_reason)
 
     def _status(self, source: str, ring: FrameRing) -> None:
         self.metrics.ring_slots_pending.set(ring.stats().pending)
         self.metrics.fps.set(self.stats.fps())
-        line = status_line(source, self.stats.fps(), self.stats.p95(), self.stats.counts, self.runtime)
+        bundle = self.bundle.bundle if self.rollout is not None else ""
+        line = status_line(source, self.stats.fps(), self.stats.p95(), self.stats.counts, runtime=self.runtime,
+                           bundle=bundle)  # fmt: skip
         self.notifier.notify(f"STATUS={line}")
         self.results.store_counters(self.run_id, self.counters())
 
@@ -413,6 +466,8 @@ class EdgeApp:
             log.error("event=verdicts_lost total=%d (counted in the summary; not in the database)", lost)
         if self.outbox is not None:
             self.outbox.stop()
+        if self.rollout is not None:  # before MQTT closes: an install under way still reports its outcome
+            self.rollout.stop(10.0)
         log.info("event=run_final run_id=%d counters=%s", self.run_id, json.dumps(self.counters(), sort_keys=True))
         try:
             self.store.finish_run(self.run_id, self.counters())
@@ -464,6 +519,8 @@ class EdgeApp:
             elif kind == "done":
                 self._done = True
             elif kind == "ready":
+                if self.rollout is not None and not self._inference_ready:  # scoring with its bundle now
+                    self.rollout.started(self.bundle.rolled_back)
                 self._inference_ready = True
                 self._station_state("Operational")
                 runtimes = payload.get("runtimes", {})

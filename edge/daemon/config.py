@@ -180,6 +180,8 @@ class EdgeConfig(EdgeModel):
             tls.cert_file = fix(tls.cert_file) if tls.cert_file is not None else None
             tls.key_file = fix(tls.key_file) if tls.key_file is not None else None
         cfg.release.manifest = fix(cfg.release.manifest)
+        if cfg.plant.rollout.golden is not None:
+            cfg.plant.rollout.golden = fix(cfg.plant.rollout.golden)
         if cfg.release.public_key is not None:
             cfg.release.public_key = fix(cfg.release.public_key)
         return cfg

@@ -79,12 +79,16 @@ class Watchdog:
         return self.notifier.notify("WATCHDOG=1")
 
 
-def status_line(source: str, fps: float, p95_ms: float, counts: dict[str, int], runtime: str = "") -> str:
-    """The one-line ``STATUS=`` text ``systemctl status`` shows (``runtime``: e.g. ``tensorrt/cuda:0``)."""
+def status_line(
+    source: str, fps: float, p95_ms: float, counts: dict[str, int], *, runtime: str = "", bundle: str = ""
+) -> str:
+    """The one-line ``STATUS=`` text ``systemctl status`` shows (``runtime``: e.g. ``tensorrt/cuda:0``; ``bundle``:
+    the rollout bundle that runs)."""
     return (
         f"source={source} fps={fps:.1f} p95={p95_ms:.1f}ms scored={counts.get('scored', 0)} "
         f"ng={counts.get('ng', 0)} gated={counts.get('gated', 0)} dropped={counts.get('dropped', 0)}"
         + (f" runtime={runtime}" if runtime else "")
+        + (f" bundle={bundle}" if bundle else "")
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from edge.core.errors import EdgeError
 from edge.daemon.config import ConfigError, EdgeConfig, load_config
-from edge.daemon.preflight import PreflightError, preflight
+from edge.daemon.preflight import PreflightError, preflight_bundle
 from edge.daemon.release import ReleaseError
 from edge.daemon.store import read_summary
 from edge.daemon.supervisor import configure_logging
@@ -91,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check_and_run(config: EdgeConfig, args: argparse.Namespace) -> int:
     """The start checks (all of them for --check-config too), then the daemon unless only checking."""
+    start = not args.check_config
     try:  # the same checks for --check-config and a start: a start with a mismatch spawns no child
-        checked = preflight(config, open_camera=not args.check_config)
+        config, checked, bundle = preflight_bundle(config, open_camera=start, roll_back=start)
     except PreflightError as err:
         for line in err.lines:
             print(f"edge-daemon: config error: {args.config}: {line}", file=sys.stderr)
@@ -106,13 +107,14 @@ def _check_and_run(config: EdgeConfig, args: argparse.Namespace) -> int:
     if args.check_config:
         r = checked.release
         signed = f", release {r.release!r} signed by {r.signed_by}" if r.signed_by else ""
+        signed += f", rollout bundle {bundle.bundle!r}" if bundle.bundle else ""
         print(f"edge-daemon: {args.config} is valid ({len(config.models)} model(s), source {config.source.type}"
               f"{signed}; runtime {checked.runtime.describe()})")  # fmt: skip
         return EXIT_OK
     from edge.daemon.app import EdgeApp  # noqa: PLC0415 (--summary stays free of the pipeline's imports)
 
     configure_logging(level=getattr(logging, args.log_level))
-    app = EdgeApp(config, checked.release, spec=checked.spec)
+    app = EdgeApp(config, checked.release, spec=checked.spec, bundle=bundle)
     try:
         code = app.run()
     except EdgeError as err:

@@ -7,7 +7,7 @@ in the main process so a mismatch is one line and exit 2 instead of a crash loop
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from calibration.roi import RoiFile, check_trained_with, load_roi
 from drivers import create_source
@@ -17,7 +17,8 @@ from edge.core.frame import StreamSpec
 from edge.core.scoring import load_scoring
 from edge.daemon.config import EdgeConfig, missing_files
 from edge.daemon.mqtt import MqttError, tls_context
-from edge.daemon.release import ReleaseState, verify_release
+from edge.daemon.release import ReleaseError, ReleaseState, verify_release
+from edge.plant.rollout import bundle_config, current_bundle, roll_back_current, rollout_model
 from engines.contract import ModelCard
 from engines.export import card_from_onnx
 from engines.runtime.base import EngineError
@@ -94,6 +95,70 @@ def preflight(config: EdgeConfig, *, open_camera: bool) -> Preflight:
     if problems or runtime is None:
         raise PreflightError(problems)
     return Preflight(spec, roi, cards, runtime, verify_release(config))
+
+
+@dataclass(frozen=True, slots=True)
+class BundleStart:
+    """Which rollout bundle a start runs (``""``: the configured files), and the one it swapped out, if any."""
+
+    bundle: str = ""
+    rolled_back: tuple[str, str] | None = None  # (bundle, why) when the current bundle failed the start checks
+
+
+def rollout_problems(config: EdgeConfig) -> list[str]:
+    """What ``plant.rollout.enabled`` needs and the config lacks, one line."""
+    r = config.plant.rollout
+    if not r.enabled:
+        return []
+    lacks = [k for k, ok in (("plant.enabled: true", config.plant.enabled), ("mqtt.enabled: true",
+             config.mqtt.enabled), ("a plant.s3 store", config.plant.s3 is not None)) if not ok]  # fmt: skip
+    problems = []
+    if lacks:
+        problems.append(f"plant.rollout.enabled: true needs {', '.join(lacks)} (bundles are named on MQTT and "
+                        "downloaded from S3) — set them, or plant.rollout.enabled: false")  # fmt: skip
+    if config.release.public_key is not None:
+        problems.append("plant.rollout.enabled: true cannot be combined with release.public_key yet (a rolled-out "
+                        "bundle is not signed with edge-sign) — remove one of them")  # fmt: skip
+    if r.golden is not None and not r.golden.is_file():
+        problems.append(f"plant.rollout.golden: file {r.golden} does not exist")
+    try:
+        rollout_model(config)
+    except EdgeError as err:
+        problems.append(str(err))
+    return problems
+
+
+def preflight_bundle(config: EdgeConfig, *, open_camera: bool, roll_back: bool) -> tuple[EdgeConfig, Preflight,
+                                                                                          BundleStart]:  # fmt: skip
+    """:func:`preflight` of what this start runs: with ``plant.rollout`` on, the bundle ``<data_dir>/bundles/current``
+    points at (:func:`edge.plant.rollout.bundle_config`), else the configured files.
+
+    A current bundle that fails the checks is swapped back to the previous one (``roll_back``, a start; the
+    configured files when there is none) and that is checked in turn; without ``roll_back`` (``--check-config``)
+    its problems are raised. Returns the config to run, its checks and which bundle runs.
+    """
+    if problems := rollout_problems(config):
+        raise PreflightError(problems)
+    data_dir = config.storage.data_dir
+    rolled_back: tuple[str, str] | None = None
+    while True:
+        folder = current_bundle(data_dir) if config.plant.rollout.enabled else None
+        effective = bundle_config(config, folder) if folder is not None else config
+        try:
+            checked = preflight(effective, open_camera=open_camera)
+        except (PreflightError, ReleaseError) as err:
+            if folder is None:
+                raise
+            if not roll_back:
+                lines = err.lines if isinstance(err, PreflightError) else [str(err)]
+                raise PreflightError([f"bundle {folder.name} ({folder}): {line}" for line in lines]) from None
+            why = "; ".join(err.lines) if isinstance(err, PreflightError) else str(err)
+            rolled_back = rolled_back or (folder.name, f"bundle {folder.name} failed the start checks: {why}")
+            roll_back_current(data_dir, why)
+            continue
+        if folder is not None:  # the bundle's name is its release name (config_changes, logs)
+            checked = replace(checked, release=replace(checked.release, release=folder.name))
+        return effective, checked, BundleStart(folder.name if folder is not None else "", rolled_back)
 
 
 def _check_source(config: EdgeConfig, roi: RoiFile | None, open_camera: bool, problems: list[str]) -> StreamSpec | None:

@@ -177,7 +177,8 @@ def sign_bundle(config: EdgeConfig, key: Ed25519PrivateKey, release: str) -> tup
 
 @dataclass(frozen=True, slots=True)
 class ReleaseState:
-    """A verified bundle: key → sha256, and (when signed) the release name and the signing key's fingerprint."""
+    """A verified bundle: key → sha256, the release name (the signed manifest's, or the rollout bundle's) and, when
+    signed, the signing key's fingerprint."""
 
     digests: dict[str, str]
     signed_by: str = ""
@@ -294,7 +295,8 @@ class ReleaseTracker:
         """Record ``state`` as running: log what changed since the last accepted bundle, metrics, one table row."""
         previous = self.current.digests if self.current is not None else self.store.last_release_digests()
         diff = changes(previous, state.digests)
-        signed = f"signed_by={state.signed_by} release={state.release!r}" if state.signed_by else "signed=no"
+        signed = f"signed_by={state.signed_by}" if state.signed_by else "signed=no"
+        signed += f" release={state.release!r}" if state.release else ""
         log.info("event=release_%s %s %s changed=%d", event, signed, state.summary(), len(diff))
         for c in diff if previous is not None else []:
             log.warning("event=release_changed file=%s old=%s new=%s", c["file"], _short(c["old"]), _short(c["new"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -11,6 +12,27 @@ from edge.plant.record import StationId
 from edge.plant.s3 import S3Config
 
 _NAME = r"^[A-Za-z0-9_.-]*$"
+
+
+class RolloutConfig(EdgeModel):
+    """The station follows its retained ``…/config/desired`` and runs the bundle installed there (off by default).
+
+    A bundle (ONNX + scoring + ROI) replaces one configured model's ``onnx``/``scoring`` and the config's ``roi``;
+    the other configured models, if any, keep their files and must fit the bundle's ROI (docs/plant.md).
+    """
+
+    type: Literal["rollout"] = Field("rollout", description="section discriminator")
+    enabled: bool = Field(
+        False, description="follow …/config/desired and run <data_dir>/bundles/current (needs plant.enabled, "
+        "mqtt.enabled and plant.s3)",
+    )  # fmt: skip
+    model: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.:/-]+$", description="name of the configured model (models[].name) a bundle "
+        "replaces; None: the config's only model",
+    )  # fmt: skip
+    golden: Path | None = Field(
+        None, description="golden.npz for the parity gate of a bundle that ships none (relative: from the config file)"
+    )
 
 
 class PlantConfig(EdgeModel):
@@ -30,6 +52,9 @@ class PlantConfig(EdgeModel):
         300.0, gt=0, description="raise the outbox alarm when the oldest waiting result is older than this"
     )
     send_window: int = Field(64, ge=1, le=1000, description="results sent before waiting for the broker's acks")
+    rollout: RolloutConfig = Field(
+        default_factory=RolloutConfig, description="models rolled out over …/config/desired (off by default)"
+    )
 
     @model_validator(mode="after")
     def _named(self) -> PlantConfig:

@@ -14,12 +14,19 @@ The desired payload (:class:`DesiredBundle`) names a bundle — the ONNX, its sc
 4. swaps atomically: ``<data_dir>/bundles/current`` is a symbolic link, replaced by ``rename(2)`` to point at
    ``bundles/<bundle>/`` (the previous target is kept as ``bundles/previous``);
 5. asks the daemon to restart in order (exit code :data:`EXIT_ROLLOUT`, which systemd's ``Restart=on-failure``
-   restarts): the new daemon runs the new bundle and reports ``running`` on ``…/config/reported``. A bundle that
-   then fails the start checks is swapped back to ``previous`` (:func:`roll_back_current`) and reported.
+   restarts): the new daemon runs the new bundle (:func:`bundle_config`) and reports ``running`` on
+   ``…/config/reported``. A bundle that then fails the start checks is swapped back to ``previous``
+   (:func:`roll_back_current`, which marks it so that the retained desired message does not install it again)
+   and reported ``rolled_back``.
 
 Trust: the sha256 values come from the desired message, so who may write ``…/config/desired`` decides what runs
-(broker ACLs: only the release controller may publish there; docs/plant.md). A bundle signed with ``edge-sign``
-is not combined with rollout yet.
+(broker ACLs: only the release controller may publish there; docs/plant.md). Signing (``edge-sign``,
+``release.public_key``) is not combined with rollout yet: the daemon's start checks refuse a config with both.
+
+Bundle ↔ configured model: a bundle is one model; it replaces the ``onnx``/``scoring`` of the configured model
+``plant.rollout.model`` (the only model when unset) and the config's ``roi`` (:func:`bundle_config`). The daemon
+(``edge.daemon.preflight.preflight_bundle``, ``edge.daemon.app``) starts the agent, runs ``bundles/current`` and
+rolls a failing one back.
 """
 
 from __future__ import annotations
@@ -33,23 +40,30 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from calibration.roi import check_trained_with, load_roi
 from edge.core.errors import EdgeError
-from edge.core.scoring import load_scoring
+from edge.core.scoring import ScoringFile, load_scoring
 from edge.inspect import GOLDEN_NAME, ModelStage, parity_gate
 from edge.plant.s3 import ObjectStore, S3Error, sha256_file
+from engines.contract import ModelCard
 from engines.export import card_from_onnx
+from engines.runtime.base import EngineError
 from engines.runtime.select import RunnerPlan, RuntimeConfig, engine_precision
+
+if TYPE_CHECKING:
+    from edge.daemon.config import EdgeConfig
 
 log = logging.getLogger(__name__)
 
 EXIT_ROLLOUT = 75  # EX_TEMPFAIL: the daemon stops in order so the service manager starts it on the new bundle
 BUNDLES = "bundles"
 FILES = {"onnx": "model.onnx", "scoring": "scoring.yaml", "roi": "roi.yaml", "golden": GOLDEN_NAME}
+BUNDLE_NAME = r"^[A-Za-z0-9_.-]+$"
+ROLLED_BACK = "ROLLED_BACK"  # in a bundle's folder: it failed the daemon's start checks (the file holds why)
 
 
 class RolloutError(EdgeError):
@@ -74,7 +88,7 @@ class DesiredBundle(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    bundle: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="bundle name, unique per release")
+    bundle: str = Field(pattern=BUNDLE_NAME, description="bundle name, unique per release")
     onnx: Artifact = Field(description="the model (edge-train / edge-quantize ONNX)")
     scoring: Artifact = Field(description="its scoring.yaml")
     roi: Artifact = Field(description="the ROI the model was trained with (roi.yaml)")
@@ -113,15 +127,54 @@ def swap_current(data_dir: Path, folder: Path) -> None:
     _point(root / "current", folder)
 
 
-def roll_back_current(data_dir: Path) -> Path | None:
-    """Point ``current`` back at ``previous`` (after the new bundle failed at start); the folder, or None."""
-    previous = bundles_dir(data_dir) / "previous"
+def roll_back_current(data_dir: Path, reason: str = "") -> Path | None:
+    """Point ``current`` back at ``previous`` (after the current bundle failed at start); the folder it points at now.
+
+    Without a previous bundle (the first rollout failed) ``current`` is removed and None returned: the station
+    runs its configured files again. With ``reason``, the failed bundle's folder is marked :data:`ROLLED_BACK`
+    (the agent then refuses to install that bundle again: publish a new bundle name instead).
+    """
+    root = bundles_dir(data_dir)
+    failed = current_bundle(data_dir)
+    if failed is not None and reason:
+        (failed / ROLLED_BACK).write_text(reason + "\n", encoding="utf-8")
+    previous = root / "previous"
     if not previous.is_symlink() or not previous.resolve().is_dir():
+        (root / "current").unlink(missing_ok=True)
         return None
     target = previous.resolve()
-    _point(bundles_dir(data_dir) / "current", target)
+    _point(root / "current", target)
     previous.unlink()
     return target
+
+
+def rollout_model(config: EdgeConfig) -> int:
+    """Index of the configured model a bundle replaces (``plant.rollout.model``, else the only model)."""
+    name = config.plant.rollout.model
+    if name is None:
+        if len(config.models) != 1:
+            raise EdgeError(
+                f"plant.rollout.model is not set and the config has {len(config.models)} models",
+                "name the model a bundle replaces: plant.rollout.model: <models[].name>",
+            )
+        return 0
+    for i, m in enumerate(config.models):
+        if m.name == name:
+            return i
+    raise EdgeError(
+        f"plant.rollout.model: {name!r} is not a configured model ({', '.join(m.name for m in config.models)})",
+        "set it to one of models[].name",
+    )
+
+
+def bundle_config(config: EdgeConfig, folder: Path) -> EdgeConfig:
+    """``config`` running the bundle in ``folder``: its model.onnx and scoring.yaml replace those of the rollout model
+    (:func:`rollout_model`, same name), its roi.yaml the config's ROI; everything else stays as configured."""
+    out = config.model_copy(deep=True)
+    model = out.models[rollout_model(config)]
+    model.onnx, model.scoring = folder / FILES["onnx"], folder / FILES["scoring"]
+    out.roi = folder / FILES["roi"]
+    return out
 
 
 StageFactory = Callable[[Path], ModelStage]
@@ -182,13 +235,20 @@ def install_bundle(
     return final
 
 
-def _gate(bundle: str, folder: Path, runtime: RuntimeConfig, make_stage: StageFactory) -> None:
-    """The start's checks on the staged files, then the engine built here against ONNX Runtime on golden crops."""
-    onnx, scoring_path, roi_path = folder / FILES["onnx"], folder / FILES["scoring"], folder / FILES["roi"]
+def check_files(onnx: Path, scoring_path: Path, roi_path: Path) -> tuple[ScoringFile, ModelCard]:
+    """The start's checks on a bundle's files (the scoring file belongs to that ONNX, the ROI is the one it was trained
+    with); raises the check's EdgeError. The agent runs them on staged files, ``edge-rollout`` before publishing."""
     scoring = load_scoring(scoring_path)
     scoring.check_artefact(onnx)
     card = card_from_onnx(onnx)
     check_trained_with(load_roi(roi_path), card.roi_version, onnx)
+    return scoring, card
+
+
+def _gate(bundle: str, folder: Path, runtime: RuntimeConfig, make_stage: StageFactory) -> None:
+    """The start's checks on the staged files, then the engine built here against ONNX Runtime on golden crops."""
+    onnx = folder / FILES["onnx"]
+    scoring, card = check_files(onnx, folder / FILES["scoring"], folder / FILES["roi"])
     if not (folder / GOLDEN_NAME).is_file():
         raise RolloutError(
             "rolled_back", f"bundle {bundle}: no golden crops for the parity gate",
@@ -201,7 +261,13 @@ def _gate(bundle: str, folder: Path, runtime: RuntimeConfig, make_stage: StageFa
             failures = [stage.choice.fallback]
         else:
             threshold = norm.mean + scoring.threshold.value * norm.std
-            report = parity_gate(onnx, card, stage.runner, engine_precision(card, runtime), threshold)
+            try:
+                report = parity_gate(onnx, card, stage.runner, engine_precision(card, runtime), threshold)
+            except EngineError as err:  # golden crops that do not fit the model (another model's, unreadable)
+                raise RolloutError(
+                    "rolled_back", f"bundle {bundle}: the parity gate cannot run on the golden crops: {err}",
+                    "ship the golden.npz edge-train wrote beside this model.onnx",
+                ) from None  # fmt: skip
             failures = [f for p in report.pairs for f in p.failures]
     finally:
         stage.close()
@@ -241,14 +307,26 @@ class RolloutAgent:
         self._thread = threading.Thread(target=self._run, name="plant-rollout", daemon=True)
 
     def start(self) -> None:
-        current = current_bundle(self.data_dir)
-        self.report(current.name if current is not None else "", "running", "")
+        """Follow ``…/config/desired`` (the broker delivers the retained message on every connect)."""
         self._thread.start()
         self.publisher.follow(self.desired_topic, self._queue.put)
 
-    def stop(self) -> None:
+    def started(self, rolled_back: tuple[str, str] | None = None) -> None:
+        """The station scores with its bundle: report ``running``, or ``rolled_back`` (bundle, why) when the start
+        swapped a failed bundle out (``running`` then names the one that runs)."""
+        if rolled_back is not None:
+            self.report(rolled_back[0], "rolled_back", rolled_back[1])
+        else:
+            current = current_bundle(self.data_dir)
+            self.report(current.name if current is not None else "", "running", "")
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop following; an install under way gets ``timeout_s`` to finish (its staging folder is removed on the
+        next try if the process exits first)."""
         self._queue.put(None)
-        self._thread.join(30)
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.warning("event=rollout_stop_timeout action=exit_anyway waited_s=%.0f", timeout_s)
 
     def report(self, bundle: str, state: str, error: str) -> None:
         """Publish the retained ``…/config/reported`` (what runs, or why a desired bundle was not installed)."""
@@ -259,19 +337,28 @@ class RolloutAgent:
 
     def _run(self) -> None:
         while (payload := self._queue.get()) is not None:
-            self.handle(payload)
+            if self.handle(payload):
+                return  # installed: the daemon restarts on it; nothing else is installed before that
 
-    def handle(self, payload: bytes) -> None:
-        """Install the bundle ``payload`` names, unless it already runs; report the outcome."""
+    def handle(self, payload: bytes) -> bool:
+        """Install the bundle ``payload`` names, unless it already runs; report the outcome; True if installed."""
         try:
             desired = DesiredBundle.model_validate_json(payload)
         except ValidationError as err:
             log.error("event=rollout_refused reason='invalid desired message' error=%r", str(err).splitlines()[0])
             self.report("", "refused", f"invalid desired message: {str(err).splitlines()[0]}")
-            return
+            return False
         current = current_bundle(self.data_dir)
         if current is not None and current.name == desired.bundle:
-            return  # already running it (the retained message is delivered again on every connect)
+            return False  # already running it (the retained message is delivered again on every connect)
+        marked = bundles_dir(self.data_dir) / desired.bundle / ROLLED_BACK
+        if marked.is_file():  # it failed the start checks here once: installing it again would loop restarts
+            why = marked.read_text(encoding="utf-8").strip()
+            log.error("event=rollout_rolled_back bundle=%s reason='failed the start checks before' error=%r",
+                      desired.bundle, why)  # fmt: skip
+            self.report(desired.bundle, "rolled_back", f"bundle {desired.bundle} failed the start checks on this "
+                        f"station before ({why}); publish the fixed bundle under a new name")  # fmt: skip
+            return False
         log.info("event=rollout_start bundle=%s", desired.bundle)
         try:
             folder = install_bundle(
@@ -280,7 +367,13 @@ class RolloutAgent:
         except RolloutError as err:
             log.error("event=rollout_%s bundle=%s error=%r", err.state, desired.bundle, str(err))
             self.report(desired.bundle, err.state, str(err))
-            return
+            return False
+        except Exception as err:  # a bug must not end the agent's thread: the station stays on its bundle
+            log.exception("event=rollout_rolled_back bundle=%s reason='unexpected error'", desired.bundle)
+            shutil.rmtree(bundles_dir(self.data_dir) / f".staging-{desired.bundle}", ignore_errors=True)
+            self.report(desired.bundle, "rolled_back", f"unexpected error: {err!r}")
+            return False
         log.warning("event=rollout_installed bundle=%s action=restart", desired.bundle)
         self.on_installed(folder)  # the daemon stops in order (a flag): the report still goes out
         self.report(desired.bundle, "installed", "")
+        return True

@@ -41,6 +41,17 @@ def daemon_assets(tmp_path_factory: pytest.TempPathFactory) -> DaemonAssets:
     return DaemonAssets(d / "line.db3", d / "roi.yaml", d / "model" / "model.onnx", d / "model" / "scoring.yaml")
 
 
+@pytest.fixture(scope="session")
+def second_model(daemon_assets: DaemonAssets, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second tiny AST trained on the same line and ROI (another seed, one epoch): a new release to roll out.
+    Its folder holds model.onnx, scoring.yaml and golden.npz, as edge-train writes them."""
+    out = tmp_path_factory.mktemp("second-model")
+    args = ["--model", "ast", "--preset", "tiny", "--crop", "foreground", "--epochs", "1", "--seed", "1"]
+    paths = ["--data", str(daemon_assets.line), "--roi", str(daemon_assets.roi), "--out", str(out)]
+    assert train.main([*args, *paths]) == 0
+    return out
+
+
 ConfigFactory = Callable[..., Path]
 
 

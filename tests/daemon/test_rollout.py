@@ -113,6 +113,7 @@ class Agent:
         self.client.subscribe(f"{PREFIX}/config/reported", qos=1)
         assert acked.wait(5)
         self.agent.start()
+        self.agent.started()
         assert self.next()["state"] == "running"
 
     def want(self, bundle: DesiredBundle | bytes) -> None:

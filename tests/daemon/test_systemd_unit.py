@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from edge.plant.rollout import EXIT_ROLLOUT
+
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "deploy" / "edge-daemon.service"
 DOCS = ROOT / "docs" / "daemon.md"
@@ -49,6 +51,10 @@ def test_the_unit_rates_medium_or_better_and_docs_explain_every_remaining_exposu
 def test_the_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     text = UNIT.read_text()
     assert re.search(r"^RestartPreventExitStatus=2$", text, re.M), "exit 2 (config/release error) must not restart"
+    # Exit 75 (a rollout bundle was installed) must restart: Restart=on-failure restarts every non-zero exit status
+    # that is neither prevented nor declared a success.
+    assert re.search(r"^Restart=on-failure$", text, re.M)
+    assert not re.search(rf"^(RestartPreventExitStatus|SuccessExitStatus)=.*\b{EXIT_ROLLOUT}\b", text, re.M)
     assert INSTALLED in text
     original = _analyze("verify", str(UNIT))
     complaints = [line for line in original.stderr.splitlines() if line.strip()]
