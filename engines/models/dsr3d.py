@@ -34,7 +34,6 @@ set instead of fixed 4000 × 64 samples; ``cpu`` is the preset sized for trainin
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -46,7 +45,7 @@ from torch import Tensor, nn
 
 from engines import training
 from engines.checkpoint import check_card, load_checkpoint, read_checkpoint_meta
-from engines.contract import CropMode, FitSettings, ModelCard, TrainContext
+from engines.contract import CropMode, FitSettings, ModelCard, TrainContext, preset_table
 from engines.models import _perlin
 from engines.models.dada import (
     DADA_FAMILY,
@@ -352,7 +351,7 @@ class Dsr3dFamily:
     """3DSR's object-specific part on a frozen, pretrained DADA of the same preset and mode."""
 
     name = "dsr3d"
-    presets: Mapping[str, Mapping[str, Any]] = MappingProxyType({k: asdict(v) for k, v in PRESETS.items()})
+    presets: Mapping[str, Mapping[str, Any]] = preset_table(PRESETS)
     pretrained_from: Mapping[str, str] = MappingProxyType({"dada": "dada"})  # option 'dada' names a DADA checkpoint
 
     def card(self, preset: str, crop_mode: CropMode, **options: Any) -> ModelCard:
