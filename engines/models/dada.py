@@ -438,10 +438,6 @@ def fit_dada(
     real = frames[0] if frames else None
     model.to(device)
     nets = {"net": model.net}
-    opt = torch.optim.Adam(model.net.parameters(), lr=settings.learning_rate)
-    saved = training.resume_point(context, ("dada",), Dsr3dTrainError)
-    if saved is not None:
-        training.load_training_state(saved[2], nets, opt, Dsr3dTrainError)
     steps = model.settings.corpus_batches
     recon_loss = nnf.l1_loss if model.mode == "rgbd" else nnf.mse_loss
 
@@ -456,19 +452,9 @@ def fit_dada(
         loss: Tensor = recon_loss(recon, x) + commit
         return loss
 
-    model.train()
-    training.train_phase(
-        "dada",
-        nets,
-        opt,
-        settings=settings,
-        context=context,
-        first_epoch=0 if saved is None else saved[1],
-        batches=batches,
-        step=step,
-        lr_steps=(0.8, 0.9),
+    training.fit_one_phase(
+        model, "dada", nets, settings, context, batches=batches, step=step, error=Dsr3dTrainError, lr_steps=(0.8, 0.9)
     )
-    training.finish(model)
 
 
 # ----------------------------------------------------------------------------------------------------- family objects

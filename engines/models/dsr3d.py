@@ -299,10 +299,6 @@ def fit_dsr3d(
     device = training.start(settings, Dsr3dTrainError)
     model.to(device)
     nets = {"sub_lo": model.sub_lo, "sub_hi": model.sub_hi, "decoder": model.decoder, "unet": model.unet}
-    opt = torch.optim.Adam([p for net in nets.values() for p in net.parameters()], lr=settings.learning_rate)
-    saved = training.resume_point(context, ("dsr3d",), Dsr3dTrainError)
-    if saved is not None:
-        training.load_training_state(saved[2], nets, opt, Dsr3dTrainError)
 
     def codes(**inputs: Tensor) -> tuple[Tensor, ...]:
         x = model.prepare(**inputs)
@@ -325,19 +321,9 @@ def fit_dsr3d(
         loss, _ = dsr3d_loss(model, x, q, q_anom, target)
         return loss
 
-    model.train()
-    training.train_phase(
-        "dsr3d",
-        nets,
-        opt,
-        settings=settings,
-        context=context,
-        first_epoch=0 if saved is None else saved[1],
-        batches=batches,
-        step=step,
-        lr_steps=(0.8,),
+    training.fit_one_phase(
+        model, "dsr3d", nets, settings, context, batches=batches, step=step, error=Dsr3dTrainError, lr_steps=(0.8,)
     )
-    training.finish(model)
 
 
 # ----------------------------------------------------------------------------------------------------- family object

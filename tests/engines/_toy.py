@@ -66,28 +66,16 @@ class ToyFamily:
     def fit(self, model: Any, train: Iterable[Mapping[str, Any]], settings: FitSettings, context: TrainContext) -> None:
         """Adam on the mean map, one pass over ``train`` per epoch, with the shared harness's state and loop."""
         training.start(settings, EdgeError)
-        opt = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-        saved = training.resume_point(context, ("toy",), EdgeError)
-        if saved is not None:
-            training.load_training_state(saved[2], {"model": model}, opt, EdgeError)
 
         def step(batch: Mapping[str, Any]) -> torch.Tensor:
             amap, _ = model(rgb=batch["rgb"], xyz=batch["xyz"], mask=batch["mask"])
             loss: torch.Tensor = amap.mean()
             return loss
 
-        model.train()
-        training.train_phase(
-            "toy",
-            {"model": model},
-            opt,
-            settings=settings,
-            context=context,
-            first_epoch=0 if saved is None else saved[1],
-            batches=lambda _: train,
-            step=step,
+        nets = {"model": model}
+        training.fit_one_phase(
+            model, "toy", nets, settings, context, batches=lambda _: train, step=step, error=EdgeError
         )
-        model.eval()
 
 
 TOY_FAMILY = ToyFamily()
