@@ -19,13 +19,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from calibration.roi import load_roi
-from edge.core.errors import EdgeError
 from edge.core.scoring import ModelIdentity, file_sha256, fit_scoring, load_scoring, save_scoring
 from edge.crop import CropSpec
 from edge.inspect import GOLDEN_NAME
 from engines.datasets import open_dataset
 from engines.export import card_from_onnx
 from engines.quantize import QuantizeError, QuantizeSettings, calibration_feeds, quantize_onnx
+from tools.entry import one_line_errors
 from tools.train import cpu_stage, evaluate_test, verdict_counts
 
 PROG = "edge-quantize"
@@ -146,14 +146,10 @@ def _print_summary(out: Path, metrics: dict[str, float]) -> None:
         print(f"{PROG}: {line}")
 
 
+@one_line_errors(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: 0 done, 2 a fixable problem (one line on stderr)."""
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except EdgeError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return 2
+    run(build_parser().parse_args(argv))
     return 0
 
 

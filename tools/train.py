@@ -34,6 +34,7 @@ from engines.contract import FitSettings, FitsValidation, ModelCard, ModelFamily
 from engines.datasets import Batches, Dataset, Sample, open_dataset
 from engines.export import check_onnx, onnx_from_model
 from engines.runtime.select import RunnerPlan, RuntimeConfig
+from tools.entry import one_line_errors
 
 PROG = "edge-train"
 STATE_FILE = "state.safetensors"
@@ -393,14 +394,12 @@ def _print_summary(out: Path, metrics: Mapping[str, float]) -> None:
         print(f"{PROG}: {line}")
 
 
+@one_line_errors(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: 0 done, 2 a fixable problem (one line), 3 paused by --stop-after, 130 Ctrl-C."""
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except EdgeError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return 2
     except TrainingPaused as e:
         print(f"{PROG}: {e}; state in {args.out / 'state'} — rerun with --resume to continue", file=sys.stderr)
         return 3
