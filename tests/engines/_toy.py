@@ -25,6 +25,28 @@ from edge.crop import IMAGENET_MEAN, IMAGENET_STD
 from engines import training
 from engines.contract import CropMode, FitSettings, ModelCard, TrainContext
 
+
+class MemoryContext:
+    """A real TrainContext keeping every progress report and saved state in memory: every reported metric must be
+    finite and every saved state the one resume format (name → tensor)."""
+
+    def __init__(self, resume: tuple[str, int, dict[str, Any]] | None = None) -> None:
+        self.resume = resume
+        self.reports: list[tuple[str, int, int]] = []
+        self.saved: list[tuple[str, int, dict[str, Any]]] = []
+
+    def progress(self, phase: str, done: int, total: int, **metrics: float) -> None:
+        assert all(np.isfinite(v) for v in metrics.values()), metrics
+        self.reports.append((phase, done, total))
+
+    def save_state(self, phase: str, epoch: int, state: Mapping[str, Any]) -> None:
+        assert all(isinstance(v, torch.Tensor) for v in state.values())
+        self.saved.append((phase, epoch, dict(state)))
+
+    def resume_state(self) -> tuple[str, int, dict[str, Any]] | None:
+        return self.resume
+
+
 PRESETS: dict[str, dict[str, Any]] = {"tiny": {"input_size": 32, "hidden": 8}, "edge": {"input_size": 48, "hidden": 16}}
 
 
