@@ -27,7 +27,7 @@ from engines.models.backbones import LITE_MEAN, LITE_STD
 S = 128  # the tiny preset's input size
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def drum_batch(batch: int, seed: int) -> dict[str, torch.Tensor]:

@@ -23,7 +23,7 @@ S = 64  # tiny preset input size
 OVERFIT = FitSettings(epochs=25, batch_size=4, learning_rate=2e-3, seed=5, threads=1)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def drum_disc(cy: float, cx: float, r: float = 0.28) -> np.ndarray:

@@ -32,7 +32,7 @@ S = 64  # tiny preset input size
 SETTINGS = FitSettings(epochs=2, batch_size=2, learning_rate=1e-3, seed=3, threads=1)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def drum_batch(batch: int, seed: int) -> dict[str, torch.Tensor]:

@@ -33,7 +33,7 @@ ONE_EPOCH = FitSettings(epochs=1, batch_size=2, learning_rate=1e-3, seed=3, thre
 TWO_EPOCHS = FitSettings(epochs=2, batch_size=2, learning_rate=1e-3, seed=3, threads=1)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def drums(card: ModelCard, batch: int, seed: int) -> dict[str, torch.Tensor]:

@@ -30,7 +30,7 @@ from engines.models.shape_guided import (
     window_patches,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def bumpy(card: ModelCard, seed: int) -> dict[str, torch.Tensor]:
