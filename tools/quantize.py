@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from calibration.roi import load_roi
-from edge.core.scoring import ModelIdentity, file_sha256, fit_scoring, load_scoring, save_scoring
+from edge.core.scoring import ModelIdentity, fit_scoring, load_scoring, save_scoring
 from edge.crop import CropSpec
 from edge.inspect import GOLDEN_NAME
 from engines.datasets import open_dataset
@@ -99,15 +99,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     feeds, picked = calibration_feeds(train_split, data.good("train"), card, settings)
     calibration = {"data_hash": data.data_hash, "split": "train/good", "samples": picked}
     int8_onnx = quantize_onnx(fp32_onnx, args.out / ONNX_FILE, feeds, settings, calibration=calibration)
-    identity = ModelIdentity(
-        family=card.family,
-        preset=card.preset,
-        input_size=card.input_size,
-        crop_mode=card.crop_mode,
-        roi_version=card.roi_version,
-        artefact=int8_onnx.name,
-        artefact_sha256=file_sha256(int8_onnx),
-    )
+    identity = ModelIdentity.of(card, int8_onnx)
     val, good_val = data.split("validation"), data.good("validation")
     stage = cpu_stage(int8_onnx)
     try:

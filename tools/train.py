@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from calibration.roi import load_roi
 from edge.core.errors import EdgeError
-from edge.core.scoring import ModelIdentity, Scorer, ScoringFile, file_sha256, fit_scoring, save_scoring
+from edge.core.scoring import ModelIdentity, Scorer, ScoringFile, fit_scoring, save_scoring
 from edge.crop import CropSpec
 from edge.inspect import GOLDEN_NAME, ModelStage, mask_iou
 from engines._registry import get_family
@@ -327,15 +327,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     _STDERR.print(f"{PROG}: {onnx_path.name}: {parity.summary()}", soft_wrap=True)
     if not parity.ok:
         raise TrainError(f"{onnx_path} does not reproduce the PyTorch model: {parity.summary()}", "report this bug")
-    identity = ModelIdentity(
-        family=card.family,
-        preset=card.preset,
-        input_size=card.input_size,
-        crop_mode=card.crop_mode,
-        roi_version=card.roi_version,
-        artefact=onnx_path.name,
-        artefact_sha256=file_sha256(onnx_path),
-    )
+    identity = ModelIdentity.of(card, onnx_path)
     stage = cpu_stage(onnx_path)
     try:
         raw_val = stage.raw_scores(val[i] for i in good_val)
