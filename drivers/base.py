@@ -7,13 +7,14 @@ and watchdogs live above them (``edge``), so tests and tools can drive a source 
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Iterator
 from types import TracebackType
 
-from drivers.errors import EndOfStreamError, SourceError
+from drivers.errors import EndOfStreamError, FrameTimeoutError, SourceError
 from edge.core.frame import Frame, FrameBuffers, StreamSpec
 
-__all__ = ["FrameBuffers", "FrameSource", "require_open"]
+__all__ = ["FrameBuffers", "FrameSource", "require_open", "wait_until_due"]
 
 
 class FrameSource(abc.ABC):
@@ -77,3 +78,15 @@ def require_open(spec: StreamSpec | None, name: str) -> StreamSpec:
     if spec is None:
         raise SourceError(f"{name} is not open", "call open() (or use it as a context manager) first")
     return spec
+
+
+def wait_until_due(t0_ns: int, index: int, fps: float, timeout_s: float, *, what: str, remedy: str) -> None:
+    """Pace a source: sleep until frame ``index`` of a stream started at ``t0_ns`` (``perf_counter_ns``) is due at
+    ``fps``. A due time beyond ``timeout_s`` sleeps the timeout, then raises ``FrameTimeoutError`` ("<what> is due in
+    …", ``remedy``)."""
+    wait_s = (t0_ns + round(index * 1e9 / fps) - time.perf_counter_ns()) / 1e9
+    if wait_s > timeout_s:
+        time.sleep(max(timeout_s, 0.0))
+        raise FrameTimeoutError(f"{what} is due in {wait_s:.3f} s, after the {timeout_s:.3f} s timeout", remedy)
+    if wait_s > 0:
+        time.sleep(wait_s)

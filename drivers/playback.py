@@ -12,7 +12,7 @@ import pyrealsense2 as rs
 from pydantic import Field
 
 from drivers._rsconvert import depth_registered_to_color, frame_from_frameset, stream_spec, video_profile
-from drivers.base import FrameBuffers, FrameSource, require_open
+from drivers.base import FrameBuffers, FrameSource, require_open, wait_until_due
 from drivers.errors import EndOfStreamError, FrameTimeoutError, RecordingError
 from edge.core.config import EdgeModel
 from edge.core.frame import Frame, StreamSpec
@@ -204,15 +204,14 @@ class PlaybackSource(FrameSource):
         """Sleep until frame ``sequence`` is due at ``rate_fps``; a due time beyond the timeout is a timeout."""
         if self._sequence == 0:
             self._t0_ns = time.perf_counter_ns()
-        wait_s = (self._t0_ns + round(self._sequence * 1e9 / rate_fps) - time.perf_counter_ns()) / 1e9
-        if wait_s > timeout_s:
-            time.sleep(max(timeout_s, 0.0))
-            raise FrameTimeoutError(
-                f"next frame of the replay is due in {wait_s:.3f} s, after the {timeout_s:.3f} s timeout",
-                "read with a timeout of at least one frame period (1/rate_fps)",
-            )
-        if wait_s > 0:
-            time.sleep(wait_s)
+        wait_until_due(
+            self._t0_ns,
+            self._sequence,
+            rate_fps,
+            timeout_s,
+            what="next frame of the replay",
+            remedy="read with a timeout of at least one frame period (1/rate_fps)",
+        )
 
     def _next_pair(self, timeout_s: float) -> rs.composite_frame:
         """Take frames in file order until each stream has a new one; wait in slices of about a frame period."""

@@ -581,14 +581,7 @@ class RoiCropper:
             self.layout = crop_layout(intr, roi, self.crop_spec)
         self.roi_rays = roi_ray_table(self.rays, roi)
         self.test: RoiTest | None = RoiTest.from_roi(roi)
-        self.scale, self.offset = normalisation(self.crop_spec)
-        # value·scale + offset, rounded after each step exactly as the kernel does, for all 256 byte values: one
-        # 1×256 table per channel, so each colour plane is normalised straight into its NCHW plane (no transpose)
-        table = np.arange(256, dtype=np.float32)[:, None] * self.scale + self.offset
-        self._luts = [np.ascontiguousarray(table[None, :, c], dtype=np.float32) for c in range(3)]
-        self._bg_value = tuple(float(c) for c in self.crop_spec.background_rgb)
-        self._build_tables()
-        self._alloc()
+        self._tables_and_buffers()
         self.silhouette: npt.NDArray[np.bool_] | None = (
             sample_nearest(roi_silhouette(intr, roi, self.crop_spec), self.layout).reshape(-1)
             if self.crop_spec.keep_depthless
@@ -603,7 +596,14 @@ class RoiCropper:
     def _image_without_roi(self, spec: StreamSpec) -> None:
         """Tables and buffers of the ``image`` mode without an ROI: no ROI test, the mask is "has depth"."""
         self.test, self.silhouette, self._depthless = None, None, None
+        self._tables_and_buffers()
+
+    def _tables_and_buffers(self) -> None:
+        """The colour normalisation, the background colour, the sample tables and the output buffers (with an ROI
+        or without); the layout and the ROI test are set before."""
         self.scale, self.offset = normalisation(self.crop_spec)
+        # value·scale + offset, rounded after each step exactly as the kernel does, for all 256 byte values: one
+        # 1×256 table per channel, so each colour plane is normalised straight into its NCHW plane (no transpose)
         table = np.arange(256, dtype=np.float32)[:, None] * self.scale + self.offset
         self._luts = [np.ascontiguousarray(table[None, :, c], dtype=np.float32) for c in range(3)]
         self._bg_value = tuple(float(c) for c in self.crop_spec.background_rgb)

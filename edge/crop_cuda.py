@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -13,6 +12,7 @@ from typing import Any, cast
 import numpy as np
 
 from calibration.roi import RoiFile
+from edge.core.cuda_context import current, retain_primary
 from edge.core.frame import Frame, StreamSpec
 from edge.core.geometry import ray_table
 from edge.crop import (
@@ -134,26 +134,18 @@ class CudaRoiCropper:
         self.spec, self.roi, self.crop_spec = spec, roi, crop or CropSpec()
         self.layout = crop_layout(spec.color_intrinsics, roi, self.crop_spec)
         self._cuda = cuda
-        try:
-            cuda.init()
-            self._ctx: Any = cuda.Device(device).retain_primary_context()
-        except cuda.Error as e:
-            raise CropError(
-                f"CUDA device {device} is not usable ({e})",
-                "check the driver with nvidia-smi and the device index, or use the CPU RoiCropper",
-            ) from None
+        self._ctx: Any = retain_primary(
+            cuda, device, CropError, "check the driver with nvidia-smi and the device index, or use the CPU RoiCropper"
+        )
         self._registered: list[tuple[int, int, int, Any]] = []  # (host start, end, device address or 0, array)
         self._last = DeviceOutputs(0, 0, 0)
-        self._ctx.push()
-        try:
+        with self.active():
             self._module = self._load(ptx)  # kept: the function must not outlive its module
             self._fn = self._module.get_function(KERNEL_NAME)
             self._fn.prepare("P" * 11)
             self._upload_tables()
             self._alloc()
             self.stream = cuda.Stream()
-        finally:
-            cuda.Context.pop()
 
     def _load(self, ptx: Path | None) -> Any:
         """The kernel module: a prebuilt PTX/cubin when given, else compiled from the .cu by pycuda (cached)."""
@@ -187,14 +179,9 @@ class CudaRoiCropper:
         )
         self._mask_f32 = cuda.pagelocked_empty((n, n), np.float32)
 
-    @contextmanager
-    def active(self) -> Iterator[None]:
+    def active(self) -> AbstractContextManager[None]:
         """Make this cropper's CUDA context current (for the caller's own pycuda calls on its buffers)."""
-        self._ctx.push()
-        try:
-            yield
-        finally:
-            self._cuda.Context.pop()
+        return current(self._cuda, self._ctx)
 
     def register_host(self, memory: np.ndarray, *, mapped: bool | None = None) -> str:
         """Page-lock ``memory`` (e.g. the whole shared-memory ring) so frame uploads from it are asynchronous DMA.

@@ -20,8 +20,9 @@ Training/validation batches add ``label`` (B, 0 good / 1 defect) and ``gt`` (B×
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from edge.core.errors import EdgeError
@@ -166,11 +167,25 @@ class FitsValidation(Protocol):
 # ------------------------------------------------------------------------------------------------------ card checks
 
 
+def preset_table(presets: Mapping[str, Any]) -> Mapping[str, Mapping[str, Any]]:
+    """A family's ``presets`` attribute: each preset's settings dataclass as a read-only dict of its fields."""
+    return MappingProxyType({name: asdict(settings) for name, settings in presets.items()})
+
+
 def preset_settings(presets: Mapping[str, SettingsT], preset: str, family: str, error: type[EdgeError]) -> SettingsT:
     """The settings of ``preset`` among a family's ``presets``; an unknown name raises ``error`` listing them."""
     if preset not in presets:
         raise error(f"{family} has no preset {preset!r}", f"pick one of {sorted(presets)}")
     return presets[preset]
+
+
+def check_option_names(
+    options: Mapping[str, Any], allowed: Collection[str], family: str, remedy: str, error: type[EdgeError]
+) -> None:
+    """Refuse options not in ``allowed`` (none allowed: every option) with ``error`` listing them and ``remedy``."""
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise error(f"unknown {family} options {unknown}", remedy)
 
 
 def check_card(card: ModelCard, family: str, input_size: int, error: type[EdgeError]) -> None:

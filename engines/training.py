@@ -9,6 +9,8 @@ A family's ``fit`` is then its losses and the order of its phases::
     train_phase("student", nets, opt, settings=…, context=…, first_epoch=…, batches=…, step=…)
     finish(model)                                             # back on the CPU in eval mode
 
+A family trained in one phase (DADA, 3DSR) hands the last three steps to ``fit_one_phase``.
+
 **The one resume format** (``training_state``): a flat mapping ``"<net>.<state_dict key>"`` → tensor for each
 trained module, plus ``"optim.<param index>.<slot>"`` → tensor for the optimiser's per-parameter state. Only tensors,
 so ``engines.checkpoint.save_state`` writes it to safetensors without pickle; the optimiser's hyper-parameters are
@@ -183,3 +185,37 @@ def train_phase(
             losses.append(float(loss.detach()))
         context.progress(phase, epoch + 1, settings.epochs, loss=float(np.mean(losses)))
         context.save_state(phase, epoch + 1, training_state(nets, opt))
+
+
+def fit_one_phase(
+    model: nn.Module,
+    phase: str,
+    nets: Mapping[str, nn.Module],
+    settings: FitSettings,
+    context: TrainContext,
+    *,
+    batches: Callable[[int], Iterable[T]],
+    step: Callable[[T], Tensor],
+    error: type[EdgeError],
+    lr_steps: tuple[float, ...] = (),
+) -> None:
+    """The rest of a one-phase family's ``fit``: Adam over the parameters of ``nets`` at the settings' learning rate,
+    it and ``nets`` restored from the context's saved state (one of ``phase``, else ``error``) or fresh, the epochs left
+    of ``phase`` trained (``train_phase``), ``model`` handed back on the CPU in eval mode (``finish``)."""
+    opt = torch.optim.Adam([p for net in nets.values() for p in net.parameters()], lr=settings.learning_rate)
+    saved = resume_point(context, (phase,), error)
+    if saved is not None:
+        load_training_state(saved[2], nets, opt, error)
+    model.train()
+    train_phase(
+        phase,
+        nets,
+        opt,
+        settings=settings,
+        context=context,
+        first_epoch=0 if saved is None else saved[1],
+        batches=batches,
+        step=step,
+        lr_steps=lr_steps,
+    )
+    finish(model)

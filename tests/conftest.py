@@ -1,4 +1,4 @@
-"""Fixtures every test folder can use: real servers on loopback (tests/servers.py)."""
+"""Fixtures every test folder can use: real servers on loopback (tests/servers.py), torch on one thread."""
 
 from __future__ import annotations
 
@@ -32,3 +32,16 @@ def postgres() -> Iterator[Postgres]:
     server = Postgres().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """torch on one thread for a module: tiny graphs run faster on one thread than on two contended ones (2 threads
+    on 2 shared cores spin, 10-20× slower when other jobs load them). Asked for with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch  # only the modules that ask for it pay for importing torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from edge.core.errors import EdgeError
 from engines.build import BuildSettings, build_engine, ensure_engine
 from engines.runtime.base import EngineError
+from tools.entry import one_line_errors
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,15 +55,10 @@ def run(args: argparse.Namespace) -> Path:
     return ensure_engine(args.onnx, args.out_dir, allow_rebuild=True, **names)
 
 
+@one_line_errors("edge-build: error")
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `edge-build`; EdgeErrors exit 2 with one line, no traceback."""
-    args = _parser().parse_args(argv)
-    try:
-        engine = run(args)
-    except EdgeError as err:
-        print(f"edge-build: error: {err}", file=sys.stderr)
-        return 2
-    print(engine)
+    print(run(_parser().parse_args(argv)))
     return 0
 
 

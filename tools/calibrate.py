@@ -30,9 +30,9 @@ from calibration.preview import write_failure_preview, write_preview
 from calibration.roi import RoiFile, load_roi, save_roi
 from drivers.base import FrameSource
 from drivers.synthetic.stations import DEFAULT_STATION, STATIONS
-from edge.core.errors import EdgeError
 from edge.core.frame import Frame
 from edge.crop import CropSpec, RoiCropper
+from tools.entry import one_line_errors
 
 PROG = "edge-calibrate"
 
@@ -296,17 +296,14 @@ def run(args: argparse.Namespace) -> None:
         print(f"wrote preview {args.preview}")
 
 
+@one_line_errors(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: exit 0 on success, 2 with a one-line message on any error a user can fix."""
     args = build_parser().parse_args(argv)
     if args.frames < 1 or args.skip < 0:
         print(f"{PROG}: --frames must be ≥ 1 and --skip ≥ 0", file=sys.stderr)
         return 2
-    try:
-        run(args)
-    except EdgeError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return 2
+    run(args)
     return 0
 
 

@@ -18,12 +18,12 @@ from typing import Any, cast
 
 import numpy as np
 
-from edge.core.errors import EdgeError
 from edge.inspect import GATE_BUDGETS, GOLDEN_NAME, gate_budget, golden_feeds
 from engines.export import card_from_onnx
 from engines.parity import ParityBudget, ParityReport, compare_runners, feeds_from_npz, random_feeds
 from engines.runtime.base import EngineError, Runner, TensorSpec
 from engines.runtime.ort import OrtRunner
+from tools.entry import one_line_errors
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -159,14 +159,11 @@ def _summary(report: ParityReport) -> list[str]:
     return lines
 
 
+@one_line_errors("edge-parity: error")
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `edge-parity`: 0 within budget, 1 over it, 2 on an EdgeError (one line, no traceback)."""
     args = _parser().parse_args(argv)
-    try:
-        report = run(args)
-    except EdgeError as err:
-        print(f"edge-parity: error: {err}", file=sys.stderr)
-        return 2
+    report = run(args)
     if args.report:
         report.write(args.report)
     print("\n".join(_summary(report)))

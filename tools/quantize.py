@@ -19,13 +19,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from calibration.roi import load_roi
-from edge.core.errors import EdgeError
-from edge.core.scoring import ModelIdentity, file_sha256, fit_scoring, load_scoring, save_scoring
+from edge.core.scoring import ModelIdentity, fit_scoring, load_scoring, save_scoring
 from edge.crop import CropSpec
 from edge.inspect import GOLDEN_NAME
 from engines.datasets import open_dataset
 from engines.export import card_from_onnx
 from engines.quantize import QuantizeError, QuantizeSettings, calibration_feeds, quantize_onnx
+from tools.entry import one_line_errors
 from tools.train import cpu_stage, evaluate_test, verdict_counts
 
 PROG = "edge-quantize"
@@ -99,15 +99,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     feeds, picked = calibration_feeds(train_split, data.good("train"), card, settings)
     calibration = {"data_hash": data.data_hash, "split": "train/good", "samples": picked}
     int8_onnx = quantize_onnx(fp32_onnx, args.out / ONNX_FILE, feeds, settings, calibration=calibration)
-    identity = ModelIdentity(
-        family=card.family,
-        preset=card.preset,
-        input_size=card.input_size,
-        crop_mode=card.crop_mode,
-        roi_version=card.roi_version,
-        artefact=int8_onnx.name,
-        artefact_sha256=file_sha256(int8_onnx),
-    )
+    identity = ModelIdentity.of(card, int8_onnx)
     val, good_val = data.split("validation"), data.good("validation")
     stage = cpu_stage(int8_onnx)
     try:
@@ -146,14 +138,10 @@ def _print_summary(out: Path, metrics: dict[str, float]) -> None:
         print(f"{PROG}: {line}")
 
 
+@one_line_errors(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: 0 done, 2 a fixable problem (one line on stderr)."""
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except EdgeError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return 2
+    run(build_parser().parse_args(argv))
     return 0
 
 

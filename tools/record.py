@@ -23,6 +23,7 @@ from drivers.recorder import check_output_path, record_frames
 from drivers.synthetic import STATIONS, SyntheticSource, SyntheticSourceConfig
 from edge.core.errors import EdgeError
 from edge.core.frame import Frame
+from tools.entry import one_line_errors
 
 _STDERR = Console(stderr=True)
 
@@ -213,19 +214,16 @@ def _run_realsense(args: argparse.Namespace) -> str:
     return f"{n} framesets from camera {serial} → {path}"
 
 
+@one_line_errors("edge-record: error")
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `edge-record` console script; EdgeErrors exit 2 with one line, no traceback."""
     args = _parser().parse_args(argv)
-    try:
-        if args.from_recording is not None:
-            done = _run_from_recording(args)
-        elif args.source == "synthetic":
-            done = _run_synthetic(args)
-        else:
-            done = _run_realsense(args)
-    except EdgeError as err:
-        print(f"edge-record: error: {err}", file=sys.stderr)
-        return 2
+    if args.from_recording is not None:
+        done = _run_from_recording(args)
+    elif args.source == "synthetic":
+        done = _run_synthetic(args)
+    else:
+        done = _run_realsense(args)
     print(done)
     return 0
 

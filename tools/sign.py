@@ -15,7 +15,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from edge.core.errors import EdgeError
 from edge.daemon.config import ConfigError, EdgeConfig, load_config
 from edge.daemon.release import (
     ReleaseError,
@@ -27,8 +26,9 @@ from edge.daemon.release import (
     signature_path,
     verify_release,
 )
+from tools.entry import one_line_errors
 
-EXIT_OK, EXIT_USAGE = 0, 2
+EXIT_OK = 0
 
 
 def _config(path: Path) -> EdgeConfig:
@@ -53,30 +53,27 @@ def _sign_parser() -> argparse.ArgumentParser:
     return p
 
 
+@one_line_errors("edge-sign: error")
 def sign_main(argv: list[str] | None = None) -> int:
     """Entry point of `edge-sign`; errors are one line, exit 2."""
     args = _sign_parser().parse_args(argv)
-    try:
-        if args.keygen:
-            pub = args.pub or args.key.with_name(args.key.name + ".pub")
-            fingerprint = generate_keypair(args.key, pub)
-            print(f"edge-sign: wrote {args.key} (keep it secret) and {pub} (release.public_key), key {fingerprint}")
-            return EXIT_OK
-        if args.config is None:
-            raise ReleaseError("nothing to sign", "pass --config edge.yaml (or --keygen to make a key pair)")
-        config = _config(args.config)
-        key = load_private_key(args.key)
-        configured = config.release.public_key
-        if configured is not None and key_fingerprint(load_public_key(configured)) != key_fingerprint(key.public_key()):
-            raise ReleaseError(
-                f"{args.key} is not the private key of release.public_key {configured}",
-                "sign with the key the stations trust, or change release.public_key",
-            )
-        manifest, signature = sign_bundle(config, key, args.release)
-        state = verify_release(config) if configured is not None else None  # the daemon's own check, at once
-    except EdgeError as err:
-        print(f"edge-sign: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    if args.keygen:
+        pub = args.pub or args.key.with_name(args.key.name + ".pub")
+        fingerprint = generate_keypair(args.key, pub)
+        print(f"edge-sign: wrote {args.key} (keep it secret) and {pub} (release.public_key), key {fingerprint}")
+        return EXIT_OK
+    if args.config is None:
+        raise ReleaseError("nothing to sign", "pass --config edge.yaml (or --keygen to make a key pair)")
+    config = _config(args.config)
+    key = load_private_key(args.key)
+    configured = config.release.public_key
+    if configured is not None and key_fingerprint(load_public_key(configured)) != key_fingerprint(key.public_key()):
+        raise ReleaseError(
+            f"{args.key} is not the private key of release.public_key {configured}",
+            "sign with the key the stations trust, or change release.public_key",
+        )
+    manifest, signature = sign_bundle(config, key, args.release)
+    state = verify_release(config) if configured is not None else None  # the daemon's own check, at once
     checked = " (checked as the daemon will)" if state is not None else ""
     print(f"edge-sign: signed {manifest} → {signature} with key {key_fingerprint(key.public_key())}{checked}")
     return EXIT_OK
@@ -91,21 +88,18 @@ def _verify_parser() -> argparse.ArgumentParser:
     return p
 
 
+@one_line_errors("edge-verify: error")
 def verify_main(argv: list[str] | None = None) -> int:
     """Entry point of `edge-verify`: exit 0 when the daemon would accept the bundle, else one line and exit 2."""
     args = _verify_parser().parse_args(argv)
-    try:
-        config = _config(args.config)
-        if args.public_key is not None:
-            config.release.public_key = args.public_key.resolve()
-        if config.release.public_key is None:
-            raise ReleaseError(
-                f"{args.config} sets no release.public_key", "pass --public-key KEY.pub to verify against a key"
-            )
-        state = verify_release(config)
-    except EdgeError as err:
-        print(f"edge-verify: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    config = _config(args.config)
+    if args.public_key is not None:
+        config.release.public_key = args.public_key.resolve()
+    if config.release.public_key is None:
+        raise ReleaseError(
+            f"{args.config} sets no release.public_key", "pass --public-key KEY.pub to verify against a key"
+        )
+    state = verify_release(config)
     for name, digest in state.digests.items():
         print(f"{name}  sha256 {digest}  signed")
     manifest = config.release.manifest

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from calibration.roi import load_roi
 from edge.core.errors import EdgeError
-from edge.core.scoring import ModelIdentity, Scorer, ScoringFile, file_sha256, fit_scoring, save_scoring
+from edge.core.scoring import ModelIdentity, Scorer, ScoringFile, fit_scoring, save_scoring
 from edge.crop import CropSpec
 from edge.inspect import GOLDEN_NAME, ModelStage, mask_iou
 from engines._registry import get_family
@@ -34,6 +34,7 @@ from engines.contract import FitSettings, FitsValidation, ModelCard, ModelFamily
 from engines.datasets import Batches, Dataset, Sample, open_dataset
 from engines.export import check_onnx, onnx_from_model
 from engines.runtime.select import RunnerPlan, RuntimeConfig
+from tools.entry import one_line_errors
 
 PROG = "edge-train"
 STATE_FILE = "state.safetensors"
@@ -326,15 +327,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     _STDERR.print(f"{PROG}: {onnx_path.name}: {parity.summary()}", soft_wrap=True)
     if not parity.ok:
         raise TrainError(f"{onnx_path} does not reproduce the PyTorch model: {parity.summary()}", "report this bug")
-    identity = ModelIdentity(
-        family=card.family,
-        preset=card.preset,
-        input_size=card.input_size,
-        crop_mode=card.crop_mode,
-        roi_version=card.roi_version,
-        artefact=onnx_path.name,
-        artefact_sha256=file_sha256(onnx_path),
-    )
+    identity = ModelIdentity.of(card, onnx_path)
     stage = cpu_stage(onnx_path)
     try:
         raw_val = stage.raw_scores(val[i] for i in good_val)
@@ -393,14 +386,12 @@ def _print_summary(out: Path, metrics: Mapping[str, float]) -> None:
         print(f"{PROG}: {line}")
 
 
+@one_line_errors(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: 0 done, 2 a fixable problem (one line), 3 paused by --stop-after, 130 Ctrl-C."""
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except EdgeError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return 2
     except TrainingPaused as e:
         print(f"{PROG}: {e}; state in {args.out / 'state'} — rerun with --resume to continue", file=sys.stderr)
         return 3

@@ -18,8 +18,8 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field, field_validator
 
-from drivers.base import FrameBuffers, FrameSource, require_open
-from drivers.errors import EndOfStreamError, FrameTimeoutError, SourceError
+from drivers.base import FrameBuffers, FrameSource, require_open, wait_until_due
+from drivers.errors import EndOfStreamError, SourceError
 from drivers.synthetic import clutter as scenery
 from drivers.synthetic.camera import Lighting, Rig, intrinsics_for, lighting, rig_for
 from drivers.synthetic.defects import sample_defect
@@ -295,7 +295,14 @@ class SyntheticSource(FrameSource):
         if self.config.n_frames is not None and self._index >= self.config.n_frames:
             raise EndOfStreamError(f"synthetic source delivered its {self.config.n_frames} frames")
         if self.config.realtime:
-            self._wait_for_slot(timeout_s)
+            wait_until_due(
+                self._t0_ns,
+                self._index,
+                self.config.fps,
+                timeout_s,
+                what="next synthetic frame",
+                remedy="read with a timeout of at least one frame period (1/fps)",
+            )
         if out is not None and (out.color.shape != spec.color_shape or out.depth.shape != spec.depth_shape):
             raise SourceError(
                 f"output buffers {out.color.shape}/{out.depth.shape} do not match the stream "
@@ -309,19 +316,6 @@ class SyntheticSource(FrameSource):
             frame.color, frame.depth = out.color, out.depth
         self._index += 1
         return frame
-
-    def _wait_for_slot(self, timeout_s: float) -> None:
-        """Sleep until frame ``index`` is due at ``fps``; a due time beyond the timeout is a timeout."""
-        due_ns = self._t0_ns + round(self._index * 1e9 / self.config.fps)
-        wait_s = (due_ns - time.perf_counter_ns()) / 1e9
-        if wait_s > timeout_s:
-            time.sleep(max(timeout_s, 0.0))
-            raise FrameTimeoutError(
-                f"next synthetic frame is due in {wait_s:.3f} s, after the {timeout_s:.3f} s timeout",
-                "read with a timeout of at least one frame period (1/fps)",
-            )
-        if wait_s > 0:
-            time.sleep(wait_s)
 
     def close(self) -> None:
         self._spec = None

@@ -6,7 +6,7 @@ meaning); the others are the shapes real stations take.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -76,6 +76,12 @@ class Station:
         return facing_base(np.asarray(self.axis_w), to_camera)
 
 
+def _sheet_metal(design: DrumDesign, bracket_axial_m: float) -> DrumDesign:
+    """``design`` made as every drum after the original line's is: 0.8 mm sheet, 1.5 mm out of round, the bracket
+    40° round the shell at ``bracket_axial_m`` along the axis."""
+    return replace(design, wall_m=0.0008, ovality_m=0.0015, bracket_at=(bracket_axial_m, math.radians(40.0)))
+
+
 STATIONS: dict[str, Station] = {
     s.name: s
     for s in (
@@ -97,20 +103,20 @@ STATIONS: dict[str, Station] = {
             "(Ø 4 mm, 12 mm pitch), two beads, a flange with 8 bolts and a tab, three lifters; fine defects (1.8 mm "
             "scratches, Ø 18–30 mm dents); neighbouring drums on "
             "the conveyor, a worker; warm, dimmer light; camera 1.2 m, 48° down, −35° azimuth",
-            design=DrumDesign(
-                radius_m=0.24,
-                length_m=0.36,
-                hole_pitch_m=0.012,
-                hole_radius_m=0.002,
-                plain_end_m=0.035,
-                beads=(-0.06, 0.03),
-                flange_m=0.012,
-                bolts=8,
-                tab_deg=110.0,
-                lifters=3,
-                wall_m=0.0008,
-                ovality_m=0.0015,
-                bracket_at=(0.105, math.radians(40.0)),
+            design=_sheet_metal(
+                DrumDesign(
+                    radius_m=0.24,
+                    length_m=0.36,
+                    hole_pitch_m=0.012,
+                    hole_radius_m=0.002,
+                    plain_end_m=0.035,
+                    beads=(-0.06, 0.03),
+                    flange_m=0.012,
+                    bolts=8,
+                    tab_deg=110.0,
+                    lifters=3,
+                ),
+                bracket_axial_m=0.105,
             ),
             pose="standing",
             support="rollers",
@@ -129,18 +135,18 @@ STATIONS: dict[str, Station] = {
             description="a plain drum with two beads, a bolted flange with a tab and a ribbed back, lying in a "
             "V-cradle on a pallet that rides a belt; neighbouring pallets come and go, a robot; bright cool light; "
             "camera 1.1 m, 57° down, from the other side (150° azimuth)",
-            design=DrumDesign(
-                radius_m=0.28,
-                length_m=0.32,
-                hole_radius_m=0.0,
-                beads=(-0.05, 0.135),
-                flange_m=0.014,
-                bolts=8,
-                tab_deg=70.0,
-                back_ribs=6,
-                wall_m=0.0008,
-                ovality_m=0.0015,
-                bracket_at=(0.09, math.radians(40.0)),
+            design=_sheet_metal(
+                DrumDesign(
+                    radius_m=0.28,
+                    length_m=0.32,
+                    hole_radius_m=0.0,
+                    beads=(-0.05, 0.135),
+                    flange_m=0.014,
+                    bolts=8,
+                    tab_deg=70.0,
+                    back_ribs=6,
+                ),
+                bracket_axial_m=0.09,
             ),
             pose="lying",
             support="cradle",
@@ -159,17 +165,17 @@ STATIONS: dict[str, Station] = {
             description="a slim perforated drum tilted 30° in a V-cradle with an end stop on a pedestal; lifters, a "
             "ribbed back, one bead; a worker and a robot; "
             "camera 1.4 m, 40° down, 60° azimuth",
-            design=DrumDesign(
-                radius_m=0.22,
-                length_m=0.40,
-                hole_pitch_m=0.012,
-                hole_radius_m=0.002,
-                beads=(0.17,),
-                lifters=3,
-                back_ribs=5,
-                wall_m=0.0008,
-                ovality_m=0.0015,
-                bracket_at=(0.12, math.radians(40.0)),
+            design=_sheet_metal(
+                DrumDesign(
+                    radius_m=0.22,
+                    length_m=0.40,
+                    hole_pitch_m=0.012,
+                    hole_radius_m=0.002,
+                    beads=(0.17,),
+                    lifters=3,
+                    back_ribs=5,
+                ),
+                bracket_axial_m=0.12,
             ),
             pose="tilted",
             tilt_deg=30.0,

@@ -22,7 +22,7 @@ import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import numpy as np
 import yaml
@@ -30,6 +30,9 @@ from pydantic import Field
 
 from edge.core.config import EdgeModel, load_versioned_yaml
 from edge.core.errors import EdgeError
+
+if TYPE_CHECKING:
+    from engines.contract import ModelCard
 
 SCHEMA_VERSION: Final = 1
 Verdict = Literal["OK", "NG"]
@@ -50,6 +53,19 @@ class ModelIdentity(EdgeModel):
     roi_version: str = Field(default="", description="content hash of the roi.yaml used in training")
     artefact: str = Field(description="file name of the scored artefact (ONNX file or checkpoint)")
     artefact_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of that file")
+
+    @classmethod
+    def of(cls, card: ModelCard, artefact: Path) -> ModelIdentity:
+        """The identity of the model file ``artefact`` (its name and hash) made with ``card``."""
+        return cls(
+            family=card.family,
+            preset=card.preset,
+            input_size=card.input_size,
+            crop_mode=card.crop_mode,
+            roi_version=card.roi_version,
+            artefact=artefact.name,
+            artefact_sha256=file_sha256(artefact),
+        )
 
 
 class ZScoreNormalisation(EdgeModel):

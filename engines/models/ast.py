@@ -58,8 +58,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
-from types import MappingProxyType
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -76,15 +75,16 @@ from engines.contract import (
     TrainContext,
     check_card,
     check_card_inputs,
+    check_option_names,
     preset_settings,
+    preset_table,
 )
 from engines.models.backbones import (
-    LITE_MEAN,
-    LITE_STD,
     EfficientNetLite,
     efficientnet_lite,
     input_affine,
     lite_block_args,
+    lite_card,
 )
 from engines.models.layers import fill_gaps
 
@@ -466,9 +466,7 @@ def card_inputs(mode: str) -> tuple[str, ...]:
 
 
 def _check_options(options: Mapping[str, Any]) -> tuple[Mode, str]:
-    unknown = sorted(set(options) - {"mode", "image_score"})
-    if unknown:
-        raise AstConfigError(f"unknown AST options {unknown}", "use only 'mode' and 'image_score'")
+    check_option_names(options, {"mode", "image_score"}, "AST", "use only 'mode' and 'image_score'", AstConfigError)
     mode, score = options.get("mode", "rgbd"), options.get("image_score", "max")
     if mode not in MODES:
         raise AstConfigError(f"AST mode {mode!r} is not one of {MODES}", "pick mode rgb, depth or rgbd")
@@ -485,22 +483,14 @@ class AstFamily:
     """The AST model family as the training and export tools see it (``engines.contract.ModelFamily``)."""
 
     name = "ast"
-    presets: Mapping[str, Mapping[str, Any]] = MappingProxyType({k: asdict(v) for k, v in PRESETS.items()})
+    presets: Mapping[str, Mapping[str, Any]] = preset_table(PRESETS)
 
     def card(self, preset: str, crop_mode: CropMode, **options: Any) -> ModelCard:
         """A card asking the crop for Lite colour normalisation and the inputs of ``options["mode"]``."""
         settings = _settings(preset)
         mode, score = _check_options(options)
-        return ModelCard(
-            family=self.name,
-            preset=preset,
-            input_size=settings.input_size,
-            inputs=card_inputs(mode),
-            crop_mode=crop_mode,
-            mean=LITE_MEAN,
-            std=LITE_STD,
-            options={"mode": mode, "image_score": score},
-        )
+        chosen = {"mode": mode, "image_score": score}
+        return lite_card(self.name, preset, settings.input_size, card_inputs(mode), crop_mode, options=chosen)
 
     def build(self, card: ModelCard) -> AstModel:
         """A fresh (untrained) AST for ``card``; the backbone carries its ImageNet weights."""

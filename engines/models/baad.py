@@ -62,8 +62,7 @@ runs per phase (teacher, then MTRS + U-Net), with the learning rate ×0.1 at 80 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
-from types import MappingProxyType
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -82,10 +81,12 @@ from engines.contract import (
     check_card,
     check_card_inputs,
     check_card_outputs,
+    check_option_names,
     preset_settings,
+    preset_table,
 )
 from engines.models import _perlin
-from engines.models.backbones import LITE_MEAN, LITE_STD, efficientnet_lite, lite_block_args
+from engines.models.backbones import efficientnet_lite, lite_block_args, lite_card
 from engines.models.dsr3d import AnomalyUNet, focal_loss
 
 INPUTS: tuple[str, ...] = ("rgb", "mask")
@@ -351,24 +352,14 @@ class BaadFamily:
 
     name = "baad"
     suite_modes: tuple[CropMode, ...] = ("image",)  # the accuracy suite: whole frames, no ROI at inference
-    presets: Mapping[str, Mapping[str, Any]] = MappingProxyType({k: asdict(v) for k, v in PRESETS.items()})
+    presets: Mapping[str, Mapping[str, Any]] = preset_table(PRESETS)
 
     def card(self, preset: str, crop_mode: CropMode, **options: Any) -> ModelCard:
         """A card with Lite colour normalisation, inputs rgb + mask and the extra ``foreground`` output; crop mode
         ``image`` (whole image, no ROI at inference) is the one BAAD is meant for."""
         settings = _settings(preset)
-        if options:
-            raise BaadConfigError(f"unknown BAAD options {sorted(options)}", "BAAD takes no options")
-        return ModelCard(
-            family=self.name,
-            preset=preset,
-            input_size=settings.input_size,
-            inputs=INPUTS,
-            crop_mode=crop_mode,
-            mean=LITE_MEAN,
-            std=LITE_STD,
-            outputs=OUTPUTS,
-        )
+        check_option_names(options, (), "BAAD", "BAAD takes no options", BaadConfigError)
+        return lite_card(self.name, preset, settings.input_size, INPUTS, crop_mode, outputs=OUTPUTS)
 
     def build(self, card: ModelCard) -> BaadModel:
         """A fresh (untrained) BAAD for ``card`` (no ImageNet weights: Lite is only built to distil)."""

@@ -12,8 +12,8 @@ for ONNX export.
 
 Input normalisation: the official Lite preprocessing is ``(x·255 − 127) / 128`` for ``x`` in [0, 1], i.e. mean
 ``LITE_MEAN = 127/255`` and std ``LITE_STD = 128/255`` per channel. The crop step's default is ImageNet mean/std;
-a model using this backbone either asks the crop for ``LITE_MEAN``/``LITE_STD`` through its card (what AST does) or
-converts with ``input_affine`` (an exact per-channel scale and shift).
+a model using this backbone either asks the crop for ``LITE_MEAN``/``LITE_STD`` through its card (``lite_card``: what
+AST, BAAD and Shape-Guided do) or converts with ``input_affine`` (an exact per-channel scale and shift).
 
 The backbone is used frozen (feature extraction in eval mode), so drop-connect, which only acts in training, is
 not implemented.
@@ -27,12 +27,14 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as nnf
 from torch import Tensor, nn
 
 from edge.core.errors import EdgeError
+from engines.contract import OUTPUT_NAMES, CropMode, ModelCard
 from engines.models.layers import colour_affine
 
 LITE_MEAN = (127 / 255, 127 / 255, 127 / 255)
@@ -286,3 +288,19 @@ def efficientnet_lite(variant: str, image_size: int, pretrained: bool = True) ->
 def input_affine(mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, Tensor]:
     """Per-channel (scale, shift) taking colour normalised with ``mean``/``std`` to Lite's normalisation."""
     return colour_affine(mean, std, LITE_MEAN, LITE_STD)
+
+
+def lite_card(
+    family: str,
+    preset: str,
+    input_size: int,
+    inputs: tuple[str, ...],
+    crop_mode: CropMode,
+    *,
+    options: dict[str, Any] | None = None,
+    outputs: tuple[str, ...] = OUTPUT_NAMES,
+) -> ModelCard:
+    """A new card of a family on this backbone: the crop normalises colour as Lite was trained (``LITE_MEAN``/
+    ``LITE_STD``), so the model needs no conversion of its own."""
+    extra = {} if options is None else options
+    return ModelCard(family, preset, input_size, inputs, crop_mode, LITE_MEAN, LITE_STD, options=extra, outputs=outputs)

@@ -30,8 +30,7 @@ collapses to one code).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
-from types import MappingProxyType
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -48,7 +47,9 @@ from engines.contract import (
     TrainContext,
     check_card,
     check_card_inputs,
+    check_option_names,
     preset_settings,
+    preset_table,
 )
 from engines.models import _perlin
 from engines.models.layers import colour_affine, fill_gaps
@@ -437,10 +438,6 @@ def fit_dada(
     real = frames[0] if frames else None
     model.to(device)
     nets = {"net": model.net}
-    opt = torch.optim.Adam(model.net.parameters(), lr=settings.learning_rate)
-    saved = training.resume_point(context, ("dada",), Dsr3dTrainError)
-    if saved is not None:
-        training.load_training_state(saved[2], nets, opt, Dsr3dTrainError)
     steps = model.settings.corpus_batches
     recon_loss = nnf.l1_loss if model.mode == "rgbd" else nnf.mse_loss
 
@@ -455,28 +452,16 @@ def fit_dada(
         loss: Tensor = recon_loss(recon, x) + commit
         return loss
 
-    model.train()
-    training.train_phase(
-        "dada",
-        nets,
-        opt,
-        settings=settings,
-        context=context,
-        first_epoch=0 if saved is None else saved[1],
-        batches=batches,
-        step=step,
-        lr_steps=(0.8, 0.9),
+    training.fit_one_phase(
+        model, "dada", nets, settings, context, batches=batches, step=step, error=Dsr3dTrainError, lr_steps=(0.8, 0.9)
     )
-    training.finish(model)
 
 
 # ----------------------------------------------------------------------------------------------------- family objects
 
 
 def mode_option(options: Mapping[str, Any], allowed: set[str], family: str, default: str | None) -> Mode:
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise Dsr3dConfigError(f"unknown {family} options {unknown}", f"use only {sorted(allowed)}")
+    check_option_names(options, allowed, family, f"use only {sorted(allowed)}", Dsr3dConfigError)
     mode = options.get("mode", default)
     if mode not in MODES:
         raise Dsr3dConfigError(f"{family} mode {mode!r} is not one of {MODES}", "pick mode rgbd or depth")
@@ -511,7 +496,7 @@ class DadaFamily:
     every 3DSR model of the preset reuses (``--option dada=<path>``)."""
 
     name = "dada"
-    presets: Mapping[str, Mapping[str, Any]] = MappingProxyType({k: asdict(v) for k, v in PRESETS.items()})
+    presets: Mapping[str, Mapping[str, Any]] = preset_table(PRESETS)
 
     def card(self, preset: str, crop_mode: CropMode, **options: Any) -> ModelCard:
         """Card with colour on [0, 1] (mean 0, std 1) and the inputs of ``options["mode"]`` (default rgbd)."""

@@ -34,7 +34,6 @@ set instead of fixed 4000 × 64 samples; ``cpu`` is the preset sized for trainin
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -46,7 +45,7 @@ from torch import Tensor, nn
 
 from engines import training
 from engines.checkpoint import check_card, load_checkpoint, read_checkpoint_meta
-from engines.contract import CropMode, FitSettings, ModelCard, TrainContext
+from engines.contract import CropMode, FitSettings, ModelCard, TrainContext, preset_table
 from engines.models import _perlin
 from engines.models.dada import (
     DADA_FAMILY,
@@ -300,10 +299,6 @@ def fit_dsr3d(
     device = training.start(settings, Dsr3dTrainError)
     model.to(device)
     nets = {"sub_lo": model.sub_lo, "sub_hi": model.sub_hi, "decoder": model.decoder, "unet": model.unet}
-    opt = torch.optim.Adam([p for net in nets.values() for p in net.parameters()], lr=settings.learning_rate)
-    saved = training.resume_point(context, ("dsr3d",), Dsr3dTrainError)
-    if saved is not None:
-        training.load_training_state(saved[2], nets, opt, Dsr3dTrainError)
 
     def codes(**inputs: Tensor) -> tuple[Tensor, ...]:
         x = model.prepare(**inputs)
@@ -326,19 +321,9 @@ def fit_dsr3d(
         loss, _ = dsr3d_loss(model, x, q, q_anom, target)
         return loss
 
-    model.train()
-    training.train_phase(
-        "dsr3d",
-        nets,
-        opt,
-        settings=settings,
-        context=context,
-        first_epoch=0 if saved is None else saved[1],
-        batches=batches,
-        step=step,
-        lr_steps=(0.8,),
+    training.fit_one_phase(
+        model, "dsr3d", nets, settings, context, batches=batches, step=step, error=Dsr3dTrainError, lr_steps=(0.8,)
     )
-    training.finish(model)
 
 
 # ----------------------------------------------------------------------------------------------------- family object
@@ -352,7 +337,7 @@ class Dsr3dFamily:
     """3DSR's object-specific part on a frozen, pretrained DADA of the same preset and mode."""
 
     name = "dsr3d"
-    presets: Mapping[str, Mapping[str, Any]] = MappingProxyType({k: asdict(v) for k, v in PRESETS.items()})
+    presets: Mapping[str, Mapping[str, Any]] = preset_table(PRESETS)
     pretrained_from: Mapping[str, str] = MappingProxyType({"dada": "dada"})  # option 'dada' names a DADA checkpoint
 
     def card(self, preset: str, crop_mode: CropMode, **options: Any) -> ModelCard:

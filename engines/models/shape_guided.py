@@ -69,8 +69,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from types import MappingProxyType
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -86,9 +85,18 @@ from engines.contract import (
     TrainContext,
     check_card,
     check_card_inputs,
+    check_option_names,
     preset_settings,
+    preset_table,
 )
-from engines.models.backbones import LITE_MEAN, LITE_STD, EfficientNetLite, efficientnet_lite, input_affine
+from engines.models.backbones import (
+    LITE_MEAN,
+    LITE_STD,
+    EfficientNetLite,
+    efficientnet_lite,
+    input_affine,
+    lite_card,
+)
 from engines.models.backbones import lite_block_args as _lite_block_args
 
 INPUTS: tuple[str, ...] = ("rgb", "xyz", "mask")
@@ -735,32 +743,20 @@ class ShapeGuidedFamily:
     """The Shape-Guided family as the training and export tools see it (``engines.contract.ModelFamily``)."""
 
     name = "shape_guided"
-    presets: Mapping[str, Mapping[str, Any]] = MappingProxyType({k: asdict(v) for k, v in PRESETS.items()})
+    presets: Mapping[str, Mapping[str, Any]] = preset_table(PRESETS)
 
     def card(self, preset: str, crop_mode: CropMode, **options: Any) -> ModelCard:
         """A card asking the crop for Lite colour normalisation and rgb, xyz and mask; no options."""
         settings = _settings(preset)
-        if options:
-            raise ShapeGuidedConfigError(f"unknown Shape-Guided options {sorted(options)}", "Shape-Guided takes none")
-        return ModelCard(
-            family=self.name,
-            preset=preset,
-            input_size=settings.input_size,
-            inputs=INPUTS,
-            crop_mode=crop_mode,
-            mean=LITE_MEAN,
-            std=LITE_STD,
-        )
+        check_option_names(options, (), "Shape-Guided", "Shape-Guided takes none", ShapeGuidedConfigError)
+        return lite_card(self.name, preset, settings.input_size, INPUTS, crop_mode)
 
     def build(self, card: ModelCard) -> ShapeGuidedModel:
         """A fresh (untrained, empty-memory) model for ``card``; the backbone carries its ImageNet weights."""
         settings = _settings(card.preset)
         check_card(card, self.name, settings.input_size, ShapeGuidedConfigError)
         check_card_inputs(card, INPUTS, "Shape-Guided", ShapeGuidedConfigError)
-        if card.options:
-            raise ShapeGuidedConfigError(
-                f"unknown Shape-Guided options {sorted(card.options)}", "Shape-Guided takes none"
-            )
+        check_option_names(card.options, (), "Shape-Guided", "Shape-Guided takes none", ShapeGuidedConfigError)
         return ShapeGuidedModel(settings, card.mean, card.std, roi_mask=card.crop_mode == "foreground")
 
     def fit(self, model: Any, train: Iterable[Mapping[str, Any]], settings: FitSettings, context: TrainContext) -> None:

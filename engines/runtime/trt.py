@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from edge.core.cuda_context import current, retain_primary
 from engines._trt_compat import import_cuda, import_trt
 from engines.runtime.base import EngineError, Runner, TensorSpec
 
@@ -19,18 +20,11 @@ from engines.runtime.base import EngineError, Runner, TensorSpec
 @contextmanager
 def primary_context(cuda: ModuleType, device: int) -> Iterator[Any]:
     """Push the device's primary context (the one TensorRT's runtime API and CudaRoiCropper use) for a block."""
+    ctx = retain_primary(cuda, device, EngineError, "check nvidia-smi and the device index")
     try:
-        cuda.init()
-        ctx = cuda.Device(device).retain_primary_context()
-    except cuda.Error as e:
-        raise EngineError(
-            f"CUDA device {device} is not usable ({e})", "check nvidia-smi and the device index"
-        ) from None
-    ctx.push()
-    try:
-        yield ctx
+        with current(cuda, ctx):
+            yield ctx
     finally:
-        cuda.Context.pop()
         ctx.detach()
 
 
@@ -66,25 +60,16 @@ class TrtRunner(Runner):
         self._require_active()
         return {name: int(buf) for name, buf in self._dev.items()}
 
-    @contextmanager
-    def active(self) -> Iterator[None]:
+    def active(self) -> AbstractContextManager[None]:
         """Make the runner's CUDA context current (for the caller's pycuda calls on its buffers)."""
-        self._ctx.push()
-        try:
-            yield
-        finally:
-            self._cuda.Context.pop()
+        return current(self._cuda, self._ctx)
 
     def _activate_impl(self) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
         trt, cuda = import_trt(), import_cuda()
         if not self.engine_path.is_file():
             raise EngineError(f"engine {self.engine_path} does not exist", "build it with edge-build")
         self._cuda = cuda
-        try:
-            cuda.init()
-            self._ctx = cuda.Device(self.device).retain_primary_context()
-        except cuda.Error as e:
-            raise EngineError(f"CUDA device {self.device} is not usable ({e})", "check nvidia-smi") from None
+        self._ctx = retain_primary(cuda, self.device, EngineError, "check nvidia-smi")
         try:
             with self.active():
                 self._logger = trt.Logger(trt.Logger.WARNING)

@@ -13,7 +13,7 @@ from calibration.fit import frame_from_axis  # noqa: E402
 from calibration.roi import CameraBinding, CylinderShape, RoiError, RoiFile  # noqa: E402
 from drivers.synthetic import SyntheticSource, SyntheticSourceConfig  # noqa: E402
 from edge.core.frame import Frame  # noqa: E402
-from edge.core.scoring import ModelIdentity, ScoringError, file_sha256, fit_scoring  # noqa: E402
+from edge.core.scoring import ModelIdentity, ScoringError, fit_scoring  # noqa: E402
 from edge.crop import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from edge.inspect import Inspector  # noqa: E402
 from engines.contract import ModelCard  # noqa: E402
@@ -57,15 +57,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Frame], RoiFil
 
 
 def _identity(onnx: Path, card: ModelCard, sha: str | None = None) -> ModelIdentity:
-    return ModelIdentity(
-        family=card.family,
-        preset=card.preset,
-        input_size=card.input_size,
-        crop_mode=card.crop_mode,
-        roi_version=card.roi_version,
-        artefact=onnx.name,
-        artefact_sha256=sha or file_sha256(onnx),
-    )
+    identity = ModelIdentity.of(card, onnx)
+    return identity if sha is None else identity.model_copy(update={"artefact_sha256": sha})
 
 
 def test_scores_match_the_torch_model_on_the_same_crop_and_gate_reads_the_mask(setup) -> None:  # type: ignore[no-untyped-def]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from edge.core.ringbuf import FrameRing, RingPolicy
-from edge.core.scoring import ModelIdentity, file_sha256, fit_scoring
+from edge.core.scoring import ModelIdentity, fit_scoring
 from engines.runtime.base import EngineError
 from engines.runtime.select import RunnerPlan, RuntimeConfig
 from tests.edge._crop_data import make_frame, make_roi, make_spec
@@ -53,11 +53,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     folder = tmp_path_factory.mktemp("gpu-model")
     onnx = onnx_from_model(net, card, folder / "model.onnx")
     save_checkpoint(folder / "model.safetensors", net, card, TrainInfo(1, 0, "", utc_now(), utc_now()))
-    identity = ModelIdentity(
-        family=card.family, preset=card.preset, input_size=card.input_size, crop_mode=card.crop_mode,
-        roi_version=card.roi_version, artefact=onnx.name, artefact_sha256=file_sha256(onnx),
-    )  # fmt: skip
-    return onnx, fit_scoring([0.01, 0.02, 0.03, 0.04], identity)
+    return onnx, fit_scoring([0.01, 0.02, 0.03, 0.04], ModelIdentity.of(card, onnx))
 
 
 def _inspector(model: tuple[Path, object], **runtime: object):  # type: ignore[no-untyped-def]

@@ -25,6 +25,28 @@ from edge.crop import IMAGENET_MEAN, IMAGENET_STD
 from engines import training
 from engines.contract import CropMode, FitSettings, ModelCard, TrainContext
 
+
+class MemoryContext:
+    """A real TrainContext keeping every progress report and saved state in memory: every reported metric must be
+    finite and every saved state the one resume format (name → tensor)."""
+
+    def __init__(self, resume: tuple[str, int, dict[str, Any]] | None = None) -> None:
+        self.resume = resume
+        self.reports: list[tuple[str, int, int]] = []
+        self.saved: list[tuple[str, int, dict[str, Any]]] = []
+
+    def progress(self, phase: str, done: int, total: int, **metrics: float) -> None:
+        assert all(np.isfinite(v) for v in metrics.values()), metrics
+        self.reports.append((phase, done, total))
+
+    def save_state(self, phase: str, epoch: int, state: Mapping[str, Any]) -> None:
+        assert all(isinstance(v, torch.Tensor) for v in state.values())
+        self.saved.append((phase, epoch, dict(state)))
+
+    def resume_state(self) -> tuple[str, int, dict[str, Any]] | None:
+        return self.resume
+
+
 PRESETS: dict[str, dict[str, Any]] = {"tiny": {"input_size": 32, "hidden": 8}, "edge": {"input_size": 48, "hidden": 16}}
 
 
@@ -66,28 +88,16 @@ class ToyFamily:
     def fit(self, model: Any, train: Iterable[Mapping[str, Any]], settings: FitSettings, context: TrainContext) -> None:
         """Adam on the mean map, one pass over ``train`` per epoch, with the shared harness's state and loop."""
         training.start(settings, EdgeError)
-        opt = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-        saved = training.resume_point(context, ("toy",), EdgeError)
-        if saved is not None:
-            training.load_training_state(saved[2], {"model": model}, opt, EdgeError)
 
         def step(batch: Mapping[str, Any]) -> torch.Tensor:
             amap, _ = model(rgb=batch["rgb"], xyz=batch["xyz"], mask=batch["mask"])
             loss: torch.Tensor = amap.mean()
             return loss
 
-        model.train()
-        training.train_phase(
-            "toy",
-            {"model": model},
-            opt,
-            settings=settings,
-            context=context,
-            first_epoch=0 if saved is None else saved[1],
-            batches=lambda _: train,
-            step=step,
+        nets = {"model": model}
+        training.fit_one_phase(
+            model, "toy", nets, settings, context, batches=lambda _: train, step=step, error=EdgeError
         )
-        model.eval()
 
 
 TOY_FAMILY = ToyFamily()

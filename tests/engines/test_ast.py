@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from _toy import MemoryContext
 from scipy import ndimage
 
 from engines.contract import OUTPUT_NAMES, FitSettings, ModelCard
@@ -27,13 +27,7 @@ from engines.models.backbones import LITE_MEAN, LITE_STD
 S = 128  # the tiny preset's input size
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny graphs run faster on one thread than on two contended ones (the CI machine has 2 shared cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def drum_batch(batch: int, seed: int) -> dict[str, torch.Tensor]:
@@ -66,26 +60,6 @@ def perturb_gammas(model: AstModel, value: float) -> None:
         for name, p in model.teacher.named_parameters():
             if name.endswith("gamma"):
                 p.fill_(value)
-
-
-class RecordingContext:
-    """A real TrainContext that keeps every progress report and saved state in memory."""
-
-    def __init__(self, resume: tuple[str, int, dict[str, Any]] | None = None) -> None:
-        self.resume = resume
-        self.progress_calls: list[tuple[str, int, int]] = []
-        self.saved: list[tuple[str, int, dict[str, Any]]] = []
-
-    def progress(self, phase: str, done: int, total: int, **metrics: float) -> None:
-        assert np.isfinite(metrics["loss"])
-        self.progress_calls.append((phase, done, total))
-
-    def save_state(self, phase: str, epoch: int, state: Mapping[str, Any]) -> None:
-        assert all(isinstance(v, torch.Tensor) for v in state.values())
-        self.saved.append((phase, epoch, dict(state)))
-
-    def resume_state(self) -> tuple[str, int, dict[str, Any]] | None:
-        return self.resume
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -168,17 +142,17 @@ SETTINGS = FitSettings(epochs=2, batch_size=4, learning_rate=1e-3, seed=3, threa
 def test_fit_runs_both_phases_saves_each_epoch_and_resumes_without_redoing_epochs() -> None:
     data = [drum_batch(4, 10), drum_batch(4, 11)]
     _, full = build("rgbd", seed=5)
-    ctx = RecordingContext()
+    ctx = MemoryContext()
     AST_FAMILY.fit(full, data, SETTINGS, ctx)
-    assert ctx.progress_calls == [("teacher", 1, 2), ("teacher", 2, 2), ("student", 1, 2), ("student", 2, 2)]
+    assert ctx.reports == [("teacher", 1, 2), ("teacher", 2, 2), ("student", 1, 2), ("student", 2, 2)]
     assert [(p, e) for p, e, _ in ctx.saved] == [("teacher", 1), ("teacher", 2), ("student", 1), ("student", 2)]
     assert not full.training and not full.student.training
 
     for resume_at, redone in [(0, [("teacher", 2, 2), ("student", 1, 2), ("student", 2, 2)]), (2, [("student", 2, 2)])]:
         _, resumed = build("rgbd", seed=99)  # other initial weights: everything must come from the saved state
-        ctx2 = RecordingContext(resume=ctx.saved[resume_at])
+        ctx2 = MemoryContext(resume=ctx.saved[resume_at])
         AST_FAMILY.fit(resumed, data, SETTINGS, ctx2)
-        assert ctx2.progress_calls == redone
+        assert ctx2.reports == redone
         for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
@@ -251,17 +225,15 @@ def test_bad_cards_options_and_data_name_the_problem_and_the_remedy() -> None:
     model = AST_FAMILY.build(card)
     no_xyz = {k: v for k, v in drum_batch(2, 0).items() if k != "xyz"}
     with pytest.raises(AstTrainError, match="lacks \\['xyz'\\]"):
-        AST_FAMILY.fit(model, [no_xyz], SETTINGS, RecordingContext())
+        AST_FAMILY.fit(model, [no_xyz], SETTINGS, MemoryContext())
     with pytest.raises(AstTrainError, match="start a fresh run"):
-        AST_FAMILY.fit(
-            model, [drum_batch(2, 0)], SETTINGS, RecordingContext(("teacher", 1, {"teacher.x": torch.ones(1)}))
-        )
+        AST_FAMILY.fit(model, [drum_batch(2, 0)], SETTINGS, MemoryContext(("teacher", 1, {"teacher.x": torch.ones(1)})))
 
 
 def test_depth_mode_trained_on_normal_drums_finds_a_dent() -> None:
     card, model = build("depth", seed=1)
     train = [drum_batch(4, 20 + i) for i in range(4)]
-    AST_FAMILY.fit(model, train, FitSettings(3, 4, 1e-3, seed=0, threads=1), RecordingContext())
+    AST_FAMILY.fit(model, train, FitSettings(3, 4, 1e-3, seed=0, threads=1), MemoryContext())
     test = drum_batch(4, 99)
     yy, xx = torch.meshgrid(torch.arange(S), torch.arange(S), indexing="ij")
     dent = (((yy - 50) ** 2 + (xx - 70) ** 2) < 36).float()

@@ -6,13 +6,12 @@ The contract checks (shapes, export, one epoch, resume) run for BAAD in ``test_f
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from _toy import MemoryContext
 
 from engines.contract import FitSettings, ModelCard
 from engines.export import check_onnx, onnx_from_model
@@ -24,25 +23,7 @@ S = 64  # tiny preset input size
 OVERFIT = FitSettings(epochs=25, batch_size=4, learning_rate=2e-3, seed=5, threads=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class Quiet:
-    """A real TrainContext keeping nothing (the contract test checks reports and states)."""
-
-    def progress(self, phase: str, done: int, total: int, **metrics: float) -> None:
-        assert all(np.isfinite(v) for v in metrics.values())
-
-    def save_state(self, phase: str, epoch: int, state: Mapping[str, Any]) -> None:
-        pass
-
-    def resume_state(self) -> tuple[str, int, dict[str, Any]] | None:
-        return None
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def drum_disc(cy: float, cx: float, r: float = 0.28) -> np.ndarray:
@@ -84,7 +65,7 @@ def trained() -> tuple[ModelCard, BaadModel]:
     model = BAAD_FAMILY.build(card)
     data = station(card, 12, 0)
     batches = [{k: v[i : i + 4] for k, v in data.items()} for i in range(0, 12, 4)]
-    BAAD_FAMILY.fit(model, batches, OVERFIT, Quiet())
+    BAAD_FAMILY.fit(model, batches, OVERFIT, MemoryContext())
     return card, model
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as nnf
+from _toy import MemoryContext
 
 from engines.checkpoint import CheckpointMismatchError, TrainInfo, load_state, save_checkpoint, save_state
 from engines.contract import OUTPUT_NAMES, FitSettings, ModelCard
@@ -33,12 +32,7 @@ S = 64  # tiny preset input size
 SETTINGS = FitSettings(epochs=2, batch_size=2, learning_rate=1e-3, seed=3, threads=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def drum_batch(batch: int, seed: int) -> dict[str, torch.Tensor]:
@@ -58,25 +52,6 @@ def drum_batch(batch: int, seed: int) -> dict[str, torch.Tensor]:
         "label": torch.zeros(batch),
         "gt": torch.zeros(batch, 1, S, S),
     }
-
-
-class RecordingContext:
-    """A real TrainContext that keeps every progress report and saved state in memory."""
-
-    def __init__(self, resume: tuple[str, int, dict[str, Any]] | None = None) -> None:
-        self.resume = resume
-        self.progress_calls: list[tuple[str, int, int]] = []
-        self.saved: list[tuple[str, int, dict[str, Any]]] = []
-
-    def progress(self, phase: str, done: int, total: int, **metrics: float) -> None:
-        assert np.isfinite(metrics["loss"])
-        self.progress_calls.append((phase, done, total))
-
-    def save_state(self, phase: str, epoch: int, state: Mapping[str, Any]) -> None:
-        self.saved.append((phase, epoch, dict(state)))
-
-    def resume_state(self) -> tuple[str, int, dict[str, Any]] | None:
-        return self.resume
 
 
 @pytest.fixture(scope="module")
@@ -279,28 +254,28 @@ def test_fit_trains_both_families_saves_every_epoch_and_resumes(dada_files: dict
     train = [drum_batch(2, 0), drum_batch(2, 1)]
     dada_card = DADA_FAMILY.card("tiny", "foreground", mode="depth")
     dada = DADA_FAMILY.build(dada_card)
-    ctx = RecordingContext()
+    ctx = MemoryContext()
     DADA_FAMILY.fit(dada, train, SETTINGS, ctx)
     assert [(p, e) for p, e, _ in ctx.saved] == [("dada", 1), ("dada", 2)] and not dada.training
     resumed = DADA_FAMILY.build(dada_card)
-    DADA_FAMILY.fit(resumed, train, SETTINGS, RecordingContext(ctx.saved[0]))
+    DADA_FAMILY.fit(resumed, train, SETTINGS, MemoryContext(ctx.saved[0]))
     for k, v in dada.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[k], v, msg=f"resumed DADA differs in {k}")
 
     _, model = build_dsr3d(dada_files["rgbd"])
     frozen = {k: v.clone() for k, v in model.dada.state_dict().items()}
-    ctx = RecordingContext()
+    ctx = MemoryContext()
     DSR3D_FAMILY.fit(model, train, SETTINGS, ctx)
     assert [(p, e) for p, e, _ in ctx.saved] == [("dsr3d", 1), ("dsr3d", 2)]
     assert all(torch.equal(model.dada.state_dict()[k], v) for k, v in frozen.items())
     _, again = build_dsr3d(dada_files["rgbd"])
     phase, epoch, state = ctx.saved[0]
     save_state(tmp_path / "state.safetensors", phase, epoch, state, {})  # the CLI's file round trip, no pickle
-    DSR3D_FAMILY.fit(again, train, SETTINGS, RecordingContext(load_state(tmp_path / "state.safetensors")[:3]))
+    DSR3D_FAMILY.fit(again, train, SETTINGS, MemoryContext(load_state(tmp_path / "state.safetensors")[:3]))
     for k, v in model.state_dict().items():
         torch.testing.assert_close(again.state_dict()[k], v, msg=f"resumed 3DSR differs in {k}")
     with pytest.raises(Dsr3dTrainError, match="not 'dsr3d'"):
-        DSR3D_FAMILY.fit(again, train, SETTINGS, RecordingContext(("dada", 1, {})))
+        DSR3D_FAMILY.fit(again, train, SETTINGS, MemoryContext(("dada", 1, {})))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -347,9 +322,9 @@ def test_bad_options_and_data_name_the_problem_and_the_remedy(dada_files: dict[s
     assert isinstance(model, DadaModel)
     no_xyz = {k: v for k, v in drum_batch(2, 0).items() if k != "xyz"}
     with pytest.raises(Dsr3dTrainError, match="lacks \\['xyz'\\]"):
-        DADA_FAMILY.fit(model, [no_xyz], SETTINGS, RecordingContext())
+        DADA_FAMILY.fit(model, [no_xyz], SETTINGS, MemoryContext())
     with pytest.raises(Dsr3dTrainError, match=r"build it with DSR3D_FAMILY\.build"):
-        DSR3D_FAMILY.fit(model, [drum_batch(2, 0)], SETTINGS, RecordingContext())
+        DSR3D_FAMILY.fit(model, [drum_batch(2, 0)], SETTINGS, MemoryContext())
 
 
 def test_first_training_batch_seeds_the_codebook_from_features() -> None:

@@ -12,13 +12,14 @@ A family trained on top of another's checkpoint declares it (``pretrained_from``
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from _toy import MemoryContext
 
 from edge.core.errors import EdgeError
 from engines._registry import get_family, list_families, pretrained_from
@@ -32,31 +33,7 @@ ONE_EPOCH = FitSettings(epochs=1, batch_size=2, learning_rate=1e-3, seed=3, thre
 TWO_EPOCHS = FitSettings(epochs=2, batch_size=2, learning_rate=1e-3, seed=3, threads=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class MemoryContext:
-    """A real TrainContext keeping progress reports and saved states in memory."""
-
-    def __init__(self, resume: tuple[str, int, dict[str, Any]] | None = None) -> None:
-        self.resume = resume
-        self.reports: list[tuple[str, int, int]] = []
-        self.saved: list[tuple[str, int, dict[str, Any]]] = []
-
-    def progress(self, phase: str, done: int, total: int, **metrics: float) -> None:
-        assert all(np.isfinite(v) for v in metrics.values()), metrics
-        self.reports.append((phase, done, total))
-
-    def save_state(self, phase: str, epoch: int, state: Mapping[str, Any]) -> None:
-        self.saved.append((phase, epoch, dict(state)))
-
-    def resume_state(self) -> tuple[str, int, dict[str, Any]] | None:
-        return self.resume
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def drums(card: ModelCard, batch: int, seed: int) -> dict[str, torch.Tensor]:

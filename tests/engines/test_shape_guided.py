@@ -5,7 +5,6 @@ The family contract (build, shapes, ONNX, 1-epoch fit, resume) is checked in ``t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +30,7 @@ from engines.models.shape_guided import (
     window_patches,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 threads on 2 shared cores spin: 10-20× slower when others load them
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def bumpy(card: ModelCard, seed: int) -> dict[str, torch.Tensor]:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import pytest
 import torch
+from _toy import MemoryContext
 from torch import nn
 
 from edge.core.errors import EdgeError
@@ -17,20 +15,6 @@ from engines.models.layers import colour_affine, fill_gaps
 
 class HarnessError(EdgeError):
     """Raised by the harness in these tests."""
-
-
-class Saved:
-    def __init__(self, resume: tuple[str, int, dict[str, Any]] | None = None) -> None:
-        self.resume, self.saved, self.reports = resume, [], []  # type: ignore[var-annotated]
-
-    def progress(self, phase: str, done: int, total: int, **metrics: float) -> None:
-        self.reports.append((phase, done, total, metrics["loss"]))
-
-    def save_state(self, phase: str, epoch: int, state: Mapping[str, Any]) -> None:
-        self.saved.append((phase, epoch, dict(state)))
-
-    def resume_state(self) -> tuple[str, int, dict[str, Any]] | None:
-        return self.resume
 
 
 def test_fill_gaps_grows_one_pixel_per_pass_with_the_mean_of_valid_neighbours() -> None:
@@ -115,37 +99,32 @@ def test_cache_features_names_a_missing_input_and_an_empty_set() -> None:
     )
 
 
-def test_train_phase_saves_after_every_epoch_and_resumes_where_it_stopped() -> None:
+def test_a_phase_saves_after_every_epoch_and_resumes_where_it_stopped() -> None:
+    """``fit_one_phase`` (resume point, state, ``train_phase``, ``finish``): a run resumed after epoch 2 of 3 redoes
+    only epoch 3 and ends with the weights of the uninterrupted run; another phase's state is refused."""
     settings = FitSettings(epochs=3, batch_size=2, learning_rate=0.05, seed=1, threads=1)
     x = torch.randn(6, 3)
 
-    def run(net: nn.Linear, ctx: Saved) -> None:
-        training.start(settings, HarnessError)
-        opt = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
-        saved = training.resume_point(ctx, ("fit",), HarnessError)
-        if saved is not None:
-            training.load_training_state(saved[2], {"net": net}, opt, HarnessError)
-        training.train_phase(
-            "fit",
-            {"net": net},
-            opt,
-            settings=settings,
-            context=ctx,
-            first_epoch=0 if saved is None else saved[1],
-            batches=lambda epoch: training.batch_order(6, 2, settings.seed, epoch),
-            step=lambda i: net(x[i]).pow(2).mean(),
-        )
+    def run(net: nn.Linear, ctx: MemoryContext) -> None:
+        def batches(epoch: int) -> list[torch.Tensor]:
+            return training.batch_order(6, 2, settings.seed, epoch)
 
-    full, ctx = nn.Linear(3, 1), Saved()
+        def step(i: torch.Tensor) -> torch.Tensor:
+            return net(x[i]).pow(2).mean()
+
+        training.start(settings, HarnessError)
+        training.fit_one_phase(net, "fit", {"net": net}, settings, ctx, batches=batches, step=step, error=HarnessError)
+
+    full, ctx = nn.Linear(3, 1), MemoryContext()
     run(full, ctx)
     assert [(p, e) for p, e, _ in ctx.saved] == [("fit", 1), ("fit", 2), ("fit", 3)]
-    assert [r[:3] for r in ctx.reports] == [("fit", 1, 3), ("fit", 2, 3), ("fit", 3, 3)]
-    resumed, ctx2 = nn.Linear(3, 1), Saved(ctx.saved[1])
+    assert ctx.reports == [("fit", 1, 3), ("fit", 2, 3), ("fit", 3, 3)]
+    resumed, ctx2 = nn.Linear(3, 1), MemoryContext(ctx.saved[1])
     run(resumed, ctx2)
-    assert [r[:3] for r in ctx2.reports] == [("fit", 3, 3)]
+    assert ctx2.reports == [("fit", 3, 3)]
     for k, v in full.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[k], v)
     with pytest.raises(HarnessError, match="phase 'other', not 'fit'"):
-        run(nn.Linear(3, 1), Saved(("other", 1, {})))
+        run(nn.Linear(3, 1), MemoryContext(("other", 1, {})))
     with pytest.raises(HarnessError, match="positive learning rate"):
         training.start(FitSettings(epochs=1, batch_size=1, learning_rate=0.0, seed=0), HarnessError)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from _tool import REPO, run_tool
 
 from calibration.roi import CameraBinding, CylinderShape, RoiFile, load_roi, save_roi
 from drivers.synthetic import STATIONS
@@ -18,7 +17,6 @@ from tools.record import main as record
 
 pytest.importorskip("open3d", reason="open3d is the calibrate extra (pip install -e .[calibrate])")
 
-REPO = Path(__file__).resolve().parents[2]
 OFFICE_BAG = REPO.parent / "shared" / "fixtures" / "realsense" / "single_depth_color_640x480.bag"
 
 
@@ -108,14 +106,7 @@ def test_bad_argument_syntax_is_an_argparse_error(capsys: pytest.CaptureFixture[
 
 
 def test_module_entry_point_exits_2_in_a_real_process(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "tools.calibrate", "--from-roi", str(tmp_path / "none.yaml")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = run_tool("calibrate", "--from-roi", tmp_path / "none.yaml", timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("edge-calibrate: ROI file")
 

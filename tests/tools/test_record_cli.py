@@ -5,29 +5,21 @@ from __future__ import annotations
 
 import filecmp
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from _tool import run_tool
 
 from drivers.labels import read_labels
 from drivers.realsense import connected_serials
 from drivers.recorder import count_recorded_frames
 from tools.record import main
 
-REPO = Path(__file__).resolve().parents[2]
 SMALL = ["--width", "160", "--height", "120"]
 
 
 def edge_record(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tools.record", *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_tool("record", *args, timeout=120)
 
 
 def image_files(root: Path) -> list[str]:

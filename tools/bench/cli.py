@@ -43,6 +43,7 @@ from tools.bench.report import (
     write_json,
     write_markdown,
 )
+from tools.entry import one_line_errors
 
 PROG = "edge-bench"
 CROPS = {"full": ("full",), "foreground": ("foreground",), "both": ("full", "foreground")}
@@ -362,29 +363,26 @@ def print_summary(report: dict[str, Any]) -> None:
         out.print(f"{'[green]PASS' if gate['passed'] else '[red]FAIL'}[/] {name}: {gate['detail']}")
 
 
+@one_line_errors(f"{PROG}: error")  # plain: one line, and no markup eats "[gpu]"
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    try:
-        p = plan(args)
-        bench = Bench(p.roi, runner_factory(p.backend), warmup=args.warmup,
-                      parity_samples=args.parity_samples if args.parity else 0,
-                      allow_mismatch=args.allow_mismatch)  # fmt: skip
-        run_inputs(args, p, bench)
-        if not any(r.raw for r in bench.run.models):
-            raise BenchError("no frame could be scored", "see the per-input problems above")
-        report = build_report(args, p, bench, started, argv)
-        if args.fit_scoring:
-            report["scoring_written"] = fit_scoring_files(args, bench.run.models)
-        figs = draw(args.report, bench.run.models, bench.run.read_ms)
-        report["figures"] = {k: v.name for k, v in figs.items()}
-        write_json(report, args.report / "report.json")
-        write_html(report, figs, args.report / "report.html")
-        write_markdown(report, figs, args.report / "report.md")
-    except EdgeError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)  # plain: one line, and no markup eats "[gpu]"
-        return 2
+    p = plan(args)
+    bench = Bench(p.roi, runner_factory(p.backend), warmup=args.warmup,
+                  parity_samples=args.parity_samples if args.parity else 0,
+                  allow_mismatch=args.allow_mismatch)  # fmt: skip
+    run_inputs(args, p, bench)
+    if not any(r.raw for r in bench.run.models):
+        raise BenchError("no frame could be scored", "see the per-input problems above")
+    report = build_report(args, p, bench, started, argv)
+    if args.fit_scoring:
+        report["scoring_written"] = fit_scoring_files(args, bench.run.models)
+    figs = draw(args.report, bench.run.models, bench.run.read_ms)
+    report["figures"] = {k: v.name for k, v in figs.items()}
+    write_json(report, args.report / "report.json")
+    write_html(report, figs, args.report / "report.html")
+    write_markdown(report, figs, args.report / "report.md")
     print_summary(report)
     console.print(f"{PROG}: wrote {args.report / 'report.html'} and report.json")
     failed = [o for o in bench.run.inputs if o.error]
