@@ -675,11 +675,14 @@ class ShapeGuidedModel(nn.Module):
         x = nnf.conv2d(x, self.blur.view(1, 1, 1, -1))
         return nnf.conv2d(x, self.blur.view(1, 1, -1, 1))
 
-    def score(self, rgb: Tensor, xyz: Tensor, mask: Tensor, exclude: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """(anomaly_map B×1×S×S, image_score B): max(clip(w·rgb + b, 0), sdf) blurred, and s_sdf·s_rgb."""
-        sdf_map, rgb_map, s_sdf, s_rgb = self.parts(rgb, xyz, mask, exclude)
+    def fuse(self, sdf_map: Tensor, rgb_map: Tensor, s_sdf: Tensor, s_rgb: Tensor) -> tuple[Tensor, Tensor]:
+        """``parts`` → (anomaly_map B×1×S×S, image_score B): max(clip(w·rgb + b, 0), sdf) blurred, and s_sdf·s_rgb."""
         fused = torch.maximum((self.align[0] * rgb_map + self.align[1]).clamp_min(0.0), sdf_map)
         return self.smooth(fused), s_sdf * s_rgb
+
+    def score(self, rgb: Tensor, xyz: Tensor, mask: Tensor, exclude: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(anomaly_map B×1×S×S, image_score B) of ``parts``, fused."""
+        return self.fuse(*self.parts(rgb, xyz, mask, exclude))
 
     def forward(self, rgb: Tensor, xyz: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """(anomaly_map B×1×S×S, image_score B), raw."""
