@@ -7,10 +7,12 @@ has no licence, so none of it is copied):
    ``foreground`` crop mode, inside the ROI mask). The paper samples P = round(N·group_mul/n) centres by seeded
    farthest-point sampling (FPS) and groups the n = 500 nearest points of each (``fps_patches``, used to train the
    3D expert). The exported graph cannot run FPS (sequential, data-dependent), so scoring and the memory use the
-   **grid-window variant** (``window_patches``): windows of 2s × 2s pixels at stride s on the image lattice, so every
+   **grid-window variant** (``grid_windows``): windows of 2s × 2s pixels at stride s on the image lattice, so every
    pixel lies in up to 4 windows; a window is *active* when at least ``min_window_fraction`` of its pixels are
    valid. Every patch is centred on its mean and scaled by 1/its largest distance from it (``normalise_patches``),
-   so absolute size is lost, as in the paper.
+   so absolute size is lost, as in the paper. Memory, scoring and alignment take their patches from one stage
+   (``ShapeGuidedModel.patches`` → ``Patches``); ``fps_reference`` swaps in the paper's FPS patches (group_mul 10)
+   for the PyTorch reference the windows are checked against (``tools/benchmarks/shape_guided_windows.py``).
 2. 3D expert. PointNet encoder (Conv1d k=1 3→64→128→1024, BN+ReLU each, max over the patch's valid points, FC
    1024→512→128 with BN+ReLU, so features are ≥ 0) and the local NIF decoder (latent → 512 and xyz → 512,
    concatenated, 1024 → 512, 7 weight-normalised 512 → 512 layers with the geometric init N(0, √2/√512) and zero
@@ -367,11 +369,9 @@ class PointNetEncoder(nn.Module):
 class LocalNIF(nn.Module):
     """The local implicit field: (latent → w) ⊕ (xyz → w) → 2w → w → L weight-normalised w → w → 1.
 
-    Geometric init (SAL) on the whole xyz path, so the initial field is ≈ a sphere around the patch centre
-    (radius 0.1–0.4 in the normalised patch, negative inside): fc2, fc3 and the hidden layers N(0, √2/√w) with zero
-    bias, fc3's latent half zero (the latent enters once training moves it, as IGR conditions its init), fc5 weight
-    mean 2√π/√w and bias −0.5. The public code inits fc1–fc3 with PyTorch's defaults; then the initial field is
-    > 0 in the whole patch and Neural-Pull, blind to the sign, learns an unsigned field (docs/models/shape_guided.md).
+    As the public code: the geometric init on the hidden layers and fc5 only; fc1–fc3 keep PyTorch's defaults, so
+    the initial field is > 0 in the whole patch. Neural-Pull does not see the field's sign; a signed field is
+    usual on a closed sphere and not on open patches, whichever init (``tools/benchmarks/shape_guided_nif.py``).
     """
 
     def __init__(self, latent: int, width: int, layers: int) -> None:
@@ -380,11 +380,6 @@ class LocalNIF(nn.Module):
         self.fc2 = nn.Linear(3, width)
         self.fc3 = nn.Linear(2 * width, width)
         std = math.sqrt(2) / math.sqrt(width)
-        with torch.no_grad():
-            for lin in (self.fc2, self.fc3):
-                nn.init.normal_(lin.weight, 0.0, std)
-                nn.init.zeros_(lin.bias)
-            self.fc3.weight[:, :width] = 0.0  # the latent half: the initial field is the same sphere for every code
         hidden = []
         for _ in range(layers):
             lin = nn.Linear(width, width)

@@ -8,9 +8,9 @@ and a sign change across the surface"):
    the model's own ``neural_pull_loss`` and the exact field of a plane square and of a closed sphere (normalised
    patches, uniform random points), mean of 3 query draws.
 2. **Sign.** Neural-Pull's loss does not see the sign of the field. The ``tiny`` encoder + NIF is trained on a
-   plane square + a closed sphere (the unit test's patches) and on 2 plane squares + 2 sphere caps, from the public
-   code's init (fc1–fc3 PyTorch defaults: the initial field is > 0 in the whole patch) and from ``LocalNIF``'s
-   (SAL's geometric init on the whole xyz path: ≈ a sphere around the patch centre, negative inside); measured:
+   plane square + a closed sphere (the unit test's patches) and on 2 plane squares + 2 sphere caps, from
+   ``LocalNIF``'s init (the public code's: fc1–fc3 PyTorch defaults, the initial field > 0 in the whole patch) and
+   from SAL's geometric init on the whole xyz path (≈ a sphere around the patch centre, negative inside); measured:
    the share of surface points where the field changes sign between ±0.05 along the normal, the mean |SDF| on the
    surface, and the share of curved points negative just inside. The field is read with BatchNorm in training
    mode, as the loss saw it (2–4 patches: the running statistics are not the batch's).
@@ -83,18 +83,29 @@ def floor(n: int, k: int, draws: int = 3) -> tuple[float, float]:
     return out[0], out[1]
 
 
+def geometric_xyz_init(nif: LocalNIF) -> None:
+    """SAL's geometric init on the NIF's whole xyz path (not the public code's): fc2 and fc3 N(0, √2/√w) with zero
+    bias, fc3's latent half zero (as IGR conditions it), so the initial field is ≈ a sphere around the patch centre,
+    negative inside."""
+    width = nif.fc2.out_features
+    with torch.no_grad():
+        for lin in (nif.fc2, nif.fc3):
+            torch.nn.init.normal_(lin.weight, 0.0, math.sqrt(2) / math.sqrt(width))
+            torch.nn.init.zeros_(lin.bias)
+        nif.fc3.weight[:, :width] = 0.0
+
+
 def sign_run(n: int, seed: int, shapes: str, init: str, steps: int) -> dict[str, float]:
     """Train the ``tiny`` expert on ``shapes`` ("sphere": a plane square and a closed sphere; "caps": 2 plane squares
-    and 2 sphere caps of polar angle ≤ 0.9), from the public code's init ("public": fc2 and fc3 back to PyTorch's
-    defaults) or ``LocalNIF``'s (geometric on the whole xyz path); last-20-step loss, mean |SDF| on the surfaces,
-    share of sign changes, share of curved points negative inside."""
+    and 2 sphere caps of polar angle ≤ 0.9), from ``LocalNIF``'s init ("public", the public code's) or with
+    ``geometric_xyz_init`` ("geometric"); last-20-step loss, mean |SDF| on the surfaces, share of sign changes,
+    share of curved points negative inside."""
     settings = PRESETS["tiny"]
     torch.manual_seed(seed)
     encoder = PointNetEncoder(settings.encoder_conv, settings.encoder_fc)
     nif = LocalNIF(settings.encoder_fc[-1], settings.nif_width, settings.nif_layers)
-    if init == "public":
-        nif.fc2.reset_parameters()
-        nif.fc3.reset_parameters()
+    if init == "geometric":
+        geometric_xyz_init(nif)
     gen = torch.Generator().manual_seed(100 + seed)
     if shapes == "sphere":
         curved = [sphere_points(n, gen)]
@@ -162,11 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     names = {
         "sphere": "plane + closed sphere",
         "caps": "2 planes + 2 caps",
-        "public": "public code",
-        "model": "LocalNIF (geometric)",
+        "public": "LocalNIF (public code's)",
+        "geometric": "geometric xyz path",
     }
     for shapes, n in (("sphere", 512), ("caps", 256), ("caps", 512)):
-        for init in ("public", "model"):
+        for init in ("public", "geometric"):
             for seed in range(args.seeds):
                 r = sign_run(n, seed, shapes, init, args.steps)
                 lines.append(
