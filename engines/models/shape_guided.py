@@ -370,8 +370,9 @@ class LocalNIF(nn.Module):
     """The local implicit field: (latent → w) ⊕ (xyz → w) → 2w → w → L weight-normalised w → w → 1.
 
     As the public code: the geometric init on the hidden layers and fc5 only; fc1–fc3 keep PyTorch's defaults, so
-    the initial field is > 0 in the whole patch. Neural-Pull does not see the field's sign; a signed field is
-    usual on a closed sphere and not on open patches, whichever init (``tools/benchmarks/shape_guided_nif.py``).
+    the initial field is > 0 in the whole patch. Neural-Pull does not see the field's sign: measured, the field came
+    out signed on a closed sphere in every run, on open patches in about half, with this init or SAL's on the whole
+    xyz path (``tools/benchmarks/shape_guided_nif.py``). Scoring uses |SDF| only.
     """
 
     def __init__(self, latent: int, width: int, layers: int) -> None:
@@ -529,9 +530,8 @@ class ShapeGuidedModel(nn.Module):
     ) -> None:
         super().__init__()
         self.settings, self.roi_mask = settings, roi_mask
-        self.fps: FpsPatching | None = (
-            None  # None: grid windows (the graph); set: the FPS reference (``fps_reference``)
-        )
+        # None: grid windows (the graph); set: the paper's FPS patches, the PyTorch reference (``fps_reference``)
+        self.fps: FpsPatching | None = None
         self.encoder = PointNetEncoder(settings.encoder_conv, settings.encoder_fc)
         self.nif = LocalNIF(settings.encoder_fc[-1], settings.nif_width, settings.nif_layers)
         args = _lite_block_args(settings.backbone)
