@@ -7,10 +7,12 @@ has no licence, so none of it is copied):
    ``foreground`` crop mode, inside the ROI mask). The paper samples P = round(N·group_mul/n) centres by seeded
    farthest-point sampling (FPS) and groups the n = 500 nearest points of each (``fps_patches``, used to train the
    3D expert). The exported graph cannot run FPS (sequential, data-dependent), so scoring and the memory use the
-   **grid-window variant** (``window_patches``): windows of 2s × 2s pixels at stride s on the image lattice, so every
+   **grid-window variant** (``grid_windows``): windows of 2s × 2s pixels at stride s on the image lattice, so every
    pixel lies in up to 4 windows; a window is *active* when at least ``min_window_fraction`` of its pixels are
    valid. Every patch is centred on its mean and scaled by 1/its largest distance from it (``normalise_patches``),
-   so absolute size is lost, as in the paper.
+   so absolute size is lost, as in the paper. Memory, scoring and alignment take their patches from one stage
+   (``ShapeGuidedModel.patches`` → ``Patches``); ``fps_reference`` swaps in the paper's FPS patches (group_mul 10)
+   for the PyTorch reference the windows are checked against (``tools/benchmarks/shape_guided_windows.py``).
 2. 3D expert. PointNet encoder (Conv1d k=1 3→64→128→1024, BN+ReLU each, max over the patch's valid points, FC
    1024→512→128 with BN+ReLU, so features are ≥ 0) and the local NIF decoder (latent → 512 and xyz → 512,
    concatenated, 1024 → 512, 7 weight-normalised 512 → 512 layers with the geometric init N(0, √2/√512) and zero
@@ -66,9 +68,10 @@ Deviations from the paper's code, and why (all in ``docs/models/shape_guided.md`
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -265,6 +268,85 @@ def fold_windows(values: Tensor, stride: int, fill: float, reduce: str) -> Tenso
     return out.permute(0, 3, 1, 4, 2).reshape(b, 1, nb * stride, nb * stride)
 
 
+@dataclass(frozen=True, slots=True)
+class Patches:
+    """The point patches of a batch as scoring and the memory see them: normalised points B×P×n×3, their validity
+    (B×P×n, 0/1) and flat pixel index in the S × S image (B×P×n, long), which patches count (``active`` B×P, 0/1),
+    and ``stride``: the grid windows' stride (their fixed-layout fold, which the graph exports), 0 for FPS patches
+    (folded by a scatter over ``pixels``)."""
+
+    points: Tensor
+    valid: Tensor
+    active: Tensor
+    pixels: Tensor
+    size: int
+    stride: int = 0
+
+    def fold(self, values: Tensor, fill: float, reduce: str) -> Tensor:
+        """Per-point values B×P×n → B×1×S×S: each pixel the min (``reduce="min"``) or max over the points that
+        land on it, ``fill`` where none does (callers set the values of points that must not count to ``fill``)."""
+        if self.stride:
+            return fold_windows(values, self.stride, fill, reduce)
+        b = values.shape[0]
+        out = torch.full((b, self.size * self.size), fill, dtype=values.dtype)
+        out = out.scatter_reduce(1, self.pixels.flatten(1), values.flatten(1), "amin" if reduce == "min" else "amax")
+        return out.reshape(b, 1, self.size, self.size)
+
+    def coverage(self) -> Tensor:
+        """B×P×S×S: each patch alone, 1 at the pixels of its valid points (the memory's links start from it)."""
+        b, p, _ = self.valid.shape
+        flat = torch.zeros(b, p, self.size * self.size, dtype=self.valid.dtype)
+        flat = flat.scatter_reduce(2, self.pixels, self.valid, "amax")
+        return flat.reshape(b, p, self.size, self.size)
+
+
+def grid_windows(xyz: Tensor, valid: Tensor, stride: int, min_fraction: float) -> Patches:
+    """The graph's patches: every 2s × 2s window at stride s (``window_patches``); a window is active with at least
+    ``min_fraction`` of its pixels valid. ``xyz`` is B×3×S×S, ``valid`` B×1×S×S (0/1)."""
+    size = xyz.shape[-1]
+    points = window_patches(xyz, stride)
+    pvalid = window_patches(valid, stride)[..., 0]
+    active = (pvalid.sum(-1) >= min_fraction * pvalid.shape[-1]).to(xyz.dtype)
+    index = torch.arange(size * size, dtype=torch.float32).reshape(1, 1, size, size)
+    pixels = window_patches(index, stride)[..., 0].long().expand(xyz.shape[0], -1, -1)
+    return Patches(normalise_patches(points, pvalid), pvalid, active, pixels, size, stride)
+
+
+@dataclass(frozen=True, slots=True)
+class FpsPatching:
+    """The paper's patches at memory and scoring time, the reference the grid windows are checked against:
+    P = round(N·group_mul/n) seeded FPS centres (group_mul 10, the paper's for memory and test), n-point kNN groups."""
+
+    group_mul: int = 10
+    seed: int = 0
+
+
+def fps_patching(xyz: Tensor, valid: Tensor, points: int, patching: FpsPatching) -> Patches:
+    """``fps_patches`` of every image of a batch (B×3×S×S xyz, B×1×S×S validity), FPS seeded with
+    ``patching.seed`` for each image; images with fewer patches (or points) are padded with invalid, inactive ones.
+    An image without valid points gets one inactive patch."""
+    size = xyz.shape[-1]
+    per = []
+    for b in range(xyz.shape[0]):
+        ok = valid[b, 0] > 0
+        if bool(ok.any()):
+            gen = torch.Generator().manual_seed(patching.seed)
+            per.append(fps_patches(xyz[b], ok, points, patching.group_mul, gen))
+        else:
+            per.append((torch.zeros(0, 1, 3), torch.zeros(0, 1, dtype=torch.long)))
+    count = max(1, *(len(p) for p, _ in per))
+    n = max(p.shape[1] for p, _ in per)
+    shape = (xyz.shape[0], count, n)
+    pts, pvalid, pixels = torch.zeros(*shape, 3), torch.zeros(shape), torch.zeros(shape, dtype=torch.long)
+    active = torch.zeros(shape[:2])
+    for b, (p, pix) in enumerate(per):
+        pts[b, : len(p), : p.shape[1]] = p
+        pvalid[b, : len(p), : p.shape[1]] = 1.0
+        pixels[b, : len(p), : p.shape[1]] = pix
+        active[b, : len(p)] = 1.0
+    return Patches(pts.to(xyz.dtype), pvalid.to(xyz.dtype), active.to(xyz.dtype), pixels, size)
+
+
 # ------------------------------------------------------------------------------------------------------- 3D expert
 
 
@@ -293,17 +375,24 @@ class PointNetEncoder(nn.Module):
 
 
 class LocalNIF(nn.Module):
-    """The local implicit field: (latent → w) ⊕ (xyz → w) → 2w → w → L weight-normalised w → w → 1."""
+    """The local implicit field: (latent → w) ⊕ (xyz → w) → 2w → w → L weight-normalised w → w → 1.
+
+    As the public code: the geometric init on the hidden layers and fc5 only; fc1–fc3 keep PyTorch's defaults, so
+    the initial field is > 0 in the whole patch. Neural-Pull does not see the field's sign: measured, the field came
+    out signed on a closed sphere in every run, on open patches in about half, with this init or SAL's on the whole
+    xyz path (``tools/benchmarks/shape_guided_nif.py``). Scoring uses |SDF| only.
+    """
 
     def __init__(self, latent: int, width: int, layers: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(latent, width)
         self.fc2 = nn.Linear(3, width)
         self.fc3 = nn.Linear(2 * width, width)
+        std = math.sqrt(2) / math.sqrt(width)
         hidden = []
         for _ in range(layers):
             lin = nn.Linear(width, width)
-            nn.init.normal_(lin.weight, 0.0, math.sqrt(2) / math.sqrt(width))  # geometric init
+            nn.init.normal_(lin.weight, 0.0, std)  # geometric init
             nn.init.zeros_(lin.bias)
             hidden.append(nn.utils.parametrizations.weight_norm(lin))
         self.hidden = nn.ModuleList(hidden)
@@ -324,8 +413,8 @@ class LocalNIF(nn.Module):
 
 
 def neural_pull_loss(
-    encoder: PointNetEncoder,
-    nif: LocalNIF,
+    encoder: Callable[[Tensor, Tensor], Tensor],
+    nif: Callable[[Tensor, Tensor], Tensor],
     patches: Tensor,
     sigma: Tensor,
     gen: torch.Generator,
@@ -449,6 +538,8 @@ class ShapeGuidedModel(nn.Module):
     ) -> None:
         super().__init__()
         self.settings, self.roi_mask = settings, roi_mask
+        # None: grid windows (the graph); set: the paper's FPS patches, the PyTorch reference (``fps_reference``)
+        self.fps: FpsPatching | None = None
         self.encoder = PointNetEncoder(settings.encoder_conv, settings.encoder_fc)
         self.nif = LocalNIF(settings.encoder_fc[-1], settings.nif_width, settings.nif_layers)
         args = _lite_block_args(settings.backbone)
@@ -496,13 +587,18 @@ class ShapeGuidedModel(nn.Module):
         valid = (xyz[:, 2:3] > 0).to(xyz.dtype)
         return valid * mask if self.roi_mask else valid
 
-    def windows(self, xyz: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(normalised window points B×W×n×3, validity B×W×n, active B×W) of the grid-window patches."""
+    def patches(self, xyz: Tensor, valid: Tensor) -> Patches:
+        """The patches the memory and scoring use: the grid windows, or the paper's FPS patches when ``fps`` is set
+        (the reference; not exportable)."""
         s = self.settings
-        points = window_patches(xyz, s.stride)
-        pvalid = window_patches(valid, s.stride)[..., 0]
-        active = (pvalid.sum(-1) >= s.min_window_fraction * s.window_points).to(xyz.dtype)
-        return normalise_patches(points, pvalid), pvalid, active
+        if self.fps is None:
+            return grid_windows(xyz, valid, s.stride, s.min_window_fraction)
+        if torch.onnx.is_in_onnx_export():
+            raise ShapeGuidedConfigError(
+                "a model scoring with FPS patches cannot be exported (FPS is sequential and data-dependent)",
+                "export the grid-window model (fps None); the FPS model is the PyTorch reference only",
+            )
+        return fps_patching(xyz, valid, s.points, self.fps)
 
     def encode(self, points: Tensor, valid: Tensor) -> Tensor:
         """Latent codes B×W×D of normalised patches B×W×n×3."""
@@ -541,7 +637,8 @@ class ShapeGuidedModel(nn.Module):
         s = self.settings
         b = xyz.shape[0]
         valid = self.valid_points(xyz, mask)
-        points, pvalid, active = self.windows(xyz, valid)
+        patches = self.patches(xyz, valid)
+        points, pvalid, active = patches.points, patches.valid, patches.active
         feat = self.encode(points, pvalid)  # B×W×D
         keep_sdf = None if exclude is None else (self.sdf_sample[None] != exclude[:, None]).to(feat.dtype)[:, None]
         idx, atoms = nearest_atoms(feat, self.sdf_memory, keep_sdf, s.k_sdf)  # B×W×K, B×W×K×D
@@ -550,7 +647,7 @@ class ShapeGuidedModel(nn.Module):
         s_sdf = ((feat - recon).norm(dim=-1) * active).amax(1)
         dist = self.nif(recon.reshape(b * w, -1), points.reshape(b * w, -1, 3)).abs().reshape(b, w, -1)
         use = pvalid * active[..., None]
-        sdf_map = fold_windows(torch.where(use > 0, dist, torch.full_like(dist, FAR)), s.stride, FAR, "min")
+        sdf_map = patches.fold(torch.where(use > 0, dist, torch.full_like(dist, FAR)), FAR, "min")
         sdf_map = torch.where(sdf_map < FAR / 2, sdf_map, torch.zeros_like(sdf_map))
         # RGB: candidates are the links of every SDF neighbour of every active window, one set per image
         m_rgb = self.rgb_memory.shape[0]
@@ -559,7 +656,7 @@ class ShapeGuidedModel(nn.Module):
         allowed = torch.zeros(b, m_rgb + 1, dtype=feat.dtype).scatter(1, links.reshape(b, -1), 1.0)[:, :m_rgb]
         if exclude is not None:
             allowed = allowed * (self.rgb_sample[None] != exclude[:, None]).to(allowed.dtype)
-        scored = self.cells(fold_windows(use, s.stride, 0.0, "max"))  # B×784
+        scored = self.cells(patches.fold(use, 0.0, "max"))  # B×784
         cell_feat = self.rgb_features(rgb, valid).flatten(2).transpose(1, 2)  # B×784×C
         _, rgb_atoms = nearest_atoms(cell_feat, self.rgb_memory, allowed[:, None], s.k_rgb)
         c = cell_feat.shape[-1]
@@ -581,11 +678,14 @@ class ShapeGuidedModel(nn.Module):
         x = nnf.conv2d(x, self.blur.view(1, 1, 1, -1))
         return nnf.conv2d(x, self.blur.view(1, 1, -1, 1))
 
-    def score(self, rgb: Tensor, xyz: Tensor, mask: Tensor, exclude: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """(anomaly_map B×1×S×S, image_score B): max(clip(w·rgb + b, 0), sdf) blurred, and s_sdf·s_rgb."""
-        sdf_map, rgb_map, s_sdf, s_rgb = self.parts(rgb, xyz, mask, exclude)
+    def fuse(self, sdf_map: Tensor, rgb_map: Tensor, s_sdf: Tensor, s_rgb: Tensor) -> tuple[Tensor, Tensor]:
+        """``parts`` → (anomaly_map B×1×S×S, image_score B): max(clip(w·rgb + b, 0), sdf) blurred, and s_sdf·s_rgb."""
         fused = torch.maximum((self.align[0] * rgb_map + self.align[1]).clamp_min(0.0), sdf_map)
         return self.smooth(fused), s_sdf * s_rgb
+
+    def score(self, rgb: Tensor, xyz: Tensor, mask: Tensor, exclude: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(anomaly_map B×1×S×S, image_score B) of ``parts``, fused."""
+        return self.fuse(*self.parts(rgb, xyz, mask, exclude))
 
     def forward(self, rgb: Tensor, xyz: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """(anomaly_map B×1×S×S, image_score B), raw."""
@@ -599,24 +699,20 @@ class ShapeGuidedModel(nn.Module):
         sample: every active window's feature, every cell linked to one, the links into the compacted RGB memory."""
         s = self.settings
         self.eval()
-        feats, links, owners, cells, cell_owner = [], [], [], [], []
+        feats, links, owners, cells = [], [], [], []
         for j, sample in enumerate(samples):
             rgb, xyz, mask = (sample[k].float() for k in INPUTS)
             valid = self.valid_points(xyz, mask)
-            points, pvalid, active = self.windows(xyz, valid)
-            keep = active[0] > 0
-            feats.append(self.encode(points, pvalid)[0][keep])
-            # each active window alone folded back to the image → the cells it links
-            alone = nnf.one_hot(keep.nonzero().squeeze(1), pvalid.shape[1]).to(pvalid.dtype)  # A×W
+            patches = self.patches(xyz, valid)
+            keep = patches.active[0] > 0
+            feats.append(self.encode(patches.points, patches.valid)[0][keep])
+            # the pixels of each active patch alone → the cells it links
             per_window = (
-                self.cells(fold_windows(pvalid * alone[..., None], s.stride, 0.0, "max"))
-                if bool(keep.any())
-                else torch.zeros(0, GRID * GRID)
+                self.cells(patches.coverage()[0][keep][:, None]) if bool(keep.any()) else torch.zeros(0, GRID * GRID)
             )
             links.append(per_window > 0)
             owners.append(torch.full((int(keep.sum()),), j, dtype=torch.long))
             cells.append(self.rgb_features(rgb, valid)[0].flatten(1).T)
-            cell_owner.append(j)
         if sum(len(f) for f in feats) < s.k_sdf:
             raise ShapeGuidedTrainError(
                 f"the training samples hold {sum(len(f) for f in feats)} active windows, fewer than K = {s.k_sdf}",
@@ -729,11 +825,28 @@ def fit_shape_guided(
     )
     training.finish(model)  # the memory is built on the CPU, where export and the runtimes take the model
     model.build_memory(samples)
-    gen = torch.Generator().manual_seed(settings.seed)
-    order = torch.randperm(len(samples), generator=gen)[: model.settings.align_samples].tolist()
-    stats = model.fit_alignment(samples, order)
+    stats = model.fit_alignment(samples, alignment_order(len(samples), model.settings.align_samples, settings.seed))
     model.eval()
     return stats
+
+
+def alignment_order(samples: int, count: int, seed: int) -> list[int]:
+    """The training samples (at most ``count``, a seeded choice) the score alignment is fitted on."""
+    return torch.randperm(samples, generator=torch.Generator().manual_seed(seed))[:count].tolist()
+
+
+def fps_reference(
+    model: ShapeGuidedModel, train: Iterable[Mapping[str, Any]], seed: int, patching: FpsPatching | None = None
+) -> ShapeGuidedModel:
+    """The PyTorch reference of a fitted ``model`` with the paper's FPS patches: a copy with the same experts whose
+    memory is rebuilt and alignment refitted (same samples, same seeded choice as ``fit_shape_guided``) from FPS
+    patches; it scores through the same ``parts``/``score`` (not exportable)."""
+    samples = _samples(train)
+    ref = copy.deepcopy(model)
+    ref.fps = FpsPatching() if patching is None else patching
+    ref.build_memory(samples)
+    ref.fit_alignment(samples, alignment_order(len(samples), ref.settings.align_samples, seed))
+    return ref.eval()
 
 
 # ----------------------------------------------------------------------------------------------------- family object

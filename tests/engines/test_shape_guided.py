@@ -5,6 +5,7 @@ The family contract (build, shapes, ONNX, 1-epoch fit, resume) is checked in ``t
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,14 @@ from engines.export import check_onnx, onnx_from_model
 from engines.models.shape_guided import (
     PRESETS,
     SHAPE_GUIDED_FAMILY,
+    FpsPatching,
     LocalNIF,
     PointNetEncoder,
     ShapeGuidedModel,
     fold_windows,
     fps_patches,
+    fps_reference,
+    grid_windows,
     neighbour_sigma,
     neural_pull_loss,
     normalise_patches,
@@ -119,54 +123,64 @@ def test_grid_windows_cover_every_pixel_and_fold_back_exactly() -> None:
 # ------------------------------------------------------------------------------------------------------- 3D expert
 
 
-def plane_and_sphere(points: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised patches, 4 of a plane (z = 0) then 4 of caps of the unit sphere, ``points`` points each; and the
-    sphere's centre in each cap's normalised frame (4×1×3)."""
-    plane = torch.cat([torch.rand(4, points, 2, generator=gen) * 2 - 1, torch.zeros(4, points, 1)], 2)
-    theta = torch.rand(4, points, generator=gen) * 0.9
-    phi = torch.rand(4, points, generator=gen) * 2 * torch.pi
-    cap = torch.stack([theta.sin() * phi.cos(), theta.sin() * phi.sin(), theta.cos()], 2)
-    centre = cap.mean(1, keepdim=True)
-    extent = (cap - centre).norm(dim=-1).amax(1)[:, None, None]
-    patches = torch.cat([plane, cap])
-    return normalise_patches(patches, torch.ones(patches.shape[:2])), -centre / extent
+def plane_and_sphere(points: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two normalised patches of ``points`` random points: a square of the plane z = 0 and a closed unit sphere.
+    Returns the patches (2×n×3), each point's unit normal (outward on the sphere) and the sphere's centre and radius
+    in its normalised frame (4)."""
+    plane = torch.cat([torch.rand(points, 2, generator=gen) * 2 - 1, torch.zeros(points, 1)], 1)
+    sphere = torch.randn(points, 3, generator=gen)
+    sphere = sphere / sphere.norm(dim=1, keepdim=True)
+    patches = normalise_patches(torch.stack([plane, sphere]), torch.ones(2, points))
+    centre = -sphere.mean(0)
+    radius = 1.0 / (sphere + centre).norm(dim=1).amax()
+    centre = centre * radius
+    normals = torch.stack([torch.tensor([0.0, 0.0, 1.0]).expand(points, 3), sphere])
+    return patches, normals, torch.cat([centre, radius.view(1)])
 
 
-def test_nif_pulls_its_zero_set_onto_a_plane_and_a_sphere() -> None:
-    """Neural-Pull on 2 plane and 2 sphere-cap patches: the decoded |SDF| at the surface points falls 5×.
+def test_nif_fits_a_plane_and_a_closed_sphere_with_a_signed_field() -> None:
+    """Neural-Pull (the paper's loss and query sampling, ``tiny`` encoder + NIF as built) on a plane square and a
+    closed sphere, 512 points each, 250 Adam steps: the learnt field pulls within 15 % of what the exact signed
+    distance does under the same queries, its zero set lies on the surfaces, and it changes sign across them (the
+    sphere negative inside).
 
-    Not the issue's target (loss < 0.01 and a sign change across the surface): the Neural-Pull loss has a floor
-    near half the point spacing (its target is the nearest *sample*), measured 0.045 after 1500 steps on
-    256-point patches, and it is invariant to the field's sign, so the NIF learns a near-unsigned field
-    (docs/models/shape_guided.md); scoring uses |SDF| only."""
+    The issue's "loss < 0.01" is not asked: the loss compares each pulled query with its nearest *sample*, so even
+    the exact SDF has a floor set by the point density (here ≈ 0.05 over both patches, this test's ``floor``; under
+    0.01 it needs ≈ 4 100 points on the plane and ≈ 24 000 on the sphere, docs/models/shape_guided.md). The field is
+    read with the encoder in training mode, as the loss saw it: over two patches BatchNorm's running statistics are
+    not the batch's."""
     torch.manual_seed(0)
     settings = PRESETS["tiny"]
     encoder = PointNetEncoder(settings.encoder_conv, settings.encoder_fc)
     nif = LocalNIF(settings.encoder_fc[-1], settings.nif_width, settings.nif_layers)
-    patches, _ = plane_and_sphere(64, torch.Generator().manual_seed(0))
-    patches = patches[[0, 1, 4, 5]]
+    patches, normals, sphere = plane_and_sphere(512, torch.Generator().manual_seed(0))
     sigma = neighbour_sigma(patches, settings.sigma_neighbour)
-
-    def surface_sdf() -> float:
-        encoder.eval()
-        with torch.no_grad():
-            latent = encoder(patches, torch.ones(patches.shape[:2]))
-            value = float(nif(latent, patches).abs().mean())
-        encoder.train()
-        return value
-
-    before = surface_sdf()
-    opt = torch.optim.Adam([*encoder.parameters(), *nif.parameters()], lr=3e-3)
+    opt = torch.optim.Adam([*encoder.parameters(), *nif.parameters()], lr=1e-3)
     gen = torch.Generator().manual_seed(1)
-    losses = []
-    for _ in range(100):
+    for _ in range(250):
         loss = neural_pull_loss(encoder, nif, patches, sigma, gen)
         opt.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
-        losses.append(float(loss.detach()))
-    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:3])
-    assert surface_sdf() < 0.2 * before
+
+    def exact(_latent: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """The true signed distances: to the plane z = 0 (patch 0) and to the sphere (patch 1)."""
+        to_sphere = (queries[1] - sphere[:3]).norm(dim=-1) - sphere[3]
+        return torch.stack([queries[0, :, 2], to_sphere])
+
+    def no_code(points: torch.Tensor, _valid: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(points.shape[0], 1)
+
+    learnt = float(neural_pull_loss(encoder, nif, patches, sigma, torch.Generator().manual_seed(9)).detach())
+    floor = float(neural_pull_loss(no_code, exact, patches, sigma, torch.Generator().manual_seed(9)).detach())
+    assert 0.02 < floor < 0.08  # the density's floor (see the docstring)
+    assert learnt < 1.15 * floor
+    with torch.no_grad():
+        latent = encoder(patches, torch.ones(patches.shape[:2]))
+        on, outside, inside = (nif(latent, patches + t * normals) for t in (0.0, 0.05, -0.05))
+    assert float(on.abs().mean()) < 0.2 * 0.05  # the zero set on the surfaces
+    assert float((outside * inside < 0).float()[0].mean()) >= 0.95  # the plane: a sign change across it
+    assert float((inside[1] < 0).float().mean()) >= 0.95 and float((outside[1] > 0).float().mean()) >= 0.95
 
 
 # ------------------------------------------------------------------------------------------------------------- OMP
@@ -239,8 +253,6 @@ def test_cards_with_options_or_other_inputs_are_refused() -> None:
     with pytest.raises(EdgeError, match="unknown Shape-Guided options"):
         SHAPE_GUIDED_FAMILY.card("tiny", "foreground", coreset=0.1)
     card = SHAPE_GUIDED_FAMILY.card("tiny", "foreground")
-    from dataclasses import replace
-
     with pytest.raises(EdgeError, match="do not fit Shape-Guided"):
         SHAPE_GUIDED_FAMILY.build(replace(card, inputs=("rgb", "mask")))
     with pytest.raises(EdgeError, match="has no preset"):
@@ -254,3 +266,40 @@ def test_too_little_training_data_for_the_memory_is_refused() -> None:
     with pytest.raises(EdgeError, match="fewer than K") as err:
         model.build_memory([empty])
     assert "more samples" in err.value.remedy
+
+
+# ------------------------------------------------------------------------------------------- FPS reference scorer
+
+
+def test_window_fold_and_coverage_equal_the_scatter_by_pixel_the_fps_patches_use() -> None:
+    card = SHAPE_GUIDED_FAMILY.card("tiny", "foreground")
+    sample = bumpy(card, 3)
+    windows = grid_windows(sample["xyz"], sample["mask"], 4, 0.1)
+    as_scatter = replace(windows, stride=0)  # the same patches folded by their pixel index, as FPS patches are
+    values = torch.rand(windows.valid.shape, generator=torch.Generator().manual_seed(0))
+    for reduce, fill in (("min", 9.0), ("max", -9.0)):
+        torch.testing.assert_close(as_scatter.fold(values, fill, reduce), windows.fold(values, fill, reduce))
+    alone = torch.eye(windows.valid.shape[1])[:, :, None] * windows.valid  # each window alone, the memory's links
+    torch.testing.assert_close(windows.coverage()[0], fold_windows(alone, 4, 0.0, "max")[:, 0])
+
+
+def test_fps_reference_scores_through_the_same_path_and_ranks_a_trivial_case_as_the_windows_do(tmp_path: Path) -> None:
+    """Trivial case (the ≥ 0.99 rank correlation on the line is the benchmark's): a training sample (its own memory
+    entries in) and two new ones rank alike under windows and FPS patches, the memorised one lowest; the FPS memory
+    holds the paper's P = round(N·10/n) patches per sample, covers the valid points, and does not export."""
+    card, model = tiny_model()
+    train = [bumpy(card, s) for s in range(60, 64)]
+    model.build_memory(train)
+    model.fit_alignment(train, range(len(train)))
+    reference = fps_reference(model, train, seed=0)
+    assert reference.fps == FpsPatching() and model.fps is None  # the trained model is left as it was
+    n_valid = [int((s["mask"] > 0).sum()) for s in train]
+    assert reference.sdf_memory.shape[0] == sum(round(n * 10 / PRESETS["tiny"].points) for n in n_valid)
+    cases = [train[1], bumpy(card, 70), bumpy(card, 71)]
+    with torch.no_grad():
+        ranks = [torch.stack([m.score(**c)[1][0] for c in cases]).argsort().tolist() for m in (model, reference)]
+        sdf_map = reference.parts(**cases[1])[0]
+    assert ranks[0] == ranks[1] and ranks[0][0] == 0
+    assert float((sdf_map[cases[1]["mask"] > 0] > 0).float().mean()) >= 0.99  # FPS patches cover the valid points
+    with pytest.raises(EdgeError, match="cannot be exported"):
+        onnx_from_model(reference, card, tmp_path / "fps.onnx")
