@@ -120,9 +120,10 @@ def _random_dependency(family: str, dep_family: str, path: Path) -> Path:
     return save_checkpoint(path, dep.build(card), card, TrainInfo(0, SEED))
 
 
-def prepare(work: Path, frames: int, train_frames: int, epochs: int) -> Prepared:
-    """Recording, ROI, and every scoring family's edge model in fp32 / int8 / uint8 (trained and calibrated on a
-    shorter recording of the same line, ``train_frames`` long: edge-quantize needs the model's own training data)."""
+def prepare(work: Path, frames: int, train_frames: int, epochs: int, families: list[str] | None = None) -> Prepared:
+    """Recording, ROI, and each scoring family's edge model (``families``, default every one) in fp32 / int8 / uint8
+    (trained and calibrated on a shorter recording of the same line, ``train_frames`` long: edge-quantize needs the
+    model's own training data)."""
     from engines._registry import pretrained_from  # noqa: PLC0415
 
     t0 = time.perf_counter()
@@ -140,7 +141,7 @@ def prepare(work: Path, frames: int, train_frames: int, epochs: int) -> Prepared
              f"no empty-station gaps: every frame is scored), {line.stat().st_size / 1e6:.0f} MB; "
              f"prepared in {time.perf_counter() - t0:.0f} s"]  # fmt: skip
     models: dict[str, dict[str, Path]] = {}
-    for family in scoring_families():
+    for family in scoring_families() if families is None else families:
         t1 = time.perf_counter()
         fp32 = work / f"{family}-fp32"
         options: list[str] = []
@@ -451,5 +452,25 @@ def run(quick: bool, long: bool = False) -> BenchSection:
     )
 
 
+def long_only() -> None:
+    """Only the 10-minute memory-growth run (AST edge int8, prepared as in ``run``): its rows, target and note."""
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="bench-daemon-long-") as d:
+        work = Path(d)
+        prep = prepare(work, 8, 48, 1, families=["ast"])
+        rows, targets, note = long_run(work, prep.roi, prep.models["ast"]["int8"], LONG_S)
+    print("| process | RSS MB at 1 min | last | growth | peak |\n|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    for name, met in targets.items():
+        print(f"- target **{name}**: {'met' if met else 'NOT met'}")
+    print(f"- {note}")
+    print(f"- 1-minute load average {load_before[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end, on "
+          f"{os.cpu_count()} CPUs; run at {time.strftime('%H:%M:%S')}")  # fmt: skip
+
+
 if __name__ == "__main__":
-    print(run(quick=True).to_markdown())
+    if sys.argv[1:] == ["--long-only"]:
+        long_only()
+    else:
+        print(run(quick=True).to_markdown())
