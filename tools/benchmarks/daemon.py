@@ -90,6 +90,12 @@ class Run:
         a = np.array(rows, dtype=np.float64).reshape(-1, 2)
         return a[:, 0] / 1e9, a[:, 1]
 
+    def dropped_before_first(self) -> int:
+        """Frames missing before the first verdict (lost while the daemon started: the first verdict's gap_before)."""
+        with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True) as conn:
+            row = conn.execute("SELECT gap_before FROM verdicts ORDER BY sequence LIMIT 1").fetchone()
+        return 0 if row is None else int(row[0])
+
 
 def _main(module: str, argv: list[str]) -> None:
     """One of this repository's CLIs in a child process (a recording is written and read in separate processes)."""
@@ -274,6 +280,7 @@ class Figures:
     scored: int
     dropped: int
     unaccounted: int
+    dropped_at_start: int  # of ``dropped``: before the first verdict
 
 
 def figures(run: Run, frames_read: int | None) -> Figures:
@@ -291,7 +298,7 @@ def figures(run: Run, frames_read: int | None) -> Figures:
     accounted = c["scored"] + c["gated"] + c["waiting"] + c["dropped"] + c["capture_lost"]
     reference = frames_read if frames_read is not None and not run.stopped else c["published"] + c["capture_lost"]
     return Figures(fps, float(np.percentile(total, 50)), float(np.percentile(total, 99)), c["scored"],
-                   c["dropped"] + c["capture_lost"], reference - accounted)  # fmt: skip
+                   c["dropped"] + c["capture_lost"], reference - accounted, run.dropped_before_first())  # fmt: skip
 
 
 def _mb(samples: list[float]) -> str:
@@ -361,7 +368,8 @@ def speed_rows(work: Path, prep: Prepared, out: Tables) -> None:
                 continue
             out.rows.append([
                 f"{name} edge {kind}", f"{u.fps:.1f}", f"{u.p50:.0f} / {u.p99:.0f}", str(u.unaccounted),
-                f"{p.fps:.1f}", f"{p.p50:.1f} / {p.p99:.1f}", str(p.dropped), str(p.unaccounted),
+                f"{p.fps:.1f}", f"{p.p50:.1f} / {p.p99:.1f}", f"{p.dropped} ({p.dropped_at_start} at start)",
+                str(p.unaccounted),
             ])  # fmt: skip
             if family == "ast" and kind != "fp32":
                 keeps_up = p.fps >= FPS_TARGET * 0.99 and p.dropped == 0 and p.unaccounted == 0
@@ -424,7 +432,8 @@ def run(quick: bool, long: bool = False) -> BenchSection:
         f"{LINE_RATE:g} into a latest ring of 4 slots, as a live camera. Frames/s: scored verdicts over their capture "
         f"host times, after the first {WARMUP} (a quarter of them when fewer than {4 * WARMUP}); "
         "publish → verdict: the daemon's per-verdict `total` stage; "
-        "dropped: frames the ring overwrote (counted, in the verdicts' gap_before); unaccounted: frames of the "
+        "dropped: frames the ring overwrote (counted, in the verdicts' gap_before; 'at start': before the first "
+        "verdict, i.e. the first verdict's gap_before); unaccounted: frames of the "
         "recording in no counter (scored, gated, waiting, dropped, capture_lost).",
         "memory: RSS (MB) of each process, sampled every 0.5 s (main and inference once the models are loaded, "
         "capture from its start): median of the second half of the samples (peak in brackets); "
