@@ -42,7 +42,7 @@ import numpy as np
 import yaml
 
 from edge.core.errors import EdgeError
-from tools.benchmarks.report import BenchSection
+from tools.benchmarks.report import BenchSection, write_page
 
 LINE_RATE = 30.0  # frames/s of the line (the paced runs)
 FPS_TARGET = 30.0
@@ -328,10 +328,16 @@ def long_run(work: Path, roi: Path, model: Path, seconds: float) -> tuple[list[l
                      f"{max(s):.1f}"])  # fmt: skip
     targets[f"RSS growth over {seconds / 60:.0f} min ≤ {GROWTH_TARGET_MB:g} MB (main + capture + inference, from "
             "the sample 1 min in to the last)"] = total_growth <= GROWTH_TARGET_MB  # fmt: skip
+    per_minute = "; ".join(
+        f"{role} " + ", ".join(f"{mb:.1f}" for mb in run.rss[role][start_index::start_index])
+        for role in ROLES
+        if len(run.rss.get(role, [])) > start_index
+    )
     note = (
         f"long run: synthetic line realtime at {LINE_RATE:g} frames/s (rendering in the capture process), AST edge "
         f"int8, latest ring; {run.wall_s:.0f} s, {f.scored} verdicts at {f.fps:.1f} frames/s, "
-        f"{f.dropped} dropped (counted), {f.unaccounted} unaccounted; total growth {total_growth:+.1f} MB"
+        f"{f.dropped} dropped (counted), {f.unaccounted} unaccounted; total growth {total_growth:+.1f} MB; RSS (MB) "
+        f"every minute from the first: {per_minute}"
     )
     return rows, targets, note
 
@@ -461,21 +467,34 @@ def run(quick: bool, long: bool = False) -> BenchSection:
     )
 
 
-def long_only() -> None:
-    """Only the 10-minute memory-growth run (AST edge int8, prepared as in ``run``): its rows, target and note."""
+LONG_TITLE = "The daemon's memory over 10 minutes (the long run alone: `python -m tools.benchmarks.daemon --long-only`)"
+
+
+def long_only(out: Path = Path("docs/benchmarks.md")) -> None:
+    """Only the 10-minute memory-growth run (AST edge int8, prepared as in ``run``), written into ``out`` as a section
+    of its own (a ``make bench --long`` puts the same rows into the daemon section)."""
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-daemon-long-") as d:
         work = Path(d)
         prep = prepare(work, 8, 48, 1, families=["ast"])
         rows, targets, note = long_run(work, prep.roi, prep.models["ast"]["int8"], LONG_S)
-    print("| process | RSS MB at 1 min | last | growth | peak |\n|---|---|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
-    for name, met in targets.items():
-        print(f"- target **{name}**: {'met' if met else 'NOT met'}")
-    print(f"- {note}")
-    print(f"- 1-minute load average {load_before[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end, on "
-          f"{os.cpu_count()} CPUs; run at {time.strftime('%H:%M:%S')}")  # fmt: skip
+    notes = [
+        *prep.notes[1:],
+        note,
+        "RSS (MB): VmRSS of each process sampled every 5 s; growth = last sample − the sample 1 min in.",
+        f"the machine was shared with other jobs while this ran (1-minute load average {load_before[0]:.2f} at the "
+        f"start, {os.getloadavg()[0]:.2f} at the end, on {os.cpu_count()} CPUs): frames/s are the machine's, not "
+        f"the daemon's; run at {time.strftime('%H:%M:%S')}.",
+    ]
+    section = BenchSection(
+        title=LONG_TITLE,
+        headers=["process", "RSS MB at 1 min", "last", "growth", "peak"],
+        rows=rows,
+        targets=targets,
+        notes=notes,
+    )
+    print(section.to_markdown())
+    write_page(out, "python -m tools.benchmarks.daemon --long-only", [section], merge=True)
 
 
 if __name__ == "__main__":

@@ -149,8 +149,9 @@ def _stages(dirs: dict[str, Path]) -> dict[str, ModelStage]:
 def ast_rows(study: accuracy.Study, reps: int, work: Path) -> tuple[list[list[str]], dict[str, bool], list[str]]:
     """AST edge: train, quantise, time interleaved, score the test split, profile."""
     t0 = time.perf_counter()
+    reused = (work / "ast-edge" / "model.onnx").is_file()
     data, roi, roi_path, fp32 = _prepare(study, work)
-    train_s = time.perf_counter() - t0
+    trained = "by an earlier run, kept in --work" if reused else f"{time.perf_counter() - t0:.0f} s"
     dirs = {k: fp32 if k == "fp32" else work / f"ast-edge-{k}" for k in KINDS}
     quant_s = {k: _quantise(fp32, data, roi_path, dirs[k], k) for k in KINDS[1:]}
     card = card_from_onnx(fp32 / "model.onnx")
@@ -184,7 +185,7 @@ def ast_rows(study: accuracy.Study, reps: int, work: Path) -> tuple[list[list[st
     notes = [
         f"data: synthetic line seed {study.seed}, {study.frames} frames 640×480 as an MVTec export; test split "
         f"{len(labels)} samples ({n_good} good, {len(labels) - n_good} defective); AST edge (mode rgbd, foreground) "
-        f"trained by edge-train for {study.epochs}+{study.epochs} epochs ({train_s:.0f} s with rendering and "
+        f"trained by edge-train for {study.epochs}+{study.epochs} epochs ({trained}, with rendering and "
         f"calibration): a small model for the INT8-vs-fp32 comparison, not the accuracy study "
         f"(docs/models/ast.md).",
         "edge-quantize: 32 seeded good training crops, MinMax ranges, per-channel int8 weights, Conv/MatMul/Gemm "
