@@ -52,7 +52,8 @@ WARMUP = 20  # verdicts left out of the rate and latency figures (session start,
 KINDS = ("fp32", "int8", "uint8")
 NAMES = {"ast": "AST", "dsr3d": "3DSR"}
 SEED = 7
-THREADS = 2  # ONNX Runtime intra-op threads per model (the docs/engines.md one-off used 2 as well)
+THREADS = 1  # ONNX Runtime intra-op threads per model: the daemon's default; 2 on 2 cores shared with capture and
+# main dropped 11-12 of 200 frames paced at 30 frames/s where 1 dropped none (load ~4.5, docs/daemon.md)
 LONG_S = 600.0
 UNPACED_MAX_S = 90.0  # a slow model's unpaced run is stopped (SIGTERM, drained) after this: its rate is known by then
 
