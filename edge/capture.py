@@ -68,6 +68,21 @@ def pump(
     return CaptureSummary(published, timeouts, ended, time.perf_counter() - t0)
 
 
+def wait_for_consumer(ready: Any, stop: threading.Event | Any, poll_s: float = 0.02) -> bool:
+    """Wait until the consumer says it is ready (``ready.value`` set) before the source is opened; False if ``stop``
+    is set first.
+
+    A frame published before the consumer can read it is lost in a ``latest`` ring (overwritten, counted dropped)
+    and waits in a lossless one: either way the line rate is not the consumer's while it still loads its models.
+    ``ready`` is a lock-free shared value (``ctx.Value(..., lock=False)``) that one process (the supervisor) sets.
+    """
+    while not ready.value:
+        if stop.is_set():
+            return False
+        time.sleep(poll_s)
+    return True
+
+
 def check_fits(source: StreamSpec, ring: StreamSpec) -> None:
     """Refuse a source whose frames do not fit the ring's slots (e.g. a camera reconfigured since the ring was made)."""
     if source.color_shape != ring.color_shape or source.depth_shape != ring.depth_shape:

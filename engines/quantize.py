@@ -19,6 +19,7 @@ Calibration is deterministic: ``frames`` good samples are drawn from the trainin
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -47,6 +48,8 @@ class QuantizeError(EdgeError):
 # with every Conv quantised lost 0.12–0.17 image AUROC (its EfficientNet stem and first blocks see the raw crop);
 # keeping the stem and blocks 0–3 (the first 12 Convs) fp32 kept AUROC within 0.01 at 2.15× (uint8).
 KEEP_FIRST: dict[str, int] = {"ast": 12}
+# Quantisable nodes kept fp32 by name (regular expressions), per family: none measured to help yet.
+KEEP_NODES: dict[str, tuple[str, ...]] = {}
 
 
 class QuantizeSettings(EdgeModel):
@@ -69,6 +72,11 @@ class QuantizeSettings(EdgeModel):
         ge=0,
         description="the first N quantisable nodes (graph order: the layers on the raw inputs) stay fp32; "
         "None: the family's measured default (KEEP_FIRST, else 0)",
+    )
+    keep_nodes: tuple[str, ...] | None = Field(
+        None,
+        description="regular expressions (re.search) on node names: matching quantisable nodes stay fp32, besides "
+        "keep_first; None: the family's measured default (KEEP_NODES, else none)",
     )
     activations: Literal["int8", "uint8"] = Field(
         "int8",
@@ -163,7 +171,11 @@ def quantize_onnx(
     }[settings.calibrate_method]
     signed = settings.activations == "int8"
     keep_first = KEEP_FIRST.get(card.family, 0) if settings.keep_first is None else settings.keep_first
-    kept = [n.name for n in onnx.load(str(fp32_onnx)).graph.node if n.op_type in settings.op_types][:keep_first]
+    patterns = KEEP_NODES.get(card.family, ()) if settings.keep_nodes is None else settings.keep_nodes
+    quantisable = [n.name for n in onnx.load(str(fp32_onnx)).graph.node if n.op_type in settings.op_types]
+    kept = quantisable[:keep_first] + [
+        name for name in quantisable[keep_first:] if any(re.search(p, name) for p in patterns)
+    ]
     with tempfile.TemporaryDirectory(prefix="edge-quantize-") as tmp:
         staged = Path(tmp) / "model.int8.onnx"
         try:

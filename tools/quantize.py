@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the first N quantisable nodes (the layers on the raw inputs) stay fp32 (default: the family's measured "
         "value, ast 12, else 0)",
     )  # fmt: skip
+    p.add_argument(
+        "--keep-node", action="append", metavar="REGEX", dest="keep_nodes",
+        help="quantisable nodes whose name matches this regular expression stay fp32 (repeatable; default: the "
+        "family's measured list, engines.quantize.KEEP_NODES)",
+    )  # fmt: skip
     p.add_argument("--reduce-range", action="store_true", help="7-bit weights (CPUs without VNNI)")
     p.add_argument(
         "--activations", choices=("int8", "uint8"), default=d.activations,
@@ -80,6 +85,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         frames=args.frames, seed=args.seed, per_channel=not args.per_tensor, reduce_range=args.reduce_range,
         op_types=tuple(t.strip() for t in args.op_types.split(",") if t.strip()),
         calibrate_method=args.calibrate_method, activations=args.activations, keep_first=args.keep_first,
+        keep_nodes=None if args.keep_nodes is None else tuple(args.keep_nodes),
     )  # fmt: skip
     roi = load_roi(args.roi)
     if card.roi_version and card.roi_version != roi.version:

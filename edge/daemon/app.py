@@ -28,7 +28,7 @@ from drivers import SourceConfig, create_source
 from drivers.base import FrameBuffers, FrameSource
 from drivers.errors import EndOfStreamError
 from drivers.realsense import RealSenseSourceConfig
-from edge.capture import check_fits, pump
+from edge.capture import check_fits, pump, wait_for_consumer
 from edge.core.errors import EdgeError
 from edge.core.frame import Frame, StreamSpec
 from edge.core.metrics import Metrics
@@ -116,22 +116,33 @@ class ResumingSource(FrameSource):
         return self.inner.default_timeout_s()
 
 
-def capture_child(source_json: dict[str, Any], ring_name: str, stop: Any, progress: Any, parent_pid: int) -> None:
-    """Entry point of the capture process (spawn): source → ring until stopped or the recording ends."""
+def capture_child(  # noqa: PLR0917  (spawn passes a process's arguments by position)
+    source_json: dict[str, Any], ring_name: str, stop: Any, progress: Any, parent_pid: int, consumer_ready: Any
+) -> None:
+    """Entry point of the capture process (spawn): source → ring until stopped or the recording ends.
+
+    The source is opened only once the inference process is ready (models loaded and warmed up): frames published
+    while it loads would be overwritten in a ``latest`` ring (counted dropped) for no reason but start-up.
+    """
     child_init()
     configure_logging(role="capture")
     config = TypeAdapter(SourceConfig).validate_python(source_json)
     live = isinstance(config, RealSenseSourceConfig)
+    watch = ParentWatch(stop, parent_pid)
     with FrameRing.attach(ring_name) as ring:
+        if not wait_for_consumer(consumer_ready, watch):
+            log.info("event=capture_stopped_before_start")
+            return
         source = ResumingSource(create_source(config), progress, live)
         try:
             source.open()
         except EndOfStreamError:
             ring.writer().close_stream()
             return
+        log.info("event=capture_open source=%s", source.spec.source)
         try:
             check_fits(source.spec, ring.spec)
-            summary = pump(source, ring.writer(), ParentWatch(stop, parent_pid))
+            summary = pump(source, ring.writer(), watch)
         finally:
             source.close()
     log.info("event=capture_done published=%d timeouts=%d ended=%s", summary.published, summary.timeouts, summary.ended)
@@ -363,13 +374,14 @@ class EdgeApp:
         # Lock-free shared values: a capture child SIGKILLed while holding a lock (an mp.Value's or an mp.Event's)
         # would leave it held forever and hang the restarted child. One writer each: capture / the supervisor.
         progress = self.progress = ctx.Value("q", 0, lock=False)
+        ready = self.consumer_ready = ctx.Value("b", 0, lock=False)  # set once, at the first inference 'ready'
         source_json = self.config.source.model_dump(mode="json")
         config_json = self.config.model_dump(mode="json")
         me = os.getpid()
         sup = self.config.supervision
         self.capture = MonitoredProcess(
             ctx, "capture", target=capture_child,
-            args=lambda _n: (source_json, ring.name, self.capture_stop, progress, me),
+            args=lambda _n: (source_json, ring.name, self.capture_stop, progress, me, ready),
             budget=RestartBudget(sup.max_restarts, sup.window_s), on_restart=self._count_restart,
         )  # fmt: skip
         self.inference = MonitoredProcess(
@@ -528,6 +540,7 @@ class EdgeApp:
                 self.metrics.set_runtimes(runtimes)
                 log.info("event=inference_ready pid=%s models=%s runtime=%s", payload["pid"], payload["models"],
                          self.runtime)  # fmt: skip
+                self.consumer_ready.value = 1  # after the log line: capture opens its source (stays set on restarts)
                 for name, r in runtimes.items():
                     if r.get("fallback"):
                         log.error("event=runtime_fallback model=%s reason=%r", name, r["fallback"])

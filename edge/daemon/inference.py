@@ -70,9 +70,13 @@ def engine_cache(config: EdgeConfig, model: str) -> Path:
     return config.storage.data_dir / "engines" / model
 
 
+WARMUP_RUNS = 2  # inferences on zeros per model before it serves (ONNX Runtime's arena and kernels; measured)
+
+
 def load_models(config: EdgeConfig, frame_spec: StreamSpec) -> Models:
     """Build one Inspector per configured model on the configured runtime (resolved once for all of them); the
-    scoring file must belong to its ONNX (checked by Inspector)."""
+    scoring file must belong to its ONNX (checked by Inspector). Each model runs WARMUP_RUNS times on zeros before it
+    is returned, so the first frame after a start or a reload does not pay the runtime's lazy initialisation."""
     roi = load_roi(config.roi) if config.roi is not None else None
     choice = resolve(config.runtime)
     inspectors: dict[str, Inspector] = {}
@@ -81,9 +85,12 @@ def load_models(config: EdgeConfig, frame_spec: StreamSpec) -> Models:
             plan = RunnerPlan(config.runtime, engine_dir=engine_cache(config, m.name), choice=choice)
             inspectors[m.name] = Inspector(frame_spec, roi, m.onnx, load_scoring(m.scoring), plan=plan)
             ins = inspectors[m.name]
+            t0 = time.perf_counter()
+            ins.runner.warmup(WARMUP_RUNS)
             log.info(
-                "event=model_runtime model=%s engine=%s runtime=%r", m.name, ins.runner.name, ins.choice.describe()
-            )
+                "event=model_runtime model=%s engine=%s runtime=%r warmup_ms=%.0f",
+                m.name, ins.runner.name, ins.choice.describe(), (time.perf_counter() - t0) * 1e3,
+            )  # fmt: skip
     except BaseException:
         for built in inspectors.values():
             built.close()

@@ -45,6 +45,13 @@ class OrtRunnerConfig(EdgeModel):
     device_id: int = Field(0, ge=0, description="GPU index for the CUDA / TensorRT providers")
     intra_op_threads: int = Field(0, ge=0, description="threads inside one operator (0: ONNX Runtime default)")
     inter_op_threads: int = Field(0, ge=0, description="threads across independent operators (0: default)")
+    allow_spinning: bool = Field(
+        False,
+        description="let idle intra-/inter-op pool threads spin (busy-wait) for work instead of sleeping: ONNX "
+        "Runtime's default, off here — on a small CPU shared with capture and the daemon the spinning takes the cores "
+        "they need (AST edge int8, 2 threads, 30 frames/s: 58 vs 32 ms CPU per frame, docs/benchmarks.md); no effect "
+        "with one thread",
+    )
     graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
         "all", description="ONNX Runtime graph optimisation level"
     )
@@ -124,6 +131,9 @@ class OrtRunner(Runner):
         so = ort.SessionOptions()
         so.intra_op_num_threads = c.intra_op_threads
         so.inter_op_num_threads = c.inter_op_threads
+        spin = "1" if c.allow_spinning else "0"
+        so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        so.add_session_config_entry("session.inter_op.allow_spinning", spin)
         so.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

@@ -303,3 +303,23 @@ def test_latest_ring_under_backlog_drops_oldest_and_records_gaps(make_config: Ca
     assert sum(missing) == c["dropped"], "every frame absent from the database is counted dropped"
     assert all(gap <= miss for (_, gap), miss in zip(rows, missing, strict=True)), "gap_before never overstates"
     assert sum(gap for _, gap in rows) <= ring_dropped, "a torn frame's gap_before is counted but not recorded"
+
+
+def test_capture_opens_its_source_only_once_inference_is_ready(make_config: Callable[..., Path]) -> None:
+    """A recording paced like a camera into a ``latest`` ring: capture opens its source only after the inference
+    process has loaded and warmed up its model, so no frame is overwritten while the model loads — the first verdict
+    is frame 0 with nothing missing before it (before, the frames published during start-up were counted dropped)."""
+    base = yaml.safe_load(make_config().read_text(encoding="utf-8"))
+    config = make_config(source={**base["source"], "rate_fps": 30.0}, ring={"slots": 2, "policy": "latest"},
+                         gating={"min_roi_fill": 0.0, "mode": "per_frame"})  # fmt: skip
+    with daemon(config) as d:
+        assert d.finish() == 0, "\n".join(d.lines[-30:])
+
+    def first(pattern: str) -> int:
+        return next(i for i, line in enumerate(d.lines) if re.search(pattern, line))
+
+    # one process logs after the other has acted on its message: the order of the lines is the order of the events
+    assert first(r"event=model_runtime .*warmup_ms=") < first("event=inference_ready") < first("event=capture_open")
+    with sqlite3.connect(_db(config)) as conn:
+        rows = conn.execute("SELECT sequence, gap_before FROM verdicts ORDER BY sequence LIMIT 1").fetchall()
+    assert rows == [(0, 0)], "the first frame published is the first frame scored"

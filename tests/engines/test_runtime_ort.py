@@ -171,3 +171,13 @@ def test_torch_runner_same_interface(model: tuple[TinyNet, Path]) -> None:
         specs = onnx.input_specs
     with pytest.raises(EngineError, match="returned a int"):
         TorchRunner(lambda: 3, specs).activate()
+
+
+@pytest.mark.parametrize("spin", [False, True])
+def test_pool_threads_spin_only_when_asked(model: tuple[TinyNet, Path], spin: bool) -> None:
+    """Idle pool threads sleep by default (they would take the cores capture and the daemon share with them)."""
+    _, path = model
+    with OrtRunner(path, OrtRunnerConfig(intra_op_threads=2, allow_spinning=spin)) as runner:
+        options = runner._session.get_session_options()
+        for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
+            assert options.get_session_config_entry(key) == ("1" if spin else "0")

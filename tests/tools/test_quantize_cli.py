@@ -217,3 +217,16 @@ def test_keep_first_leaves_the_input_layers_in_fp32(trained: tuple[Path, Path, P
     (kept,) = [n for n in proto.graph.node if n.name == record["kept_fp32"][0]]
     weights = {i.name for i in proto.graph.initializer}
     assert kept.op_type == "Conv" and kept.input[1] in weights, "its weight is the fp32 initializer, not a DQ output"
+
+
+def test_keep_node_leaves_the_named_layers_in_fp32(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """``--keep-node REGEX`` keeps the quantisable nodes whose name matches it in fp32 (here the output conv)."""
+    assert _quantize(trained, tmp_path / "kd", "--keep-first", "0", "--keep-node", r"dec") == 0
+    record = quantization_record(tmp_path / "kd" / "model.onnx")
+    assert record is not None and record["settings"]["keep_nodes"] == ["dec"]
+    assert len(record["kept_fp32"]) == 1 and "dec" in record["kept_fp32"][0]
+    proto = onnx.load(str(tmp_path / "kd" / "model.onnx"))
+    weights = {i.name for i in proto.graph.initializer}
+    convs = {n.name: n for n in proto.graph.node if n.op_type == "Conv"}
+    assert convs[record["kept_fp32"][0]].input[1] in weights, "the kept conv reads its fp32 initializer"
+    assert any(n.input[1] not in weights for name, n in convs.items() if "enc" in name), "the other conv is quantised"

@@ -42,7 +42,7 @@ import numpy as np
 import yaml
 
 from edge.core.errors import EdgeError
-from tools.benchmarks.report import BenchSection
+from tools.benchmarks.report import BenchSection, write_page
 
 LINE_RATE = 30.0  # frames/s of the line (the paced runs)
 FPS_TARGET = 30.0
@@ -52,7 +52,8 @@ WARMUP = 20  # verdicts left out of the rate and latency figures (session start,
 KINDS = ("fp32", "int8", "uint8")
 NAMES = {"ast": "AST", "dsr3d": "3DSR"}
 SEED = 7
-THREADS = 2  # ONNX Runtime intra-op threads per model (the docs/engines.md one-off used 2 as well)
+THREADS = 1  # ONNX Runtime intra-op threads per model: the daemon's default; 2 on 2 cores shared with capture and
+# main dropped 11-12 of 200 frames paced at 30 frames/s where 1 dropped none (load ~4.5, docs/daemon.md)
 LONG_S = 600.0
 UNPACED_MAX_S = 90.0  # a slow model's unpaced run is stopped (SIGTERM, drained) after this: its rate is known by then
 
@@ -90,6 +91,12 @@ class Run:
         a = np.array(rows, dtype=np.float64).reshape(-1, 2)
         return a[:, 0] / 1e9, a[:, 1]
 
+    def dropped_before_first(self) -> int:
+        """Frames missing before the first verdict (lost while the daemon started: the first verdict's gap_before)."""
+        with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True) as conn:
+            row = conn.execute("SELECT gap_before FROM verdicts ORDER BY sequence LIMIT 1").fetchone()
+        return 0 if row is None else int(row[0])
+
 
 def _main(module: str, argv: list[str]) -> None:
     """One of this repository's CLIs in a child process (a recording is written and read in separate processes)."""
@@ -120,9 +127,10 @@ def _random_dependency(family: str, dep_family: str, path: Path) -> Path:
     return save_checkpoint(path, dep.build(card), card, TrainInfo(0, SEED))
 
 
-def prepare(work: Path, frames: int, train_frames: int, epochs: int) -> Prepared:
-    """Recording, ROI, and every scoring family's edge model in fp32 / int8 / uint8 (trained and calibrated on a
-    shorter recording of the same line, ``train_frames`` long: edge-quantize needs the model's own training data)."""
+def prepare(work: Path, frames: int, train_frames: int, epochs: int, families: list[str] | None = None) -> Prepared:
+    """Recording, ROI, and each scoring family's edge model (``families``, default every one) in fp32 / int8 / uint8
+    (trained and calibrated on a shorter recording of the same line, ``train_frames`` long: edge-quantize needs the
+    model's own training data)."""
     from engines._registry import pretrained_from  # noqa: PLC0415
 
     t0 = time.perf_counter()
@@ -140,7 +148,7 @@ def prepare(work: Path, frames: int, train_frames: int, epochs: int) -> Prepared
              f"no empty-station gaps: every frame is scored), {line.stat().st_size / 1e6:.0f} MB; "
              f"prepared in {time.perf_counter() - t0:.0f} s"]  # fmt: skip
     models: dict[str, dict[str, Path]] = {}
-    for family in scoring_families():
+    for family in scoring_families() if families is None else families:
         t1 = time.perf_counter()
         fp32 = work / f"{family}-fp32"
         options: list[str] = []
@@ -273,6 +281,7 @@ class Figures:
     scored: int
     dropped: int
     unaccounted: int
+    dropped_at_start: int  # of ``dropped``: before the first verdict
 
 
 def figures(run: Run, frames_read: int | None) -> Figures:
@@ -290,7 +299,7 @@ def figures(run: Run, frames_read: int | None) -> Figures:
     accounted = c["scored"] + c["gated"] + c["waiting"] + c["dropped"] + c["capture_lost"]
     reference = frames_read if frames_read is not None and not run.stopped else c["published"] + c["capture_lost"]
     return Figures(fps, float(np.percentile(total, 50)), float(np.percentile(total, 99)), c["scored"],
-                   c["dropped"] + c["capture_lost"], reference - accounted)  # fmt: skip
+                   c["dropped"] + c["capture_lost"], reference - accounted, run.dropped_before_first())  # fmt: skip
 
 
 def _mb(samples: list[float]) -> str:
@@ -320,10 +329,16 @@ def long_run(work: Path, roi: Path, model: Path, seconds: float) -> tuple[list[l
                      f"{max(s):.1f}"])  # fmt: skip
     targets[f"RSS growth over {seconds / 60:.0f} min ≤ {GROWTH_TARGET_MB:g} MB (main + capture + inference, from "
             "the sample 1 min in to the last)"] = total_growth <= GROWTH_TARGET_MB  # fmt: skip
+    per_minute = "; ".join(
+        f"{role} " + ", ".join(f"{mb:.1f}" for mb in run.rss[role][start_index::start_index])
+        for role in ROLES
+        if len(run.rss.get(role, [])) > start_index
+    )
     note = (
         f"long run: synthetic line realtime at {LINE_RATE:g} frames/s (rendering in the capture process), AST edge "
         f"int8, latest ring; {run.wall_s:.0f} s, {f.scored} verdicts at {f.fps:.1f} frames/s, "
-        f"{f.dropped} dropped (counted), {f.unaccounted} unaccounted; total growth {total_growth:+.1f} MB"
+        f"{f.dropped} dropped (counted), {f.unaccounted} unaccounted; total growth {total_growth:+.1f} MB; RSS (MB) "
+        f"every minute from the first: {per_minute}"
     )
     return rows, targets, note
 
@@ -360,7 +375,8 @@ def speed_rows(work: Path, prep: Prepared, out: Tables) -> None:
                 continue
             out.rows.append([
                 f"{name} edge {kind}", f"{u.fps:.1f}", f"{u.p50:.0f} / {u.p99:.0f}", str(u.unaccounted),
-                f"{p.fps:.1f}", f"{p.p50:.1f} / {p.p99:.1f}", str(p.dropped), str(p.unaccounted),
+                f"{p.fps:.1f}", f"{p.p50:.1f} / {p.p99:.1f}", f"{p.dropped} ({p.dropped_at_start} at start)",
+                str(p.unaccounted),
             ])  # fmt: skip
             if family == "ast" and kind != "fp32":
                 keeps_up = p.fps >= FPS_TARGET * 0.99 and p.dropped == 0 and p.unaccounted == 0
@@ -423,7 +439,8 @@ def run(quick: bool, long: bool = False) -> BenchSection:
         f"{LINE_RATE:g} into a latest ring of 4 slots, as a live camera. Frames/s: scored verdicts over their capture "
         f"host times, after the first {WARMUP} (a quarter of them when fewer than {4 * WARMUP}); "
         "publish → verdict: the daemon's per-verdict `total` stage; "
-        "dropped: frames the ring overwrote (counted, in the verdicts' gap_before); unaccounted: frames of the "
+        "dropped: frames the ring overwrote (counted, in the verdicts' gap_before; 'at start': before the first "
+        "verdict, i.e. the first verdict's gap_before); unaccounted: frames of the "
         "recording in no counter (scored, gated, waiting, dropped, capture_lost).",
         "memory: RSS (MB) of each process, sampled every 0.5 s (main and inference once the models are loaded, "
         "capture from its start): median of the second half of the samples (peak in brackets); "
@@ -451,5 +468,38 @@ def run(quick: bool, long: bool = False) -> BenchSection:
     )
 
 
+LONG_TITLE = "The daemon's memory over 10 minutes (the long run alone: `python -m tools.benchmarks.daemon --long-only`)"
+
+
+def long_only(out: Path = Path("docs/benchmarks.md")) -> None:
+    """Only the 10-minute memory-growth run (AST edge int8, prepared as in ``run``), written into ``out`` as a section
+    of its own (a ``make bench --long`` puts the same rows into the daemon section)."""
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="bench-daemon-long-") as d:
+        work = Path(d)
+        prep = prepare(work, 8, 48, 1, families=["ast"])
+        rows, targets, note = long_run(work, prep.roi, prep.models["ast"]["int8"], LONG_S)
+    notes = [
+        *prep.notes[1:],
+        note,
+        "RSS (MB): VmRSS of each process sampled every 5 s; growth = last sample − the sample 1 min in.",
+        f"the machine was shared with other jobs while this ran (1-minute load average {load_before[0]:.2f} at the "
+        f"start, {os.getloadavg()[0]:.2f} at the end, on {os.cpu_count()} CPUs): frames/s are the machine's, not "
+        f"the daemon's; run at {time.strftime('%H:%M:%S')}.",
+    ]
+    section = BenchSection(
+        title=LONG_TITLE,
+        headers=["process", "RSS MB at 1 min", "last", "growth", "peak"],
+        rows=rows,
+        targets=targets,
+        notes=notes,
+    )
+    print(section.to_markdown())
+    write_page(out, "python -m tools.benchmarks.daemon --long-only", [section], merge=True)
+
+
 if __name__ == "__main__":
-    print(run(quick=True).to_markdown())
+    if sys.argv[1:] == ["--long-only"]:
+        long_only()
+    else:
+        print(run(quick=True).to_markdown())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from calibration.roi import RoiFile
+from calibration.roi import RoiFile, load_roi
 from edge.core.errors import EdgeError
 from edge.crop import CropSpec
 from edge.inspect import ModelStage
@@ -41,13 +42,23 @@ from tools.benchmarks.report import BenchSection
 
 SPEED_TARGET = 1.8  # INT8 p50 at least this many times faster than fp32 (ONNX Runtime, CPU)
 AUROC_TARGET = 0.005  # |image AUROC(INT8) − image AUROC(fp32)| at most this
-KINDS = ("fp32", "int8", "uint8", "uint8-all")  # uint8-all: every Conv quantised (--keep-first 0)
-LABELS = {
-    "fp32": "",
-    "int8": " (symmetric: TensorRT's Q/DQ)",
-    "uint8": " (ONNX Runtime x86)",
-    "uint8-all": " (every Conv, --keep-first 0)",
+# AST's output convolutions: the flow's coupling subnets' second convs (their outputs are the affine log-scale, through
+# atan and exp, and the shift) and the student's last conv (its output is compared with the flow's z).
+OUTPUT_CONVS = (r"teacher/.*/conv2/", r"student/conv2/")
+_KEEP_OUT = [a for p in OUTPUT_CONVS for a in ("--keep-node", p)]
+# Every variant is an edge-quantize run on the same fp32 folder: kind → (row label, its arguments).
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "int8": (" (symmetric: TensorRT's Q/DQ)", ["--activations", "int8"]),
+    "uint8": (" (ONNX Runtime x86)", ["--activations", "uint8"]),
+    "uint8-all": (" (every Conv, --keep-first 0)", ["--activations", "uint8", "--keep-first", "0"]),
+    "uint8-64": (" (64 calibration crops: every good training crop)", ["--activations", "uint8", "--frames", "64"]),
+    "uint8-percentile": (" (percentile ranges)", ["--activations", "uint8", "--calibrate-method", "percentile"]),
+    "uint8-entropy": (" (entropy ranges)", ["--activations", "uint8", "--calibrate-method", "entropy"]),
+    "uint8-keep-out": (" (output convs fp32: flow s/t, student)", ["--activations", "uint8", *_KEEP_OUT]),
+    "int8-keep-out": (" (output convs fp32: flow s/t, student)", ["--activations", "int8", *_KEEP_OUT]),
 }
+KINDS = ("fp32", *VARIANTS)
+TARGETED = ("int8", "uint8")  # the two forms edge-quantize writes by default: the targets are judged on them
 STUDY = accuracy.Study(seed=11, frames=240, epochs=10, batch_size=8, learning_rate=2e-4, base_options=accuracy.RGBD)
 QUICK = accuracy.Study(seed=11, frames=40, epochs=2, batch_size=8, learning_rate=2e-4, base_options=accuracy.RGBD)
 
@@ -107,11 +118,15 @@ def _auroc(labels: npt.NDArray[np.int64], scores: npt.NDArray[np.float64]) -> fl
 
 
 def _prepare(study: accuracy.Study, work: Path) -> tuple[Path, RoiFile, Path, Path]:
-    """Data, ROI, and the fp32 AST edge folder trained on it (edge-train)."""
+    """Data, ROI, and the fp32 AST edge folder trained on it (edge-train); a folder that holds them already (an
+    earlier run with ``--work``) is used as it is."""
+    fp32 = work / "ast-edge"
+    if (fp32 / "model.onnx").is_file() and (fp32 / "scoring.yaml").is_file():
+        (data,) = [d for d in (work / "data").iterdir() if d.is_dir()]
+        return data, load_roi(work / "roi.yaml"), work / "roi.yaml", fp32
     data, _ = accuracy.render_dataset(study, work / "data")
     roi_path = work / "roi.yaml"
     roi, _ = accuracy.calibrate(study, roi_path)
-    fp32 = work / "ast-edge"
     accuracy.edge_train(study, "ast", "foreground", epochs=study.epochs, options=study.options({}),
                         paths=(data, roi_path, fp32))  # fmt: skip
     return data, roi, roi_path, fp32
@@ -120,7 +135,7 @@ def _prepare(study: accuracy.Study, work: Path) -> tuple[Path, RoiFile, Path, Pa
 def _quantise(fp32: Path, data: Path, roi_path: Path, out: Path, kind: str) -> float:
     t0 = time.perf_counter()
     argv = ["--model-dir", str(fp32), "--data", str(data), "--roi", str(roi_path), "--out", str(out)]
-    argv += ["--activations", kind.removesuffix("-all")] + (["--keep-first", "0"] if kind.endswith("-all") else [])
+    argv += VARIANTS[kind][1]
     if quantize.main(argv) != 0:
         raise EdgeError(f"edge-quantize {' '.join(argv)} failed", "read its message above")
     return time.perf_counter() - t0
@@ -134,8 +149,9 @@ def _stages(dirs: dict[str, Path]) -> dict[str, ModelStage]:
 def ast_rows(study: accuracy.Study, reps: int, work: Path) -> tuple[list[list[str]], dict[str, bool], list[str]]:
     """AST edge: train, quantise, time interleaved, score the test split, profile."""
     t0 = time.perf_counter()
+    reused = (work / "ast-edge" / "model.onnx").is_file()
     data, roi, roi_path, fp32 = _prepare(study, work)
-    train_s = time.perf_counter() - t0
+    trained = "by an earlier run, kept in --work" if reused else f"{time.perf_counter() - t0:.0f} s"
     dirs = {k: fp32 if k == "fp32" else work / f"ast-edge-{k}" for k in KINDS}
     quant_s = {k: _quantise(fp32, data, roi_path, dirs[k], k) for k in KINDS[1:]}
     card = card_from_onnx(fp32 / "model.onnx")
@@ -158,25 +174,29 @@ def ast_rows(study: accuracy.Study, reps: int, work: Path) -> tuple[list[list[st
         delta = auroc[k] - auroc["fp32"]
         rel = np.abs(scores[k] - scores["fp32"]) / np.maximum(np.abs(scores["fp32"]), 1e-12)
         rows.append([
-            f"AST edge {k}{LABELS[k]}",
+            f"AST edge {k}{VARIANTS[k][0] if k in VARIANTS else ''}",
             f"{timed.p50[k]:.1f}", f"{timed.p99[k]:.1f}", f"{speed:.2f}×", f"{auroc[k]:.4f}",
             "–" if k == "fp32" else f"{delta:+.4f}", "–" if k == "fp32" else f"{float(np.median(rel)):.2e}",
         ])  # fmt: skip
-        if k in ("int8", "uint8"):
+        if k in TARGETED:
             targets[f"AST edge {k}: ≥ {SPEED_TARGET}× fp32 speed (p50, ONNX Runtime, 1 thread)"] = speed >= SPEED_TARGET
             targets[f"AST edge {k}: image AUROC within {AUROC_TARGET} of fp32"] = abs(delta) <= AUROC_TARGET
     n_good = int((labels == 0).sum())
     notes = [
         f"data: synthetic line seed {study.seed}, {study.frames} frames 640×480 as an MVTec export; test split "
         f"{len(labels)} samples ({n_good} good, {len(labels) - n_good} defective); AST edge (mode rgbd, foreground) "
-        f"trained by edge-train for {study.epochs}+{study.epochs} epochs ({train_s:.0f} s with rendering and "
+        f"trained by edge-train for {study.epochs}+{study.epochs} epochs ({trained}, with rendering and "
         f"calibration): a small model for the INT8-vs-fp32 comparison, not the accuracy study "
         f"(docs/models/ast.md).",
         "edge-quantize: 32 seeded good training crops, MinMax ranges, per-channel int8 weights, Conv/MatMul/Gemm "
         "quantised except AST's first 12 (the EfficientNet stem and blocks 0–3: the family default, "
-        "engines.quantize.KEEP_FIRST) — uint8-all quantises every Conv; "
+        "engines.quantize.KEEP_FIRST), unless the row says otherwise: uint8-all quantises every Conv; "
+        "uint8-64 calibrates on 64 crops (all of the 63 good training crops); percentile / entropy: ONNX Runtime's "
+        "CalibrationMethod with its default settings (percentile: 99.999th, 2048 bins; entropy: 128 bins); "
+        f"keep-out: also keeps the output convs fp32 (--keep-node {' --keep-node '.join(OUTPUT_CONVS)}). Each took "
         + ", ".join(f"{k} {v:.0f} s" for k, v in quant_s.items())
         + " including the scoring refit and the test evaluation.",
+        "targets are judged on the default forms (int8, uint8); the other rows are variants tried.",
         "score rel Δ: median over the test samples of |raw score − fp32 raw score| / |fp32 raw score|.",
     ]
     notes += [f"ONNX Runtime profile, AST edge {k} (share of kernel time, 10 runs, 1 thread): "
@@ -205,8 +225,8 @@ def dsr3d_rows(reps: int, work: Path) -> tuple[list[list[str]], list[str]]:
             s.close()
     profiles = {k: op_profile(d / "model.onnx", feeds[0], 3, work) for k, d in dirs.items()}
     rows = [[f"3DSR edge {k} (random init)", f"{timed.p50[k]:.1f}", f"{timed.p99[k]:.1f}",
-             f"{timed.p50['fp32'] / timed.p50[k]:.2f}×", "–", "–", "–"] for k in KINDS[:3]]  # fmt: skip
-    notes = [f"ONNX Runtime profile, 3DSR edge {k}: {_profile_text(profiles[k])}" for k in KINDS[:3]]
+             f"{timed.p50['fp32'] / timed.p50[k]:.2f}×", "–", "–", "–"] for k in dirs]  # fmt: skip
+    notes = [f"ONNX Runtime profile, 3DSR edge {k}: {_profile_text(profiles[k])}" for k in dirs]
     return rows, notes
 
 
@@ -218,15 +238,17 @@ def accuracy_free_dsr3d(work: Path) -> tuple[Any, Any]:
     return dsr3d_edge(work)()
 
 
-def run(quick: bool) -> BenchSection:
-    """AST edge INT8 vs fp32 (speed, AUROC, profile); 3DSR edge speed when the full run has the time."""
+def run(quick: bool, keep: Path | None = None) -> BenchSection:
+    """AST edge INT8 vs fp32 (speed, AUROC, profile); 3DSR edge speed when the full run has the time.
+
+    ``keep``: work in this folder and keep it; its trained fp32 model (from an earlier run) is used again."""
     study = QUICK if quick else STUDY
     reps = 10 if quick else 60
     rows: list[list[str]] = []
     targets: dict[str, bool] = {}
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-int8-") as d:
-        work = Path(d)
+        work = Path(d) if keep is None else keep
         try:
             r, t, n = ast_rows(study, reps, work)
             rows, targets, notes = r, t, n
@@ -255,5 +277,25 @@ def run(quick: bool) -> BenchSection:
     )
 
 
+def main(argv: list[str] | None = None) -> int:
+    """This section alone into docs/benchmarks.md (as ``--only int8`` does), optionally keeping its work folder."""
+    import argparse  # noqa: PLC0415
+
+    from tools.benchmarks.report import write_page  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="python -m tools.benchmarks.int8", description=main.__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--work", type=Path, help="work folder kept after the run; its trained fp32 model is reused")
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    args = parser.parse_args(argv)
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
+    section = run(args.quick, keep=args.work)
+    print(section.to_markdown())
+    command = "python -m tools.benchmarks.int8 " + " ".join(sys.argv[1:] if argv is None else argv)
+    write_page(args.out, command.strip(), [section], merge=True)
+    return 0
+
+
 if __name__ == "__main__":
-    print(run(quick=True).to_markdown())
+    raise SystemExit(main())
