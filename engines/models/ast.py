@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -126,11 +126,17 @@ class AstSettings:
     epochs: int = 72  # recommended FitSettings
     batch_size: int = 8
     learning_rate: float = 2e-4
+    fine_tap: int | None = None  # a finer backbone block (stride ½ the tap's) that sets the grid; option "fine_tap"
+    score_border: int = 0  # px inside the foreground edge the image score ignores; option "score_border"
 
     def geometry(self) -> tuple[int, int, int]:
-        """(feature channels, feature stride, grid side) of the backbone tap at this input size."""
-        args = lite_block_args(self.backbone)[self.tap]
-        return args.out_channels, args.out_stride, self.input_size // args.out_stride
+        """(feature channels, feature stride, grid side) of the backbone tap(s) at this input size."""
+        blocks = lite_block_args(self.backbone)
+        args = blocks[self.tap]
+        if self.fine_tap is None:
+            return args.out_channels, args.out_stride, self.input_size // args.out_stride
+        fine = blocks[self.fine_tap]
+        return args.out_channels + fine.out_channels, fine.out_stride, self.input_size // fine.out_stride
 
 
 PRESETS: dict[str, AstSettings] = {
@@ -337,14 +343,29 @@ class AstModel(nn.Module):
         if self.backbone is not None:
             if rgb is None:
                 raise AstConfigError(f"AST mode {self.mode!r} needs the 'rgb' input", "feed the crop's rgb")
-            (feat,) = self.backbone.forward_features(rgb * self.rgb_scale + self.rgb_shift, (self.settings.tap,))
-            parts.append(feat)
+            x = rgb * self.rgb_scale + self.rgb_shift
+            if self.settings.fine_tap is None:
+                (feat,) = self.backbone.forward_features(x, (self.settings.tap,))
+                parts.append(feat)
+            else:  # the tap's features upsampled onto the finer block's grid, then the finer block's own
+                fine, coarse = self.backbone.forward_features(x, (self.settings.fine_tap, self.settings.tap))
+                coarse = nnf.interpolate(coarse, size=fine.shape[2:], mode="bilinear", align_corners=False)
+                parts += [coarse, fine]
         if self.mode != "rgb":
             if xyz is None:
                 raise AstConfigError(f"AST mode {self.mode!r} needs the 'xyz' input", "feed the crop's xyz")
             parts.append(self.depth_features(xyz, mask))
         soft, full = self.foreground(mask)
         return torch.cat(parts, 1) if len(parts) > 1 else parts[0], soft, full
+
+    def score_region(self, mask: Tensor) -> Tensor:
+        """Where the image score looks (B×1×S×S): the foreground eroded by ``score_border`` px, so a band along the
+        mask's edge (where the ROI cuts the drum) is left out of the score but not of the map; all ones in ``full``
+        crop mode (no ROI)."""
+        k = self.settings.score_border
+        if not self.roi_mask:
+            return mask.clamp(1.0, 1.0)
+        return 1.0 - nnf.max_pool2d(1.0 - mask, 2 * k + 1, stride=1, padding=k)
 
     def cond(self, batch: int) -> Tensor:
         """The positional encoding broadcast to the batch (Expand in ONNX: no per-batch copy)."""
@@ -366,11 +387,15 @@ class AstModel(nn.Module):
         cell = dist * soft
         size = self.settings.input_size
         amap = nnf.interpolate(cell, size=(size, size), mode="bilinear", align_corners=False) * full
+        scored = amap
+        if self.settings.score_border > 0:
+            assert mask is not None  # prepare() refused a missing mask
+            scored = amap * self.score_region(mask)
         if self.image_score == "max":
-            score = amap.amax((1, 2, 3))
+            score = scored.amax((1, 2, 3))
         elif self.image_score == "top2pct":
             k = max(1, round(TOP_SHARE * size * size))
-            score = amap.flatten(1).topk(k, dim=1).values.mean(1)
+            score = scored.flatten(1).topk(k, dim=1).values.mean(1)
         else:
             score = cell.mean((1, 2, 3))
         return amap, score
@@ -465,20 +490,46 @@ def card_inputs(mode: str) -> tuple[str, ...]:
     return {"rgb": ("rgb", "mask"), "depth": ("xyz", "mask"), "rgbd": ("rgb", "xyz", "mask")}[mode]
 
 
-def _check_options(options: Mapping[str, Any]) -> tuple[Mode, str]:
-    unknown = sorted(set(options) - {"mode", "image_score"})
+OPTIONS: tuple[str, ...] = ("mode", "image_score", "fine_tap", "score_border")
+
+
+def _check_options(options: Mapping[str, Any], preset: str) -> tuple[Mode, str, AstSettings]:
+    """(mode, image score, the preset's settings with the options' overrides) of valid options."""
+    unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
-        raise AstConfigError(f"unknown AST options {unknown}", "use only 'mode' and 'image_score'")
+        raise AstConfigError(f"unknown AST options {unknown}", f"use only {', '.join(repr(o) for o in OPTIONS)}")
     mode, score = options.get("mode", "rgbd"), options.get("image_score", "max")
     if mode not in MODES:
         raise AstConfigError(f"AST mode {mode!r} is not one of {MODES}", "pick mode rgb, depth or rgbd")
     if score not in IMAGE_SCORES:
         raise AstConfigError(f"AST image score {score!r} is not one of {IMAGE_SCORES}", "pick max, mean or top2pct")
-    return mode, score
-
-
-def _settings(preset: str) -> AstSettings:
-    return preset_settings(PRESETS, preset, "AST", AstConfigError)
+    base = preset_settings(PRESETS, preset, "AST", AstConfigError)
+    fine = options.get("fine_tap", base.fine_tap)
+    border = options.get("score_border", base.score_border)
+    if not isinstance(border, int) or isinstance(border, bool) or border < 0:
+        raise AstConfigError(f"AST score_border {border!r} is not a whole number of pixels ≥ 0", "e.g. score_border=8")
+    if fine is not None:
+        blocks = lite_block_args(base.backbone)
+        if (
+            not isinstance(fine, int)
+            or isinstance(fine, bool)
+            or not 0 <= fine < base.tap
+            or blocks[fine].out_stride * 2 != blocks[base.tap].out_stride
+        ):
+            strides = [i for i, b in enumerate(blocks) if b.out_stride * 2 == blocks[base.tap].out_stride]
+            raise AstConfigError(
+                f"AST fine_tap {fine!r} is not a block of {base.backbone} at half the stride of its tap {base.tap}",
+                f"pick one of blocks {strides[0]}..{strides[-1]} (or leave fine_tap out)",
+            )
+    settings = replace(base, fine_tap=fine, score_border=border)
+    _, _, grid = settings.geometry()
+    if settings.input_size % (grid * UNSHUFFLE):
+        raise AstConfigError(
+            f"AST preset {preset!r} with fine_tap {fine} has a {grid}×{grid} grid, whose depth branch needs "
+            f"{grid * UNSHUFFLE}² depth pixels from a {settings.input_size}² input",
+            "use fine_tap only where the input is at least 8× the grid (the edge and paper presets)",
+        )
+    return mode, score, settings
 
 
 class AstFamily:
@@ -489,8 +540,7 @@ class AstFamily:
 
     def card(self, preset: str, crop_mode: CropMode, **options: Any) -> ModelCard:
         """A card asking the crop for Lite colour normalisation and the inputs of ``options["mode"]``."""
-        settings = _settings(preset)
-        mode, score = _check_options(options)
+        mode, score, settings = _check_options(options, preset)
         return ModelCard(
             family=self.name,
             preset=preset,
@@ -499,14 +549,18 @@ class AstFamily:
             crop_mode=crop_mode,
             mean=LITE_MEAN,
             std=LITE_STD,
-            options={"mode": mode, "image_score": score},
+            options={
+                "mode": mode,
+                "image_score": score,
+                "fine_tap": settings.fine_tap,
+                "score_border": settings.score_border,
+            },
         )
 
     def build(self, card: ModelCard) -> AstModel:
         """A fresh (untrained) AST for ``card``; the backbone carries its ImageNet weights."""
-        settings = _settings(card.preset)
+        mode, score, settings = _check_options(card.options, card.preset)
         check_card(card, self.name, settings.input_size, AstConfigError)
-        mode, score = _check_options(card.options)
         check_card_inputs(card, card_inputs(mode), f"mode {mode!r}", AstConfigError)
         return AstModel(settings, mode, score, card.mean, card.std, roi_mask=card.crop_mode == "foreground")
 

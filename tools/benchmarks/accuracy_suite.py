@@ -499,11 +499,8 @@ def _main(argv: Sequence[str]) -> int:
     for station in [] if args.report_only else job.stations:
         for family in job.models:
             r = run_station(job, station, family, command.strip())
-            print(
-                f"{station} seed {job.seed} {family}: image AUROC full {r['full']['image_auroc']:.3f}, "
-                f"foreground {r['foreground']['image_auroc']:.3f}",
-                flush=True,
-            )
+            aurocs = ", ".join(f"{mode} {r[mode]['image_auroc']:.3f}" for mode in job.modes)
+            print(f"{station} seed {job.seed} {family}: image AUROC {aurocs}", flush=True)
     text, met = report(job, command.strip(), (time.perf_counter_ns() - t0) / 1e9)
     print(text)
     if not args.no_doc:
