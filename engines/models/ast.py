@@ -128,6 +128,7 @@ class AstSettings:
     learning_rate: float = 2e-4
     fine_tap: int | None = None  # a finer backbone block (stride ½ the tap's) that sets the grid; option "fine_tap"
     score_border: int = 0  # px inside the foreground edge the image score ignores; option "score_border"
+    mask_open: int = 0  # radius (px) of a morphological opening of the crop's mask (specks off); option "mask_open"
 
     def geometry(self) -> tuple[int, int, int]:
         """(feature channels, feature stride, grid side) of the backbone tap(s) at this input size."""
@@ -259,6 +260,18 @@ class Student(nn.Module):
         return out
 
 
+def dilate(mask: Tensor, r: int) -> Tensor:
+    """Binary dilation by a (2r + 1)² square, as two separable max-pools (O(r) per pixel, not O(r²))."""
+    out = nnf.max_pool2d(mask, (1, 2 * r + 1), stride=1, padding=(0, r))
+    return nnf.max_pool2d(out, (2 * r + 1, 1), stride=1, padding=(r, 0))
+
+
+def erode(mask: Tensor, r: int) -> Tensor:
+    """Binary erosion by a (2r + 1)² square; pixels beyond the image border count as foreground (max-pooling pads
+    with −∞), so only the mask's own edge erodes."""
+    return 1.0 - dilate(1.0 - mask, r)
+
+
 # ------------------------------------------------------------------------------------------------------------- model
 
 
@@ -339,6 +352,7 @@ class AstModel(nn.Module):
             raise AstConfigError("AST needs the 'mask' input", "feed the crop's mask")
         if not self.roi_mask:
             mask = mask.clamp(1.0, 1.0)  # all ones computed from the input (ones_like would fold it out of the graph)
+        mask = self.clean(mask)
         parts = []
         if self.backbone is not None:
             if rgb is None:
@@ -358,6 +372,14 @@ class AstModel(nn.Module):
         soft, full = self.foreground(mask)
         return torch.cat(parts, 1) if len(parts) > 1 else parts[0], soft, full
 
+    def clean(self, mask: Tensor) -> Tensor:
+        """The crop's mask opened with a (2·mask_open + 1)² square: foreground specks narrower than that (depthless
+        background pixels the crop keeps inside the ROI's silhouette, a new pattern every frame) are dropped."""
+        r = self.settings.mask_open
+        if r == 0 or not self.roi_mask:
+            return mask
+        return dilate(erode(mask, r), r)
+
     def score_region(self, mask: Tensor) -> Tensor:
         """Where the image score looks (B×1×S×S): the foreground eroded by ``score_border`` px, so a band along the
         mask's edge (where the ROI cuts the drum) is left out of the score but not of the map; all ones in ``full``
@@ -365,7 +387,7 @@ class AstModel(nn.Module):
         k = self.settings.score_border
         if not self.roi_mask:
             return mask.clamp(1.0, 1.0)
-        return 1.0 - nnf.max_pool2d(1.0 - mask, 2 * k + 1, stride=1, padding=k)
+        return erode(mask, k)
 
     def cond(self, batch: int) -> Tensor:
         """The positional encoding broadcast to the batch (Expand in ONNX: no per-batch copy)."""
@@ -390,7 +412,7 @@ class AstModel(nn.Module):
         scored = amap
         if self.settings.score_border > 0:
             assert mask is not None  # prepare() refused a missing mask
-            scored = amap * self.score_region(mask)
+            scored = amap * self.score_region(self.clean(mask))
         if self.image_score == "max":
             score = scored.amax((1, 2, 3))
         elif self.image_score == "top2pct":
@@ -490,7 +512,7 @@ def card_inputs(mode: str) -> tuple[str, ...]:
     return {"rgb": ("rgb", "mask"), "depth": ("xyz", "mask"), "rgbd": ("rgb", "xyz", "mask")}[mode]
 
 
-OPTIONS: tuple[str, ...] = ("mode", "image_score", "fine_tap", "score_border")
+OPTIONS: tuple[str, ...] = ("mode", "image_score", "fine_tap", "score_border", "mask_open")
 
 
 def _check_options(options: Mapping[str, Any], preset: str) -> tuple[Mode, str, AstSettings]:
@@ -506,8 +528,10 @@ def _check_options(options: Mapping[str, Any], preset: str) -> tuple[Mode, str, 
     base = preset_settings(PRESETS, preset, "AST", AstConfigError)
     fine = options.get("fine_tap", base.fine_tap)
     border = options.get("score_border", base.score_border)
-    if not isinstance(border, int) or isinstance(border, bool) or border < 0:
-        raise AstConfigError(f"AST score_border {border!r} is not a whole number of pixels ≥ 0", "e.g. score_border=8")
+    opening = options.get("mask_open", base.mask_open)
+    for name, px in (("score_border", border), ("mask_open", opening)):
+        if not isinstance(px, int) or isinstance(px, bool) or px < 0:
+            raise AstConfigError(f"AST {name} {px!r} is not a whole number of pixels ≥ 0", f"e.g. {name}=1")
     if fine is not None:
         blocks = lite_block_args(base.backbone)
         if (
@@ -521,7 +545,7 @@ def _check_options(options: Mapping[str, Any], preset: str) -> tuple[Mode, str, 
                 f"AST fine_tap {fine!r} is not a block of {base.backbone} at half the stride of its tap {base.tap}",
                 f"pick one of blocks {strides[0]}..{strides[-1]} (or leave fine_tap out)",
             )
-    settings = replace(base, fine_tap=fine, score_border=border)
+    settings = replace(base, fine_tap=fine, score_border=border, mask_open=opening)
     _, _, grid = settings.geometry()
     if settings.input_size % (grid * UNSHUFFLE):
         raise AstConfigError(
@@ -554,6 +578,7 @@ class AstFamily:
                 "image_score": score,
                 "fine_tap": settings.fine_tap,
                 "score_border": settings.score_border,
+                "mask_open": settings.mask_open,
             },
         )
 

@@ -288,7 +288,7 @@ def test_bad_cards_options_and_data_name_the_problem_and_the_remedy() -> None:
         AST_FAMILY.card("tiny", "foreground", mode="combi")
     with pytest.raises(AstConfigError, match="max, mean or top2pct"):
         AST_FAMILY.card("tiny", "foreground", image_score="p99")
-    with pytest.raises(AstConfigError, match="only 'mode', 'image_score', 'fine_tap', 'score_border'"):
+    with pytest.raises(AstConfigError, match="only 'mode', 'image_score', 'fine_tap', 'score_border', 'mask_open'"):
         AST_FAMILY.card("tiny", "foreground", colour="red")
     with pytest.raises(AstConfigError, match="whole number of pixels"):
         AST_FAMILY.card("tiny", "foreground", score_border=-1)
