@@ -16,6 +16,8 @@ Anatomy (after ``marco-rudolph/AST@8c243ad``, MIT; facts in ``shared/research/mo
    by the dilated foreground (so it is exactly 0 outside it) → ``anomaly_map``; ``image_score`` is the max of that
    map (``options["image_score"] = "max"``, default) or the mean of the masked grid map (``"mean"``), AST's two,
    or the mean of the map's highest 2 % pixels (``"top2pct"``: measured on the accuracy suite, docs/accuracy.md).
+   With ``score_border`` k > 0 the image score reads the map only where the (cleaned) foreground eroded by a
+   (2k + 1)² square is; the map itself is unchanged.
 
 Presets (``PRESETS``; S = input size, grid = S / feature stride, depth = 8·grid):
 
@@ -50,6 +52,23 @@ Deviations from the paper's code, and why:
   mask is max-pooled (AST's "resize then > 0"), dilated with a symmetric 9×9 window at depth resolution (AST: an
   8×8 ``binary_dilation``), and area-averaged to the grid for the soft weights (AST: bilinear). The map is
   upsampled bilinearly to S (AST: bicubic to 192), which TensorRT supports and keeps the output at input size.
+- Image score away from the mask's edge (``score_border``, preset ``edge``: 16 px = one feature cell; ``paper`` and
+  ``tiny``: 0, i.e. AST's score over the whole masked map). AST scores the whole map. On the accuracy suite's
+  stations the good frames' map maximum sat on the foreground edge in 17–29 of 30 test frames per station: the crop
+  keeps depthless pixels inside the ROI's projected silhouette (``CropSpec.keep_depthless``), so the stereo shadow,
+  edge dropout and speckle of the background in the silhouette's 30 mm margin ring become 1-px foreground specks
+  and streaks along the drum, a new pattern every frame, and the cells touching the edge mix them in. Leaving out
+  one feature cell (16 px at 256²) raised the foreground image AUROC of the same maps from 0.727 to 0.838 (mean of
+  the four tuning stations; docs/accuracy.md). Cost: a defect lying entirely within 16 px of the silhouette edge is
+  seen in the map but not in the image score. Not measured for ``paper`` (768², a 32-px feature cell), so it keeps 0.
+- ``mask_open`` (option, default 0): a morphological opening of the crop's mask before anything uses it, removing
+  those specks from the depth branch, the losses and the map (the colour the crop kept there still reaches the
+  backbone). Measured in docs/accuracy.md; AST has no such step (its foreground is a plane fit).
+- ``fine_tap`` (option, default none): a second, finer backbone block (stride 8: Lite2 blocks 4–6) sets a 32×32
+  grid at 256² and the tap's features are bilinearly upsampled onto it and concatenated (AST taps one block). For
+  defects of 6–60 pixels (the standing and tilted stations) a 16-px cell is coarse. Its accuracy is not measured
+  yet; at the ``edge`` widths it costs about 3× the ``edge`` graph's ONNX Runtime time (measured under load,
+  docs/accuracy.md), beyond the 50 ms budget, so it would need narrower teacher and student.
 - Adam (eps 1e-8, weight decay 1e-5) uses ``FitSettings.learning_rate`` and ``epochs`` for each phase; batches are
   drawn in a per-(phase, epoch) seeded order so a resumed run repeats an uninterrupted one.
 """
@@ -142,7 +161,7 @@ class AstSettings:
 
 PRESETS: dict[str, AstSettings] = {
     "paper": AstSettings(768, "lite2", 19, teacher_hidden=64, student_hidden=1024, student_blocks=4),
-    "edge": AstSettings(256, "lite2", 14, teacher_hidden=64, student_hidden=256, student_blocks=2),
+    "edge": AstSettings(256, "lite2", 14, teacher_hidden=64, student_hidden=256, student_blocks=2, score_border=16),
     "tiny": AstSettings(
         128, "lite0", 4, teacher_hidden=16, student_hidden=32, student_blocks=1, epochs=2, batch_size=4,
         learning_rate=1e-3,
@@ -513,6 +532,7 @@ def card_inputs(mode: str) -> tuple[str, ...]:
 
 
 OPTIONS: tuple[str, ...] = ("mode", "image_score", "fine_tap", "score_border", "mask_open")
+LEGACY_OPTIONS: Mapping[str, Any] = MappingProxyType({"fine_tap": None, "score_border": 0, "mask_open": 0})
 
 
 def _check_options(options: Mapping[str, Any], preset: str) -> tuple[Mode, str, AstSettings]:
@@ -584,7 +604,8 @@ class AstFamily:
 
     def build(self, card: ModelCard) -> AstModel:
         """A fresh (untrained) AST for ``card``; the backbone carries its ImageNet weights."""
-        mode, score, settings = _check_options(card.options, card.preset)
+        # a card written before these options existed was fitted (scoring.yaml) with AST's plain score: keep it
+        mode, score, settings = _check_options({**LEGACY_OPTIONS, **card.options}, card.preset)
         check_card(card, self.name, settings.input_size, AstConfigError)
         check_card_inputs(card, card_inputs(mode), f"mode {mode!r}", AstConfigError)
         return AstModel(settings, mode, score, card.mean, card.std, roi_mask=card.crop_mode == "foreground")

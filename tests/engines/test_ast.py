@@ -240,6 +240,33 @@ def test_score_border_leaves_the_map_and_scores_the_eroded_foreground_only() -> 
     torch.testing.assert_close(s_f, amap_f.amax((1, 2, 3)))
 
 
+def test_mask_open_drops_specks_from_the_foreground_in_foreground_mode_only() -> None:
+    batch = drum_batch(1, 7)
+    batch["mask"][:, :, 2, 5:40] = 1  # a 1-px line of foreground far from the disc (a depthless speck streak)
+    mask = batch["mask"][0, 0].numpy() > 0
+    opened = ndimage.binary_dilation(
+        ndimage.binary_erosion(mask, np.ones((3, 3), bool), border_value=1), np.ones((3, 3), bool)
+    )
+    card, model = build("rgbd", mask_open=1)
+    assert card.options["mask_open"] == 1
+    np.testing.assert_array_equal(model.clean(batch["mask"])[0, 0].numpy() > 0, opened)
+    assert not opened[2, 5:40].any() and mask[2, 5:40].all()
+    perturb_gammas(model, 0.05)
+    with torch.no_grad():
+        amap, _ = model.eval()(**inputs(card, batch))
+    assert np.all(amap[0, 0].numpy()[:12, 5:40] == 0)  # the streak's cells get no weight: nothing to flag there
+    full = AST_FAMILY.build(AST_FAMILY.card("tiny", "full", mode="rgbd", mask_open=1))
+    torch.testing.assert_close(full.clean(batch["mask"]), batch["mask"])  # no ROI in full mode: nothing to clean
+
+
+def test_edge_scores_away_from_the_mask_edge_and_older_cards_keep_the_plain_score() -> None:
+    card = AST_FAMILY.card("edge", "foreground")
+    assert card.options == {"mode": "rgbd", "image_score": "max", "fine_tap": None, "score_border": 16, "mask_open": 0}
+    assert AST_FAMILY.card("paper", "foreground").options["score_border"] == 0
+    older = ModelCard.from_dict(card.to_dict() | {"options": {"mode": "rgbd", "image_score": "max"}})
+    assert AST_FAMILY.build(older).settings.score_border == 0  # its scoring.yaml was fitted on the plain max
+
+
 def test_fine_tap_puts_the_tap_on_the_finer_blocks_grid() -> None:
     card = AST_FAMILY.card("edge", "foreground", fine_tap=6)
     model = AST_FAMILY.build(card)
