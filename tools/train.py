@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _card(family: ModelFamily, args: argparse.Namespace) -> ModelCard:
+def card_from_args(family: ModelFamily, args: argparse.Namespace) -> ModelCard:
+    """The card an edge-train command line resolves to (the family's preset defaults filled in)."""
     if args.preset not in family.presets:
         raise TrainError(
             f"model {family.name!r} has no preset {args.preset!r}", f"choose one of: {', '.join(family.presets)}"
@@ -274,7 +275,7 @@ def _prepare(args: argparse.Namespace) -> tuple[ModelFamily, ModelCard, Dataset]
         raise TrainError(f"--resume, but {state} does not exist", "run without --resume to start afresh")
     args.device = resolve_device(args.device)
     family = get_family(args.model)
-    card = _card(family, args)
+    card = card_from_args(family, args)
     roi = load_roi(args.roi) if args.roi is not None else None
     crop = CropSpec(mode=card.crop_mode, size=card.input_size, mean=card.mean, std=card.std)
     data = open_dataset(args.data, roi, crop, labels_dir=args.labels, allow_mismatch=args.allow_mismatch)

@@ -16,6 +16,8 @@ Anatomy (after ``marco-rudolph/AST@8c243ad``, MIT; facts in ``shared/research/mo
    by the dilated foreground (so it is exactly 0 outside it) → ``anomaly_map``; ``image_score`` is the max of that
    map (``options["image_score"] = "max"``, default) or the mean of the masked grid map (``"mean"``), AST's two,
    or the mean of the map's highest 2 % pixels (``"top2pct"``: measured on the accuracy suite, docs/accuracy.md).
+   With ``score_border`` k > 0 the image score reads the map only where the (cleaned) foreground eroded by a
+   (2k + 1)² square is; the map itself is unchanged.
 
 Presets (``PRESETS``; S = input size, grid = S / feature stride, depth = 8·grid):
 
@@ -50,6 +52,25 @@ Deviations from the paper's code, and why:
   mask is max-pooled (AST's "resize then > 0"), dilated with a symmetric 9×9 window at depth resolution (AST: an
   8×8 ``binary_dilation``), and area-averaged to the grid for the soft weights (AST: bilinear). The map is
   upsampled bilinearly to S (AST: bicubic to 192), which TensorRT supports and keeps the output at input size.
+- Image score away from the mask's edge (``score_border``, preset ``edge``: 16 px = one feature cell; ``paper`` and
+  ``tiny``: 0, i.e. AST's score over the whole masked map). AST scores the whole map. On the accuracy suite's
+  stations the good frames' map maximum sat on the foreground edge in 17–29 of 30 test frames per station: the crop
+  keeps depthless pixels inside the ROI's projected silhouette (``CropSpec.keep_depthless``), so the stereo shadow,
+  edge dropout and speckle of the background in the silhouette's 30 mm margin ring become 1-px foreground specks
+  and streaks along the drum, a new pattern every frame, and the cells touching the edge mix them in. Leaving out
+  one feature cell (16 px at 256²) raised the foreground image AUROC of the same maps from 0.727 to 0.838 (mean of
+  the four tuning stations; docs/accuracy.md). Cost: a defect lying entirely within 16 px of the silhouette edge is
+  seen in the map but not in the image score. Not measured for ``paper`` (768², a 32-px feature cell), so it keeps 0.
+- ``mask_open`` (option, default 0): a morphological opening of the crop's mask before anything uses it, removing
+  those specks from the depth branch, the losses and the map (the colour the crop kept there still reaches the
+  backbone); AST has no such step (its foreground is a plane fit). Measured with radius 1 on the four tuning
+  stations (docs/accuracy.md): mean 0.727 → 0.752 alone, but nothing on top of ``score_border`` on the two worst
+  stations; so 0.
+- ``fine_tap`` (option, default none): a second, finer backbone block (stride 8: Lite2 blocks 4–6) sets a 32×32
+  grid at 256² and the tap's features are bilinearly upsampled onto it and concatenated (AST taps one block). For
+  defects of 6–60 pixels (the standing and tilted stations) a 16-px cell is coarse. Its accuracy is not measured
+  yet; at the ``edge`` widths it costs about 3× the ``edge`` graph's ONNX Runtime time (measured under load,
+  docs/accuracy.md), beyond the 50 ms budget, so it would need narrower teacher and student.
 - Adam (eps 1e-8, weight decay 1e-5) uses ``FitSettings.learning_rate`` and ``epochs`` for each phase; batches are
   drawn in a per-(phase, epoch) seeded order so a resumed run repeats an uninterrupted one.
 """
@@ -58,7 +79,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any, Literal
 
 import numpy as np
@@ -126,16 +148,23 @@ class AstSettings:
     epochs: int = 72  # recommended FitSettings
     batch_size: int = 8
     learning_rate: float = 2e-4
+    fine_tap: int | None = None  # a finer backbone block (stride ½ the tap's) that sets the grid; option "fine_tap"
+    score_border: int = 0  # px inside the foreground edge the image score ignores; option "score_border"
+    mask_open: int = 0  # radius (px) of a morphological opening of the crop's mask (specks off); option "mask_open"
 
     def geometry(self) -> tuple[int, int, int]:
-        """(feature channels, feature stride, grid side) of the backbone tap at this input size."""
-        args = lite_block_args(self.backbone)[self.tap]
-        return args.out_channels, args.out_stride, self.input_size // args.out_stride
+        """(feature channels, feature stride, grid side) of the backbone tap(s) at this input size."""
+        blocks = lite_block_args(self.backbone)
+        args = blocks[self.tap]
+        if self.fine_tap is None:
+            return args.out_channels, args.out_stride, self.input_size // args.out_stride
+        fine = blocks[self.fine_tap]
+        return args.out_channels + fine.out_channels, fine.out_stride, self.input_size // fine.out_stride
 
 
 PRESETS: dict[str, AstSettings] = {
     "paper": AstSettings(768, "lite2", 19, teacher_hidden=64, student_hidden=1024, student_blocks=4),
-    "edge": AstSettings(256, "lite2", 14, teacher_hidden=64, student_hidden=256, student_blocks=2),
+    "edge": AstSettings(256, "lite2", 14, teacher_hidden=64, student_hidden=256, student_blocks=2, score_border=16),
     "tiny": AstSettings(
         128, "lite0", 4, teacher_hidden=16, student_hidden=32, student_blocks=1, epochs=2, batch_size=4,
         learning_rate=1e-3,
@@ -253,6 +282,18 @@ class Student(nn.Module):
         return out
 
 
+def dilate(mask: Tensor, r: int) -> Tensor:
+    """Binary dilation by a (2r + 1)² square, as two separable max-pools (O(r) per pixel, not O(r²))."""
+    out = nnf.max_pool2d(mask, (1, 2 * r + 1), stride=1, padding=(0, r))
+    return nnf.max_pool2d(out, (2 * r + 1, 1), stride=1, padding=(r, 0))
+
+
+def erode(mask: Tensor, r: int) -> Tensor:
+    """Binary erosion by a (2r + 1)² square; pixels beyond the image border count as foreground (max-pooling pads
+    with −∞), so only the mask's own edge erodes."""
+    return 1.0 - dilate(1.0 - mask, r)
+
+
 # ------------------------------------------------------------------------------------------------------------- model
 
 
@@ -333,18 +374,42 @@ class AstModel(nn.Module):
             raise AstConfigError("AST needs the 'mask' input", "feed the crop's mask")
         if not self.roi_mask:
             mask = mask.clamp(1.0, 1.0)  # all ones computed from the input (ones_like would fold it out of the graph)
+        mask = self.clean(mask)
         parts = []
         if self.backbone is not None:
             if rgb is None:
                 raise AstConfigError(f"AST mode {self.mode!r} needs the 'rgb' input", "feed the crop's rgb")
-            (feat,) = self.backbone.forward_features(rgb * self.rgb_scale + self.rgb_shift, (self.settings.tap,))
-            parts.append(feat)
+            x = rgb * self.rgb_scale + self.rgb_shift
+            if self.settings.fine_tap is None:
+                (feat,) = self.backbone.forward_features(x, (self.settings.tap,))
+                parts.append(feat)
+            else:  # the tap's features upsampled onto the finer block's grid, then the finer block's own
+                fine, coarse = self.backbone.forward_features(x, (self.settings.fine_tap, self.settings.tap))
+                coarse = nnf.interpolate(coarse, size=fine.shape[2:], mode="bilinear", align_corners=False)
+                parts += [coarse, fine]
         if self.mode != "rgb":
             if xyz is None:
                 raise AstConfigError(f"AST mode {self.mode!r} needs the 'xyz' input", "feed the crop's xyz")
             parts.append(self.depth_features(xyz, mask))
         soft, full = self.foreground(mask)
         return torch.cat(parts, 1) if len(parts) > 1 else parts[0], soft, full
+
+    def clean(self, mask: Tensor) -> Tensor:
+        """The crop's mask opened with a (2·mask_open + 1)² square: foreground specks narrower than that (depthless
+        background pixels the crop keeps inside the ROI's silhouette, a new pattern every frame) are dropped."""
+        r = self.settings.mask_open
+        if r == 0 or not self.roi_mask:
+            return mask
+        return dilate(erode(mask, r), r)
+
+    def score_region(self, mask: Tensor) -> Tensor:
+        """Where the image score looks (B×1×S×S): the foreground eroded by ``score_border`` px, so a band along the
+        mask's edge (where the ROI cuts the drum) is left out of the score but not of the map; all ones in ``full``
+        crop mode (no ROI)."""
+        k = self.settings.score_border
+        if not self.roi_mask:
+            return mask.clamp(1.0, 1.0)
+        return erode(mask, k)
 
     def cond(self, batch: int) -> Tensor:
         """The positional encoding broadcast to the batch (Expand in ONNX: no per-batch copy)."""
@@ -366,11 +431,15 @@ class AstModel(nn.Module):
         cell = dist * soft
         size = self.settings.input_size
         amap = nnf.interpolate(cell, size=(size, size), mode="bilinear", align_corners=False) * full
+        scored = amap
+        if self.settings.score_border > 0:
+            assert mask is not None  # prepare() refused a missing mask
+            scored = amap * self.score_region(self.clean(mask))
         if self.image_score == "max":
-            score = amap.amax((1, 2, 3))
+            score = scored.amax((1, 2, 3))
         elif self.image_score == "top2pct":
             k = max(1, round(TOP_SHARE * size * size))
-            score = amap.flatten(1).topk(k, dim=1).values.mean(1)
+            score = scored.flatten(1).topk(k, dim=1).values.mean(1)
         else:
             score = cell.mean((1, 2, 3))
         return amap, score
@@ -465,18 +534,47 @@ def card_inputs(mode: str) -> tuple[str, ...]:
     return {"rgb": ("rgb", "mask"), "depth": ("xyz", "mask"), "rgbd": ("rgb", "xyz", "mask")}[mode]
 
 
-def _check_options(options: Mapping[str, Any]) -> tuple[Mode, str]:
-    check_option_names(options, {"mode", "image_score"}, "AST", "use only 'mode' and 'image_score'", AstConfigError)
+OPTIONS: tuple[str, ...] = ("mode", "image_score", "fine_tap", "score_border", "mask_open")
+LEGACY_OPTIONS: Mapping[str, Any] = MappingProxyType({"fine_tap": None, "score_border": 0, "mask_open": 0})
+
+
+def _check_options(options: Mapping[str, Any], preset: str) -> tuple[Mode, str, AstSettings]:
+    """(mode, image score, the preset's settings with the options' overrides) of valid options."""
+    check_option_names(options, OPTIONS, "AST", f"use only {', '.join(repr(o) for o in OPTIONS)}", AstConfigError)
     mode, score = options.get("mode", "rgbd"), options.get("image_score", "max")
     if mode not in MODES:
         raise AstConfigError(f"AST mode {mode!r} is not one of {MODES}", "pick mode rgb, depth or rgbd")
     if score not in IMAGE_SCORES:
         raise AstConfigError(f"AST image score {score!r} is not one of {IMAGE_SCORES}", "pick max, mean or top2pct")
-    return mode, score
-
-
-def _settings(preset: str) -> AstSettings:
-    return preset_settings(PRESETS, preset, "AST", AstConfigError)
+    base = preset_settings(PRESETS, preset, "AST", AstConfigError)
+    fine = options.get("fine_tap", base.fine_tap)
+    border = options.get("score_border", base.score_border)
+    opening = options.get("mask_open", base.mask_open)
+    for name, px in (("score_border", border), ("mask_open", opening)):
+        if not isinstance(px, int) or isinstance(px, bool) or px < 0:
+            raise AstConfigError(f"AST {name} {px!r} is not a whole number of pixels ≥ 0", f"e.g. {name}=1")
+    if fine is not None:
+        blocks = lite_block_args(base.backbone)
+        if (
+            not isinstance(fine, int)
+            or isinstance(fine, bool)
+            or not 0 <= fine < base.tap
+            or blocks[fine].out_stride * 2 != blocks[base.tap].out_stride
+        ):
+            strides = [i for i, b in enumerate(blocks) if b.out_stride * 2 == blocks[base.tap].out_stride]
+            raise AstConfigError(
+                f"AST fine_tap {fine!r} is not a block of {base.backbone} at half the stride of its tap {base.tap}",
+                f"pick one of blocks {strides[0]}..{strides[-1]} (or leave fine_tap out)",
+            )
+    settings = replace(base, fine_tap=fine, score_border=border, mask_open=opening)
+    _, _, grid = settings.geometry()
+    if settings.input_size % (grid * UNSHUFFLE):
+        raise AstConfigError(
+            f"AST preset {preset!r} with fine_tap {fine} has a {grid}×{grid} grid, whose depth branch needs "
+            f"{grid * UNSHUFFLE}² depth pixels from a {settings.input_size}² input",
+            "use fine_tap only where the input is at least 8× the grid (the edge and paper presets)",
+        )
+    return mode, score, settings
 
 
 class AstFamily:
@@ -487,16 +585,21 @@ class AstFamily:
 
     def card(self, preset: str, crop_mode: CropMode, **options: Any) -> ModelCard:
         """A card asking the crop for Lite colour normalisation and the inputs of ``options["mode"]``."""
-        settings = _settings(preset)
-        mode, score = _check_options(options)
-        chosen = {"mode": mode, "image_score": score}
+        mode, score, settings = _check_options(options, preset)
+        chosen = {
+            "mode": mode,
+            "image_score": score,
+            "fine_tap": settings.fine_tap,
+            "score_border": settings.score_border,
+            "mask_open": settings.mask_open,
+        }
         return lite_card(self.name, preset, settings.input_size, card_inputs(mode), crop_mode, options=chosen)
 
     def build(self, card: ModelCard) -> AstModel:
         """A fresh (untrained) AST for ``card``; the backbone carries its ImageNet weights."""
-        settings = _settings(card.preset)
+        # a card written before these options existed was fitted (scoring.yaml) with AST's plain score: keep it
+        mode, score, settings = _check_options({**LEGACY_OPTIONS, **card.options}, card.preset)
         check_card(card, self.name, settings.input_size, AstConfigError)
-        mode, score = _check_options(card.options)
         check_card_inputs(card, card_inputs(mode), f"mode {mode!r}", AstConfigError)
         return AstModel(settings, mode, score, card.mean, card.std, roi_mask=card.crop_mode == "foreground")
 

@@ -184,10 +184,85 @@ def test_image_score_max_mean_or_top_share() -> None:
     assert bool((s_max > s_mean).all())
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_onnx_export_matches_pytorch(mode: str, tmp_path: Path) -> None:
+def test_score_border_leaves_the_map_and_scores_the_eroded_foreground_only() -> None:
+    card, model = build("rgbd")
+    card_b, model_b = build("rgbd", score_border=6)
+    assert card_b.options["score_border"] == 6
+    model_b.load_state_dict(model.state_dict())
+    perturb_gammas(model, 0.05)
+    perturb_gammas(model_b, 0.05)
+    batch = inputs(card, drum_batch(2, 5))
+    batch["mask"][:, :, :3, :3] = 1  # a 3×3 speck of foreground: its map counts, its score does not
+    model.eval()
+    model_b.eval()
+    with torch.no_grad():
+        amap, s_max = model(**batch)
+        amap_b, s_b = model_b(**batch)
+    torch.testing.assert_close(amap_b, amap)
+    for i in range(2):
+        mask = batch["mask"][i, 0].numpy() > 0
+        # square erosion by 6 px, the image border counting as foreground (max-pooling pads with -inf)
+        eroded = ndimage.binary_erosion(mask, structure=np.ones((13, 13), bool), border_value=1)
+        assert eroded.sum() > 0 and not eroded[:3, :3].any()
+        assert float(s_b[i]) == pytest.approx(float(amap[i, 0].numpy()[eroded].max()), rel=1e-6)
+    assert bool((s_b <= s_max).all())
+    full_card = AST_FAMILY.card("tiny", "full", mode="rgbd", score_border=6)  # no ROI: nothing is eroded
+    full = AST_FAMILY.build(full_card)
+    full.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        amap_f, s_f = full.eval()(**batch)
+    torch.testing.assert_close(s_f, amap_f.amax((1, 2, 3)))
+
+
+def test_mask_open_drops_specks_from_the_foreground_in_foreground_mode_only() -> None:
+    batch = drum_batch(1, 7)
+    batch["mask"][:, :, 2, 5:40] = 1  # a 1-px line of foreground far from the disc (a depthless speck streak)
+    mask = batch["mask"][0, 0].numpy() > 0
+    opened = ndimage.binary_dilation(
+        ndimage.binary_erosion(mask, np.ones((3, 3), bool), border_value=1), np.ones((3, 3), bool)
+    )
+    card, model = build("rgbd", mask_open=1)
+    assert card.options["mask_open"] == 1
+    np.testing.assert_array_equal(model.clean(batch["mask"])[0, 0].numpy() > 0, opened)
+    assert not opened[2, 5:40].any() and mask[2, 5:40].all()
+    perturb_gammas(model, 0.05)
+    with torch.no_grad():
+        amap, _ = model.eval()(**inputs(card, batch))
+    assert np.all(amap[0, 0].numpy()[:12, 5:40] == 0)  # the streak's cells get no weight: nothing to flag there
+    full = AST_FAMILY.build(AST_FAMILY.card("tiny", "full", mode="rgbd", mask_open=1))
+    torch.testing.assert_close(full.clean(batch["mask"]), batch["mask"])  # no ROI in full mode: nothing to clean
+
+
+def test_edge_scores_away_from_the_mask_edge_and_older_cards_keep_the_plain_score() -> None:
+    card = AST_FAMILY.card("edge", "foreground")
+    assert card.options == {"mode": "rgbd", "image_score": "max", "fine_tap": None, "score_border": 16, "mask_open": 0}
+    assert AST_FAMILY.card("paper", "foreground").options["score_border"] == 0
+    older = ModelCard.from_dict(card.to_dict() | {"options": {"mode": "rgbd", "image_score": "max"}})
+    assert AST_FAMILY.build(older).settings.score_border == 0  # its scoring.yaml was fitted on the plain max
+
+
+def test_fine_tap_puts_the_tap_on_the_finer_blocks_grid() -> None:
+    card = AST_FAMILY.card("edge", "foreground", fine_tap=6)
+    model = AST_FAMILY.build(card)
+    assert (model.grid, model.channels, model.reduce) == (32, 120 + 48 + 64, 1)
+    feeds = {
+        "rgb": torch.zeros(1, 3, 256, 256),
+        "xyz": torch.full((1, 3, 256, 256), 0.6),
+        "mask": torch.ones(1, 1, 256, 256),
+    }
+    with torch.no_grad():
+        inp, soft, full = model.eval().prepare(**feeds)
+    assert inp.shape == (1, 232, 32, 32) and soft.shape == (1, 1, 32, 32) and full.shape == (1, 1, 256, 256)
+    with pytest.raises(AstConfigError, match="half the stride"):
+        AST_FAMILY.card("edge", "foreground", fine_tap=3)
+    with pytest.raises(AstConfigError, match="at least 8× the grid"):
+        AST_FAMILY.card("tiny", "foreground", fine_tap=2)
+
+
+@pytest.mark.parametrize(("mode", "border"), [(m, 0) for m in MODES] + [("rgbd", 6)])
+def test_onnx_export_matches_pytorch(mode: str, border: int, tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
-    card, model = build(mode)
+    card, model = build(mode, score_border=border)
     perturb_gammas(model, 0.05)
     model.eval()
     batch = inputs(card, drum_batch(1, 6))
@@ -214,8 +289,10 @@ def test_bad_cards_options_and_data_name_the_problem_and_the_remedy() -> None:
         AST_FAMILY.card("tiny", "foreground", mode="combi")
     with pytest.raises(AstConfigError, match="max, mean or top2pct"):
         AST_FAMILY.card("tiny", "foreground", image_score="p99")
-    with pytest.raises(AstConfigError, match="only 'mode' and 'image_score'"):
+    with pytest.raises(AstConfigError, match="only 'mode', 'image_score', 'fine_tap', 'score_border', 'mask_open'"):
         AST_FAMILY.card("tiny", "foreground", colour="red")
+    with pytest.raises(AstConfigError, match="whole number of pixels"):
+        AST_FAMILY.card("tiny", "foreground", score_border=-1)
     card = AST_FAMILY.card("tiny", "foreground", mode="depth")
     bad = ModelCard.from_dict(card.to_dict() | {"input_size": 256})
     with pytest.raises(AstConfigError, match="differs from preset"):

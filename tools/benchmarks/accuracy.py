@@ -207,9 +207,16 @@ def edge_train(
     ]  # fmt: skip
     for option in options:
         argv += ["--option", option]
-    stamp = out / "edge-train.json"  # what trained the folder: its command line (less the threads) and ROI file
+    # what trained the folder: its command line (less the threads), the card it resolves to (a family's changed
+    # preset default is a new model under the same command line) and the ROI file
+    stamp = out / "edge-train.json"
     threads_at = argv.index("--threads")
-    key = {"argv": argv[:threads_at] + argv[threads_at + 2 :], "roi_sha256": sha256_file(roi_path)}
+    card = train.card_from_args(get_family(model), train.build_parser().parse_args(argv))
+    key = {
+        "argv": argv[:threads_at] + argv[threads_at + 2 :],
+        "card_options": card.options,
+        "roi_sha256": sha256_file(roi_path),
+    }
     if study.reuse and stamp.is_file() and (out / "model.onnx").is_file() and (out / "scoring.yaml").is_file():
         done = json.loads(stamp.read_text(encoding="utf-8"))
         if done.get("key") == key:

@@ -559,9 +559,8 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Job]:
         counts=Counts(train_n, val, good, per_type),
         work=args.work,
         roi_dir=args.roi_dir,
-        device=args.device
-        if args.fit_rois or args.render_only or args.report_only
-        else train.resolve_device(args.device),
+        # --report-only resolves it too: the device is part of the results' tag (auto ≠ the cpu it trained on)
+        device=args.device if args.fit_rois or args.render_only else train.resolve_device(args.device),
         workers=args.workers,
         threads=args.threads,
         epochs=args.epochs,
