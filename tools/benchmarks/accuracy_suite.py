@@ -273,6 +273,14 @@ def _mean(rows: Sequence[dict[str, Any]], mode: str, key: str) -> float:
     return float(np.mean([r[mode][key] if mode in r else np.nan for r in rows]))
 
 
+def _passed_cell(rows: Sequence[dict[str, Any]], mode: str) -> str:
+    """Cell "passed/defects (flagged/good)" of ``mode`` at the fitted threshold, summed over ``rows``."""
+    passed = sum(int(x[mode]["misses"]) for x in rows)
+    total = sum(int(x[mode]["n_defect"]) for x in rows)
+    alarms = sum(int(x[mode]["false_alarms"]) for x in rows)
+    return f"{passed}/{total} ({alarms}/{sum(int(x[mode]['n_good']) for x in rows)})"
+
+
 def _type_cell(rows: Sequence[dict[str, Any]], kind: str) -> str:
     fg = np.mean([x["foreground"]["per_type"][kind] for x in rows])
     if any("full" not in x for x in rows):
@@ -294,10 +302,7 @@ def family_sections(family: str, rows: Sequence[dict[str, Any]]) -> list[BenchSe
             if any(mode not in x for x in pick):
                 cells.append("–")
                 continue
-            passed = sum(int(x[mode]["misses"]) for x in pick)
-            total = sum(int(x[mode]["n_defect"]) for x in pick)
-            alarms = sum(int(x[mode]["false_alarms"]) for x in pick)
-            cells.append(f"{passed}/{total} ({alarms}/{sum(int(x[mode]['n_good']) for x in pick)})")
+            cells.append(_passed_cell(pick, mode))
         cells.append(f"{max(float(x['foreground']['ort_p99_ms']) for x in pick):.0f}")
         table.append(cells)
     per_type = []
@@ -387,10 +392,7 @@ def image_sections(
         cells.append(
             f"{np.mean([i['mean'] for i in iou]):.3f} (min {min(i['min'] for i in iou):.3f})" if all(iou) else "–"
         )
-        passed = sum(int(x["image"]["misses"]) for x in pick)
-        total = sum(int(x["image"]["n_defect"]) for x in pick)
-        alarms = sum(int(x["image"]["false_alarms"]) for x in pick)
-        cells.append(f"{passed}/{total} ({alarms}/{sum(int(x['image']['n_good']) for x in pick)})")
+        cells.append(_passed_cell(pick, "image"))
         cells.append(f"{max(float(x['image']['ort_p99_ms']) for x in pick):.0f}")
         table.append(cells)
         per_type.append([name] + [f"{np.mean([x['image']['per_type'][k] for x in pick]):.3f}" for k in kinds])
