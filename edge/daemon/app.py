@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal
 
+import cv2
 import numpy as np
 from prometheus_client import Gauge
 from pydantic import TypeAdapter
@@ -530,6 +531,8 @@ class EdgeApp:
                 self._on_frame_event(payload)
             elif kind == "done":
                 self._done = True
+            elif kind == "evidence_warmup":
+                self._warm_evidence(payload["pid"], extra)
             elif kind == "ready":
                 if self.rollout is not None and not self._inference_ready:  # scoring with its bundle now
                     self.rollout.started(self.bundle.rolled_back)
@@ -544,6 +547,19 @@ class EdgeApp:
                 for name, r in runtimes.items():
                     if r.get("fallback"):
                         log.error("event=runtime_fallback model=%s reason=%r", name, r["fallback"])
+
+    def _warm_evidence(self, pid: int, evidence: Evidence) -> None:
+        """Encode the inference child's blank-frame evidence as a save would (nothing written), before the first
+        frame: the first evidence's one-time allocations happen at start-up, not on the first NG part."""
+        if self.evidence is None:  # evidence unavailable (alarm raised at start): nothing to warm
+            return
+        t0 = time.perf_counter()
+        try:
+            size = self.evidence.warm(evidence)
+        except (ValueError, cv2.error) as err:  # best effort, like every evidence write: verdicts do not wait on it
+            log.warning("event=evidence_warmup_failed pid=%d error=%r", pid, str(err))
+            return
+        log.info("event=evidence_warmed pid=%d bytes=%d ms=%.1f", pid, size, (time.perf_counter() - t0) * 1e3)
 
     def _account(self, sequence: int, gap: int) -> None:
         self._next_sequence = max(self._next_sequence, sequence + 1)

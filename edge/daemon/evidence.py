@@ -66,6 +66,15 @@ def _encode_png(image: npt.NDArray[Any], *, rgb: bool) -> bytes:
     return buf.tobytes()
 
 
+def _pictures(evidence: Evidence) -> dict[str, bytes]:
+    """The evidence folder's PNG files, encoded (what :meth:`EvidenceStore.save` writes and ``warm`` rehearses)."""
+    return {
+        "color.png": _encode_png(evidence.color, rgb=True),
+        "depth.png": _encode_png(evidence.depth, rgb=False),
+        "overlay.png": _encode_png(evidence.overlay, rgb=True),
+    }
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.ndarray | np.generic):
         return value.tolist()
@@ -139,9 +148,7 @@ class EvidenceStore:
             return None
         try:
             files = {
-                "color.png": _encode_png(evidence.color, rgb=True),
-                "depth.png": _encode_png(evidence.depth, rgb=False),
-                "overlay.png": _encode_png(evidence.overlay, rgb=True),
+                **_pictures(evidence),
                 "record.json": json.dumps(
                     {**record.to_json_dict(), "extra": evidence.extra}, indent=1, default=_json_default
                 ).encode(),
@@ -160,6 +167,16 @@ class EvidenceStore:
             return None
         self._make_room(size, ok)
         return self._write(record, files, size)
+
+    def warm(self, evidence: Evidence) -> int:
+        """Encode ``evidence``'s pictures as :meth:`save` does, write nothing; returns the bytes encoded.
+
+        The daemon calls it once per inference start with the evidence of a blank frame (before the first frame is
+        taken), so that the one-time costs of the first evidence — OpenCV's code pages and worker thread, the PNG
+        encoder's buffers, the allocator's first large blocks — are paid at start-up and not on the first NG part
+        (docs/daemon.md, "Memory over 10 minutes"). Raises what the encoder raises (``ValueError``, ``cv2.error``).
+        """
+        return sum(len(b) for b in _pictures(evidence).values())
 
     def _wanted(self, record: VerdictRecord) -> bool:
         if record.verdict == "NG":

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from calibration.roi import RoiFile, load_roi
 from edge.core.errors import EdgeError
@@ -309,13 +310,27 @@ class InferenceLoop:
         scorer = list(self.models.inspectors.values())[worst].scorer
         norm = scorer.scoring.normalisation
         vmax = norm.mean + scorer.scoring.threshold.value * norm.std  # the raw score at the NG threshold
-        overlay = render_overlay(ins.crop.color, ins.anomaly_map, vmax)
-        return Evidence(
-            color=self._color.copy(),
-            depth=self._depth.copy(),
-            overlay=overlay,
-            extra={"model": record.scores[worst].model},
-        )
+        return self._pictures(ins.crop.color, ins.anomaly_map, vmax, record.scores[worst].model)
+
+    def _pictures(
+        self, crop_color: npt.NDArray[np.uint8], anomaly_map: npt.NDArray[np.float32], vmax: float, model: str
+    ) -> Evidence:
+        """The last scored frame's pixels (copied: the outbox thread pickles them later) and the model's overlay."""
+        overlay = render_overlay(crop_color, anomaly_map, vmax)
+        return Evidence(color=self._color.copy(), depth=self._depth.copy(), overlay=overlay, extra={"model": model})
+
+    def warm_evidence(self) -> Evidence:
+        """Evidence of a blank frame, built exactly as for a verdict, before the first frame is taken.
+
+        Sent to the daemon (``evidence_warmup``), which encodes it as it would save it: the first evidence allocates
+        what every later one reuses (OpenCV's colormap code and worker thread, the pixel copies and their pickling
+        in the outbox thread, the allocator's first large blocks). Paid here, with the models' warm-up, it is not
+        paid on the first NG part and does not show as growth over a run (docs/daemon.md, "Memory over 10
+        minutes").
+        """
+        name, inspector = next(iter(self.models.inspectors.items()))
+        crop = inspector.cropper.out.color  # the cropper's own buffer: blank until the first frame
+        return self._pictures(crop, np.zeros(crop.shape[:2], dtype=np.float32), 1.0, name)
 
 
 def inference_main(  # noqa: PLR0917  (spawn passes a process's arguments by position)
@@ -351,6 +366,7 @@ def _serve(
         loop = InferenceLoop(config, ring.reader(), ring.spec, results, next_sequence)
         register_ring(loop.models, ring)
         loop.ring = ring
+        results.put(("evidence_warmup", {"pid": os.getpid()}, loop.warm_evidence()))  # before ready: capture waits
         ready = {"pid": os.getpid(), "models": loop.models.model_versions, "runtimes": loop.models.runtimes()}
         results.put(("ready", ready, None))
         try:
