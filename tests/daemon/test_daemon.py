@@ -307,8 +307,9 @@ def test_latest_ring_under_backlog_drops_oldest_and_records_gaps(make_config: Ca
 
 def test_capture_opens_its_source_only_once_inference_is_ready(make_config: Callable[..., Path]) -> None:
     """A recording paced like a camera into a ``latest`` ring: capture opens its source only after the inference
-    process has loaded and warmed up its model, so no frame is overwritten while the model loads — the first verdict
-    is frame 0 with nothing missing before it (before, the frames published during start-up were counted dropped)."""
+    process has loaded and warmed up its model and its evidence path, so no frame is overwritten while the model
+    loads — the first verdict is frame 0 with nothing missing before it (before, the frames published during start-up
+    were counted dropped)."""
     base = yaml.safe_load(make_config().read_text(encoding="utf-8"))
     config = make_config(source={**base["source"], "rate_fps": 30.0}, ring={"slots": 2, "policy": "latest"},
                          gating={"min_roi_fill": 0.0, "mode": "per_frame"})  # fmt: skip
@@ -320,6 +321,11 @@ def test_capture_opens_its_source_only_once_inference_is_ready(make_config: Call
 
     # one process logs after the other has acted on its message: the order of the lines is the order of the events
     assert first(r"event=model_runtime .*warmup_ms=") < first("event=inference_ready") < first("event=capture_open")
+    # the evidence path is warmed with the models (a blank frame's evidence rendered, then encoded by main), before
+    # the first frame: its one-time allocations are not paid on the first NG part (docs/daemon.md, memory)
+    warmed = [m for line in d.lines if (m := re.search(r"event=evidence_warmed pid=\d+ bytes=(\d+)", line))]
+    assert len(warmed) == 1 and int(warmed[0].group(1)) > 0, "the evidence path was not warmed at start-up"
+    assert first("event=evidence_warmed") < first("event=inference_ready")
     with sqlite3.connect(_db(config)) as conn:
         rows = conn.execute("SELECT sequence, gap_before FROM verdicts ORDER BY sequence LIMIT 1").fetchall()
     assert rows == [(0, 0)], "the first frame published is the first frame scored"

@@ -72,6 +72,18 @@ def test_folder_content_round_trips(tmp_path: Path) -> None:
     assert again is not None and again != folder and (folder / "color.png").exists()
 
 
+def test_warm_encodes_the_pictures_a_save_writes_and_writes_nothing(tmp_path: Path) -> None:
+    """The start-up warm-up encodes the same three PNGs a save writes (byte for byte the same sizes), and leaves the
+    evidence folder, its usage and its counts untouched."""
+    ev = evidence(64)
+    store = EvidenceStore(tmp_path / "ev", quota_bytes=10_000_000)
+    encoded = store.warm(ev)
+    assert list((tmp_path / "ev").iterdir()) == [] and store.saved == 0 and store.usage_bytes == 0
+    folder = store.save(record(1), ev)
+    assert folder is not None
+    assert encoded == sum((folder / n).stat().st_size for n in ("color.png", "depth.png", "overlay.png")) > 0
+
+
 def test_ok_sampling(tmp_path: Path) -> None:
     never = EvidenceStore(tmp_path / "a", quota_bytes=10_000_000)
     assert [never.save(record(i, "OK"), evidence()) for i in range(5)] == [None] * 5
