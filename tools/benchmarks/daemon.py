@@ -78,6 +78,8 @@ class Run:
     log: str
     rss: dict[str, list[float]] = field(default_factory=dict)
     stopped: bool = False  # SIGTERM after its duration, before the recording ended
+    trace: list[tuple[float, str, int, dict[str, float], int]] = field(default_factory=list)  # ``trace=True``:
+    # (seconds since start, role, pid, _status, evidence folders written so far) per process per sample
 
     def counters(self) -> dict[str, int]:
         with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True) as conn:
@@ -176,7 +178,7 @@ def prepare(work: Path, frames: int, train_frames: int, epochs: int, families: l
 
 
 def _config(path: Path, data: Path, *, source: dict[str, Any], roi: Path, models: Mapping[str, Path],
-            policy: str, slots: int) -> Path:  # fmt: skip
+            policy: str, slots: int, sample_ok_every: int = 0) -> Path:  # fmt: skip
     config = {
         "schema_version": 1,
         "source": source,
@@ -187,7 +189,7 @@ def _config(path: Path, data: Path, *, source: dict[str, Any], roi: Path, models
         "runtime": {"backend": "onnxruntime", "device": "cpu", "threads": THREADS},
         "latency_budget_ms": 200,
         "gating": {"min_roi_fill": 0.2, "mode": "per_frame"},
-        "storage": {"data_dir": str(data), "evidence_quota_mb": 50, "sample_ok_every": 0},
+        "storage": {"data_dir": str(data), "evidence_quota_mb": 50, "sample_ok_every": sample_ok_every},
         "metrics": {"enabled": False},
         "ring": {"slots": slots, "policy": policy},
     }
@@ -195,15 +197,20 @@ def _config(path: Path, data: Path, *, source: dict[str, Any], roi: Path, models
     return path
 
 
-def _rss_mb(pid: int) -> float | None:
-    """Resident memory of a process (VmRSS, MB), or None once it is gone."""
+STATUS_KEYS = ("VmRSS", "RssAnon", "RssFile", "Threads")
+
+
+def _status(pid: int) -> dict[str, float] | None:
+    """VmRSS, RssAnon, RssFile (MB) and Threads of a process from /proc/<pid>/status, or None once it is gone."""
+    found: dict[str, float] = {}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+            key, _, value = line.partition(":")
+            if key in STATUS_KEYS:
+                found[key] = int(value.split()[0]) / (1 if key == "Threads" else 1024)
     except OSError:
         return None
-    return None
+    return found if "VmRSS" in found else None
 
 
 def _children(pid: int) -> list[int]:
@@ -226,12 +233,13 @@ def _daemon_pids(main: int) -> list[int]:
 
 
 def run_daemon(work: Path, label: str, source: dict[str, Any], roi: Path, models: Mapping[str, Path], *,
-               policy: str, slots: int = 8, duration_s: float | None = None, sample_s: float = 0.5) -> Run:  # fmt: skip
-    """One edge-daemon process; RSS of its processes sampled every ``sample_s``; SIGTERM after ``duration_s``."""
+               policy: str, slots: int = 8, duration_s: float | None = None, sample_s: float = 0.5,
+               sample_ok_every: int = 0, trace: bool = False) -> Run:  # fmt: skip
+    """One edge-daemon process; RSS of its processes sampled every ``sample_s``; SIGTERM after ``duration_s``;
+    ``trace``: every sample's /proc status and the evidence folders written so far kept in ``Run.trace``."""
     data = work / f"run-{label}"
-    config = _config(
-        work / f"edge-{label}.yaml", data, source=source, roi=roi, models=models, policy=policy, slots=slots
-    )
+    config = _config(work / f"edge-{label}.yaml", data, source=source, roi=roi, models=models, policy=policy,
+                     slots=slots, sample_ok_every=sample_ok_every)  # fmt: skip
     argv = [sys.executable, "-m", "edge.daemon.main", "--config", str(config)]
     lines: list[str] = []
     t0 = time.monotonic()
@@ -240,6 +248,7 @@ def run_daemon(work: Path, label: str, source: dict[str, Any], roi: Path, models
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
     reader.start()
     samples: dict[int, list[tuple[bool, float]]] = {}  # pid → (models loaded?, MB)
+    traced: list[tuple[float, int, dict[str, float], int]] = []
     inference_pid: int | None = None
     stopped = False
     try:
@@ -248,9 +257,12 @@ def run_daemon(work: Path, label: str, source: dict[str, Any], roi: Path, models
                 m = next((re.search(r"event=inference_ready pid=(\d+)", ln) for ln in lines if "inference_ready" in ln),
                          None)  # fmt: skip
                 inference_pid = int(m.group(1)) if m else None
+            evidence = len(list((data / "evidence").glob("*/*"))) if trace else 0
             for pid in _daemon_pids(proc.pid):
-                if (mb := _rss_mb(pid)) is not None:
-                    samples.setdefault(pid, []).append((inference_pid is not None, mb))
+                if (status := _status(pid)) is not None:
+                    samples.setdefault(pid, []).append((inference_pid is not None, status["VmRSS"]))
+                    if trace:
+                        traced.append((time.monotonic() - t0, pid, status, evidence))
             if duration_s is not None and time.monotonic() - t0 > duration_s:
                 proc.terminate()
                 stopped = True
@@ -266,7 +278,9 @@ def run_daemon(work: Path, label: str, source: dict[str, Any], roi: Path, models
     for pid, taken in samples.items():  # main and inference once the models are loaded; capture from its start
         role = "main" if pid == proc.pid else "inference" if pid == inference_pid else "capture"
         rss.setdefault(role, []).extend(mb for loaded, mb in taken if loaded or role == "capture")
-    run = Run(label, rc, time.monotonic() - t0, data / "results.db", "".join(lines), rss, stopped)
+    roles = {proc.pid: "main", inference_pid: "inference"}
+    run = Run(label, rc, time.monotonic() - t0, data / "results.db", "".join(lines), rss, stopped,
+              [(t, roles.get(pid, "capture"), pid, status, ev) for t, pid, status, ev in traced])  # fmt: skip
     if rc != 0:
         raise EdgeError(f"edge-daemon ({label}) exited {rc}: {' | '.join(run.log.splitlines()[-4:])}",
                         f"run it by hand: {' '.join(argv[1:])}")  # fmt: skip
@@ -498,8 +512,37 @@ def long_only(out: Path = Path("docs/benchmarks.md")) -> None:
     write_page(out, "python -m tools.benchmarks.daemon --long-only", [section], merge=True)
 
 
+def evidence_probe(seconds: float, ok_every: int = 300) -> None:
+    """Diagnostic, not a benchmark section: the long run's daemon for ``seconds`` with every ``ok_every``-th OK
+    verdict's evidence kept too (so that evidence comes within the run), each process's VmRSS / RssAnon / RssFile /
+    Threads every second; prints a line per process whenever its RSS moved by 0.1 MB or an evidence folder was
+    written (docs/daemon.md, "Memory over 10 minutes")."""
+    source: dict[str, Any] = {"type": "synthetic", "seed": SEED, "clutter": "high", "frames_per_part": 4,
+                              "gap_frames": 0, "defect_rate": 0.3, "fps": LINE_RATE, "realtime": True}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="bench-daemon-probe-") as d:
+        work = Path(d)
+        prep = prepare(work, 8, 48, 1, families=["ast"])
+        run = run_daemon(work, "probe", source, prep.roi, {"ast-edge-int8": prep.models["ast"]["int8"]},
+                         policy="latest", slots=4, duration_s=seconds, sample_s=1.0, sample_ok_every=ok_every,
+                         trace=True)  # fmt: skip
+        f = figures(run, None)
+    print(f"{f.scored} verdicts in {run.wall_s:.0f} s; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    print("s\tprocess\tpid\tRSS MB\tanon MB\tfile MB\tthreads\tevidence")
+    last: dict[int, tuple[float, int]] = {}
+    for t, role, pid, st, evidence in run.trace:
+        before = last.get(pid)
+        if before is None or abs(st["VmRSS"] - before[0]) >= 0.1 or evidence != before[1]:
+            print(
+                f"{t:.0f}\t{role}\t{pid}\t{st['VmRSS']:.1f}\t{st.get('RssAnon', 0):.1f}\t{st.get('RssFile', 0):.1f}\t"
+                f"{st.get('Threads', 0):.0f}\t{evidence}"
+            )
+            last[pid] = (st["VmRSS"], evidence)
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["--long-only"]:
         long_only()
+    elif sys.argv[1:2] == ["--evidence-probe"]:
+        evidence_probe(float(sys.argv[2]))
     else:
         print(run(quick=True).to_markdown())
