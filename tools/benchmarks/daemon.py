@@ -330,6 +330,7 @@ def long_run(work: Path, roi: Path, model: Path, seconds: float) -> tuple[list[l
     run = run_daemon(work, "long", source, roi, {"ast-edge-int8": model}, policy="latest", slots=4,
                      duration_s=seconds, sample_s=5.0)  # fmt: skip
     f = figures(run, None)
+    counts = run.counters()
     rows, targets = [], {}
     start_index = max(1, int(60 / 5.0))  # the sample one minute in (after warm-up)
     total_growth = 0.0
@@ -351,7 +352,8 @@ def long_run(work: Path, roi: Path, model: Path, seconds: float) -> tuple[list[l
     note = (
         f"long run: synthetic line realtime at {LINE_RATE:g} frames/s (rendering in the capture process), AST edge "
         f"int8, latest ring; {run.wall_s:.0f} s, {f.scored} verdicts at {f.fps:.1f} frames/s, "
-        f"{f.dropped} dropped (counted), {f.unaccounted} unaccounted; total growth {total_growth:+.1f} MB; RSS (MB) "
+        f"{f.dropped} dropped (counted), {f.unaccounted} unaccounted, {counts['ng']} NG with "
+        f"{counts['evidence_saved']} evidence folders written; total growth {total_growth:+.1f} MB; RSS (MB) "
         f"every minute from the first: {per_minute}"
     )
     return rows, targets, note
