@@ -12,9 +12,13 @@ Tuning vs held-out (the guide: never judge accuracy on the data settings were ch
 presets at seed 1, the only data looked at while choosing settings; ``--split heldout`` is the same presets at seed 2
 (other parts, poses, defects, clutter and noise), run once with the chosen settings and reported apart.
 
+``--precision fp32,uint8,int8`` also quantises each trained model with ``edge-quantize`` (``--activations uint8``,
+``int8``; reused when done before) and scores every engine beside fp32 in the same run, results saved per
+precision beside the fp32 ones, and a table of AUROC Δ and speed-up added to the page.
+
 ``python -m tools.benchmarks.accuracy --suite [--models ast] [--split tuning|heldout] [--device cuda] [--workers N]
-[--roi-dir DIR]``; ``--fit-rois DIR`` only fits and writes the ROIs (on a machine with open3d, for a GPU machine
-without it).
+[--roi-dir DIR] [--precision fp32,uint8,int8]``; ``--fit-rois DIR`` only fits and writes the ROIs (on a machine
+with open3d, for a GPU machine without it).
 """
 
 from __future__ import annotations

@@ -187,6 +187,9 @@ def ast_rows(study: accuracy.Study, reps: int, work: Path) -> tuple[list[list[st
         + ", ".join(f"{k} {v:.0f} s" for k, v in quant_s.items())
         + " including the scoring refit and the test evaluation.",
         "targets are judged on the default forms (int8, uint8); the other rows are variants tried.",
+        "the same two default forms on the accuracy suite (AST edge of every station preset, both crop modes, "
+        "python -m tools.benchmarks.accuracy --suite --precision fp32,uint8,int8): docs/accuracy.md, 'Quantised "
+        "engines' (block accuracy:int8).",
         "score rel Δ: median over the test samples of |raw score − fp32 raw score| / |fp32 raw score|.",
     ]
     notes += [f"ONNX Runtime profile, AST edge {k} (share of kernel time, 10 runs, 1 thread): "
