@@ -85,6 +85,16 @@ class QuantizeSettings(EdgeModel):
         "included), which TensorRT refuses",
     )
 
+    def resolved(self, family: str) -> QuantizeSettings:
+        """These settings with ``keep_first`` and ``keep_nodes`` filled in from the family's measured defaults
+        (``KEEP_FIRST``, ``KEEP_NODES``) where they are None: what a quantisation of that family really does."""
+        return self.model_copy(
+            update={
+                "keep_first": KEEP_FIRST.get(family, 0) if self.keep_first is None else self.keep_first,
+                "keep_nodes": KEEP_NODES.get(family, ()) if self.keep_nodes is None else self.keep_nodes,
+            }
+        )
+
     def to_record(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.model_dump(exclude={"type"}).items()}
 
@@ -170,8 +180,8 @@ def quantize_onnx(
         "entropy": CalibrationMethod.Entropy,
     }[settings.calibrate_method]
     signed = settings.activations == "int8"
-    keep_first = KEEP_FIRST.get(card.family, 0) if settings.keep_first is None else settings.keep_first
-    patterns = KEEP_NODES.get(card.family, ()) if settings.keep_nodes is None else settings.keep_nodes
+    resolved = settings.resolved(card.family)
+    keep_first, patterns = resolved.keep_first or 0, resolved.keep_nodes or ()
     quantisable = [n.name for n in onnx.load(str(fp32_onnx)).graph.node if n.op_type in settings.op_types]
     kept = quantisable[:keep_first] + [
         name for name in quantisable[keep_first:] if any(re.search(p, name) for p in patterns)

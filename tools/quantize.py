@@ -70,6 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def settings_from_args(args: argparse.Namespace) -> QuantizeSettings:
+    """The quantisation settings a parsed command line asks for (the family defaults not yet resolved)."""
+    return QuantizeSettings(
+        frames=args.frames, seed=args.seed, per_channel=not args.per_tensor, reduce_range=args.reduce_range,
+        op_types=tuple(t.strip() for t in args.op_types.split(",") if t.strip()),
+        calibrate_method=args.calibrate_method, activations=args.activations, keep_first=args.keep_first,
+        keep_nodes=None if args.keep_nodes is None else tuple(args.keep_nodes),
+    )  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> dict[str, float]:
     """The whole run; returns the metrics it printed."""
     fp32_onnx, fp32_scoring_path = args.model_dir / ONNX_FILE, args.model_dir / SCORING_FILE
@@ -81,12 +91,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     fp32_scoring = load_scoring(fp32_scoring_path)
     fp32_scoring.check_artefact(fp32_onnx)
     card = card_from_onnx(fp32_onnx)
-    settings = QuantizeSettings(
-        frames=args.frames, seed=args.seed, per_channel=not args.per_tensor, reduce_range=args.reduce_range,
-        op_types=tuple(t.strip() for t in args.op_types.split(",") if t.strip()),
-        calibrate_method=args.calibrate_method, activations=args.activations, keep_first=args.keep_first,
-        keep_nodes=None if args.keep_nodes is None else tuple(args.keep_nodes),
-    )  # fmt: skip
+    settings = settings_from_args(args)
     roi = load_roi(args.roi)
     if card.roi_version and card.roi_version != roi.version:
         raise QuantizeError(

@@ -15,10 +15,22 @@ from edge.core.frame import DEFECT_TYPES
 from engines import _registry
 from engines._registry import register_family, suite_families
 from engines.export import card_from_onnx
-from tests.engines._toy import TOY_FAMILY
+from engines.quantize import quantization_record
+from tests.engines._toy import TOY_FAMILY, make_mvtec
+from tools import train
 from tools.benchmarks import accuracy
 from tools.benchmarks.accuracy import main as accuracy_main
-from tools.benchmarks.accuracy_suite import Counts, family_sections, frame_plan, image_sections, parse, render_station
+from tools.benchmarks.accuracy_suite import (
+    Counts,
+    family_sections,
+    frame_plan,
+    image_sections,
+    parse,
+    precision_sections,
+    render_station,
+    report,
+    result_path,
+)
 
 
 def test_every_defect_type_is_forced_and_the_defaults_are_the_issue_counts() -> None:
@@ -221,3 +233,109 @@ def test_the_suite_trains_baad_on_the_whole_frame_and_reports_its_mask_iou(
     assert "baad tiny: the whole frame (crop mode image, no ROI at inference)" in text
     assert "rail seed 1: whole-frame image AUROC within 0.02 of the best ROI model (toy Foreground-Only" in text
     assert "rail seed 1: mean mask IoU vs the calibrated ROI ≥ 0.9" in text
+
+
+def test_quantised_engines_are_asked_for_with_precision_and_fp32_stays_the_default() -> None:
+    _, job = parse(["--device", "cpu"])
+    assert job.precisions == ("fp32",)
+    _, both = parse(["--device", "cpu", "--precision", "int8,fp32,uint8"])
+    assert both.precisions == ("fp32", "uint8", "int8")  # fp32 first: the reference scored before the others
+    assert both.tag("ast") == job.tag("ast")  # the engines scored are not a training setting: same models reused
+
+
+@pytest.mark.parametrize("value", ["uint8", "fp32,fp16", "fp32,int8,int8", ""])
+def test_a_precision_list_without_fp32_or_with_an_unknown_form_fails_with_one_line(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert accuracy_main(["--suite", "--device", "cpu", "--precision", value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--precision" in err[0] and "fp32,uint8,int8" in err[0], err
+
+
+def _quantised(row: dict[str, Any], precision: str, auroc: float, ms: float, fp32_ms: float) -> dict[str, Any]:
+    """``row`` (an fp32 result) as the saved result of a quantised engine scored beside an fp32 run at ``fp32_ms``."""
+    out: dict[str, Any] = row | {"precision": precision}
+    for mode in ("full", "foreground"):
+        reference = {"image_auroc": row[mode]["image_auroc"], "ort_ms": fp32_ms, "ort_p99_ms": 2 * fp32_ms}
+        out[mode] = row[mode] | {"image_auroc": auroc, "ort_ms": ms, "ort_p99_ms": 2 * ms, "fp32": reference}
+    return out
+
+
+def test_quantised_results_are_compared_with_the_fp32_of_their_own_run() -> None:
+    fp32 = [_row("a", 0.90, 0.80, 0.9, 30.0), _row("b", 0.80, 0.70, 0.9, 30.0)]
+    # b's fp32 file was rescored later at 40 ms: the speed-up is over the 20 ms fp32 of the quantised run
+    quantized = {
+        "uint8": [_quantised(fp32[0], "uint8", 0.902, 10.0, 20.0), _quantised(fp32[1], "uint8", 0.790, 10.0, 20.0)],
+        "int8": [_quantised(fp32[0], "int8", 0.899, 16.0, 20.0)],  # not run at b yet
+    }
+    full, fg = precision_sections("ast", fp32, quantized)
+    assert "(full)" in full.title and "(foreground)" in fg.title
+    assert fg.headers[:6] == [
+        "station",
+        "fp32 image AUROC",
+        "uint8 image AUROC",
+        "uint8 Δ",
+        "int8 image AUROC",
+        "int8 Δ",
+    ]
+    assert fg.rows[0][:6] == ["a (seed 1)", "0.900", "0.902", "+0.0020", "0.899", "-0.0010"]
+    assert fg.rows[0][6:] == ["20.0 / 30.0", "10.0 / 20.0", "2.00×", "16.0 / 32.0", "1.25×"]
+    assert fg.rows[1][4:6] == ["–", "–"] and fg.rows[1][-2:] == ["–", "–"]
+    assert fg.rows[-1][:4] == ["**mean**", "0.850", "0.846", "-0.0040"] and fg.rows[-1][7:9] == ["10.0 / 20.0", "2.00×"]
+
+    def met(start: str) -> bool:
+        (value,) = [v for k, v in fg.targets.items() if k.startswith(start)]
+        return value
+
+    assert met("a seed 1 foreground: uint8 image AUROC within 0.005 of fp32")
+    assert not met("b seed 1 foreground: uint8 image AUROC within 0.005 of fp32")  # −0.010
+    assert met("foreground: uint8 model call ≥ 1.8× fp32") and not met("foreground: int8 model call ≥ 1.8× fp32")
+
+
+def test_a_quantised_result_is_saved_beside_the_fp32_one_and_reported_only_when_asked_for(tmp_path: Path) -> None:
+    argv = ["--device", "cpu", "--stations", "rail,roller-standing", "--models", "ast", "--work", str(tmp_path)]
+    _, fp32_job = parse(argv)
+    _, job = parse([*argv, "--precision", "fp32,int8"])
+    fp32_path, int8_path = result_path(job, "rail", "ast"), result_path(job, "rail", "ast", "int8")
+    assert fp32_path == result_path(fp32_job, "rail", "ast")  # the fp32 key is the one of a run without --precision
+    assert int8_path.parent == fp32_path.parent and int8_path.name == fp32_path.name.replace(".json", "-int8.json")
+    assert result_path(job, "rail", "ast", "uint8") != int8_path
+    row = _row("rail", 0.90, 0.80, 0.9, 30.0)
+    fp32_path.parent.mkdir(parents=True)
+    fp32_path.write_text(json.dumps(row), encoding="utf-8")
+    int8_path.write_text(json.dumps(_quantised(row, "int8", 0.85, 10.0, 20.0)), encoding="utf-8")
+    text, met = report(job, "cmd", 1.0)
+    assert "ast edge (foreground): fp32 vs edge-quantize's int8 engines per station" in text
+    assert "| rail (seed 1) | 0.900 | 0.850 | -0.0500 |" in text and not met
+    assert "not run yet for ast: roller-standing" in text
+    plain, _ = report(fp32_job, "cmd", 1.0)  # an fp32-only run reports no quantised table, even when saved
+    assert "edge-quantize" not in plain and "| rail (seed 1) |" in plain
+
+
+@pytest.mark.slow
+def test_a_quantised_folder_is_reused_only_when_its_command_settings_model_and_roi_are_the_same(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """edge-quantize of a 1-epoch toy, through the suite's helper: kept on the same key, redone on another."""
+    register_family(TOY_FAMILY, replace=True)
+    root, roi, _ = make_mvtec(tmp_path, n=8)
+    fp32 = tmp_path / "fp32"
+    argv = ["--model", "toy", "--preset", "tiny", "--data", str(root), "--roi", str(roi), "--out", str(fp32)]
+    assert train.main([*argv, "--epochs", "1", "--batch-size", "4", "--seed", "0"]) == 0
+    out = tmp_path / "toy-foreground-uint8"
+    extra = ["--activations", "uint8", "--frames", "2"]
+    accuracy.edge_quantize(fp32, root, roi, out, extra, reuse=True)
+    onnx = out / "model.onnx"
+    stamp = onnx.stat().st_mtime_ns
+    assert card_from_onnx(onnx).precision == "int8" and (out / "scoring.yaml").is_file()
+    capsys.readouterr()
+    accuracy.edge_quantize(fp32, root, roi, out, extra, reuse=True)
+    assert "accuracy: reusing" in capsys.readouterr().out and onnx.stat().st_mtime_ns == stamp
+    accuracy.edge_quantize(fp32, root, roi, out, ["--activations", "int8", "--frames", "2"], reuse=True)
+    assert "accuracy: reusing" not in capsys.readouterr().out  # another form: quantised afresh
+    assert quantization_record(onnx)["activations"] == "int8 symmetric"  # type: ignore[index]
+    key = json.loads((out / "edge-quantize.json").read_text(encoding="utf-8"))["key"]
+    assert key["settings"]["keep_first"] == 0 and key["settings"]["activations"] == "int8"  # resolved defaults
+    (fp32 / "model.onnx").write_bytes((fp32 / "model.onnx").read_bytes())  # the same bytes: still reused
+    accuracy.edge_quantize(fp32, root, roi, out, ["--activations", "int8", "--frames", "2"], reuse=True)
+    assert "accuracy: reusing" in capsys.readouterr().out

@@ -44,7 +44,7 @@ from engines.datasets import MvtecFolder, open_dataset
 from engines.export import card_from_onnx
 from engines.metrics import AnomalyMetrics, evaluate, image_auroc, per_type_auroc
 from engines.runtime.select import RunnerPlan, RuntimeConfig
-from tools import train
+from tools import quantize, train
 from tools.benchmarks.report import BenchSection, machine_block
 
 MODES = ("full", "foreground")
@@ -235,6 +235,37 @@ def edge_train(
 
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def edge_quantize(model_dir: Path, data: Path, roi_path: Path, out: Path, extra: list[str], *, reuse: bool) -> float:
+    """One ``edge-quantize`` run (calibration on good training crops, Q/DQ ONNX, scoring refit) of the ``edge-train``
+    folder ``model_dir`` into ``out`` with the extra arguments ``extra`` (e.g. ``--activations uint8``); returns its
+    wall time. With ``reuse``, a folder quantised by the same command line, with the same resolved settings (the
+    family's measured defaults filled in), from the same fp32 ONNX and ROI bytes is kept as it is."""
+    argv = ["--model-dir", str(model_dir), "--data", str(data), "--roi", str(roi_path), "--out", str(out), *extra]
+    fp32_onnx = model_dir / quantize.ONNX_FILE
+    settings = quantize.settings_from_args(quantize.build_parser().parse_args(argv))
+    key = {
+        "argv": argv,
+        "settings": settings.resolved(card_from_onnx(fp32_onnx).family).to_record(),
+        "onnx_sha256": sha256_file(fp32_onnx),
+        "roi_sha256": sha256_file(roi_path),
+    }
+    stamp = out / "edge-quantize.json"
+    done_files = all((out / f).is_file() for f in (quantize.ONNX_FILE, quantize.SCORING_FILE, stamp.name))
+    if reuse and done_files:
+        done = json.loads(stamp.read_text(encoding="utf-8"))
+        if done.get("key") == key:
+            print(f"accuracy: reusing {out} (quantised by the same edge-quantize command from the same model)")
+            return float(done["wall_s"])
+    if reuse and out.exists():  # quantised otherwise: start it afresh
+        shutil.rmtree(out)
+    t0 = time.perf_counter_ns()
+    if quantize.main(argv) != 0:
+        raise EdgeError(f"edge-quantize {' '.join(argv)} failed", "read its message above")
+    wall_s = (time.perf_counter_ns() - t0) / 1e9
+    stamp.write_text(json.dumps({"key": key, "wall_s": wall_s}, indent=1) + "\n", encoding="utf-8")
+    return wall_s
 
 
 def train_models(

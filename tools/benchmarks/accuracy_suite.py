@@ -12,9 +12,13 @@ Tuning vs held-out (the guide: never judge accuracy on the data settings were ch
 presets at seed 1, the only data looked at while choosing settings; ``--split heldout`` is the same presets at seed 2
 (other parts, poses, defects, clutter and noise), run once with the chosen settings and reported apart.
 
+``--precision fp32,uint8,int8`` also quantises each trained model with ``edge-quantize`` (``--activations uint8``,
+``int8``; reused when done before) and scores every engine beside fp32 in the same run, results saved per
+precision beside the fp32 ones, and a table of AUROC Δ and speed-up added to the page.
+
 ``python -m tools.benchmarks.accuracy --suite [--models ast] [--split tuning|heldout] [--device cuda] [--workers N]
-[--roi-dir DIR]``; ``--fit-rois DIR`` only fits and writes the ROIs (on a machine with open3d, for a GPU machine
-without it).
+[--roi-dir DIR] [--precision fp32,uint8,int8]``; ``--fit-rois DIR`` only fits and writes the ROIs (on a machine
+with open3d, for a GPU machine without it).
 """
 
 from __future__ import annotations
@@ -41,7 +45,16 @@ from edge.core.errors import EdgeError
 from edge.core.frame import DEFECT_TYPES, DefectType, Frame
 from engines._registry import ROI_STUDY_MODES, list_families, suite_families, suite_modes
 from tools import calibrate, train
-from tools.benchmarks.accuracy import FULL_STUDIES, MODES, Study, score_mode, train_models, write_into_doc
+from tools.benchmarks.accuracy import (
+    FULL_STUDIES,
+    MODES,
+    ModeResult,
+    Study,
+    edge_quantize,
+    score_mode,
+    train_models,
+    write_into_doc,
+)
 from tools.benchmarks.report import BenchSection, machine_block
 
 DOC = Path("docs/accuracy.md")
@@ -51,6 +64,10 @@ TARGET_TYPE_AUROC = 0.90  # Foreground-Only image AUROC of every defect type, ev
 TARGET_P99_MS = 50.0  # the edge preset per frame in ONNX Runtime on 2 cores
 TARGET_MASK_IOU = 0.90  # a family that learns its foreground (BAAD): mean IoU vs the calibrated ROI mask, test/good
 TARGET_GAP_TO_ROI = 0.02  # ... and its whole-image AUROC within this of the best ROI model's Foreground-Only AUROC
+# The engines a run can score beside the fp32 export: edge-quantize's two activation forms (--activations)
+PRECISIONS = ("fp32", "uint8", "int8")
+TARGET_QUANT_AUROC = 0.005  # issue 18: a quantised model's image AUROC within this of fp32's, every station
+TARGET_QUANT_SPEED = 1.8  # ... and its model call ≥ this many times faster than fp32's (p50, the same run)
 # Training settings of a family the one-line study has none for (a family added later: no options); --epochs etc.
 # override.
 GENERIC = Study(seed=0, frames=0, epochs=24, batch_size=8, learning_rate=2e-4)
@@ -100,6 +117,7 @@ class Job:
     epochs: int | None
     options: tuple[str, ...]  # FAMILY:KEY=VALUE
     modes: tuple[str, ...] = MODES  # crop modes trained (a tuning variant may train foreground only)
+    precisions: tuple[str, ...] = ("fp32",)  # engines scored: fp32 first, then edge-quantize's forms asked for
 
     def modes_for(self, family: str) -> tuple[str, ...]:
         """The crop modes ``family`` is trained in: the foreground study's pair (less what ``--modes`` leaves out),
@@ -213,19 +231,54 @@ def station_roi(job: Job, station: str) -> tuple[Path, RoiFile]:
     return path, load_roi(path)
 
 
-def result_path(job: Job, station: str, family: str) -> Path:
-    return job.work / "results" / job.split / f"{station}-seed{job.seed}-{family}-{job.tag(family)}.json"
+def result_path(job: Job, station: str, family: str, precision: str = "fp32") -> Path:
+    """The saved result of (station, family) for one engine: fp32 (the edge-train export) keeps its name; a
+    quantised engine's is beside it with the precision appended."""
+    suffix = "" if precision == "fp32" else f"-{precision}"
+    return job.work / "results" / job.split / f"{station}-seed{job.seed}-{family}-{job.tag(family)}{suffix}.json"
 
 
-def run_station(job: Job, station: str, family: str, command: str) -> dict[str, Any]:
-    """Train ``family`` in its crop modes on the station and score its test split; the result is also saved."""
+def mode_record(r: ModeResult) -> dict[str, Any]:
+    """What a result file keeps of one crop mode's scoring (any engine)."""
+    record: dict[str, Any] = {
+        "image_auroc": r.metrics.image_auroc,
+        "pixel_auroc": r.metrics.pixel_auroc,
+        "au_pro": r.metrics.au_pro,
+        "f1": r.metrics.f1.f1,
+        "per_type": dict(r.metrics.per_type),
+        "false_alarms": r.false_alarms,
+        "misses": r.misses,
+        "n_good": r.n_good,
+        "n_defect": r.n_defect,
+        "fit_s": r.fit_s,
+        "ort_ms": r.ort_ms,
+        "ort_p99_ms": r.ort_p99_ms,
+        "aggregations": r.aggregations,
+    }
+    if r.mask_iou:  # the model's own foreground vs the calibrated ROI mask, on the normal test frames
+        record["mask_iou"] = {"mean": float(np.mean(r.mask_iou)), "min": float(np.min(r.mask_iou))}
+    return record
+
+
+def run_station(job: Job, station: str, family: str, command: str) -> dict[str, dict[str, Any]]:
+    """Train ``family`` in its crop modes on the station, quantise each model with ``edge-quantize`` into every
+    quantised precision of the job, and score the test split with every engine; returns (and saves) the result per
+    precision. A mode's engines are scored one after another, so their latencies share the machine's load."""
     roi_path, roi = station_roi(job, station)
     data = render_station(station, job.seed, job.counts, job.data_dir(station), job.workers)
     study = job.study(family)
     runs = job.work / "runs" / job.split / f"{station}-seed{job.seed}" / f"{family}-{job.tag(family)}"
     modes = job.modes_for(family)
     fit_s, dada_s = train_models(study, data, roi_path, runs, modes)
-    result: dict[str, Any] = {
+    model_dirs: dict[tuple[str, str], Path] = {}
+    quantize_s: dict[tuple[str, str], float] = {}
+    for mode in modes:
+        fp32_dir = model_dirs[mode, "fp32"] = runs / f"{family}-{mode}"
+        for precision in job.precisions[1:]:
+            out = model_dirs[mode, precision] = runs / f"{family}-{mode}-{precision}"
+            extra = ["--activations", precision]  # edge-quantize's documented defaults otherwise
+            quantize_s[mode, precision] = edge_quantize(fp32_dir, data, roi_path, out, extra, reuse=True)
+    head: dict[str, Any] = {
         "station": station,
         "seed": job.seed,
         "family": family,
@@ -238,30 +291,19 @@ def run_station(job: Job, station: str, family: str, command: str) -> dict[str, 
         "command": command,
         "run_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
+    results = {p: head | {"precision": p} for p in job.precisions}
     for mode in modes:
-        r = score_mode(data, roi, runs / f"{family}-{mode}", fit_s[mode], [], threads=job.threads)
-        m = r.metrics
-        result[mode] = {
-            "image_auroc": m.image_auroc,
-            "pixel_auroc": m.pixel_auroc,
-            "au_pro": m.au_pro,
-            "f1": m.f1.f1,
-            "per_type": dict(m.per_type),
-            "false_alarms": r.false_alarms,
-            "misses": r.misses,
-            "n_good": r.n_good,
-            "n_defect": r.n_defect,
-            "fit_s": r.fit_s,
-            "ort_ms": r.ort_ms,
-            "ort_p99_ms": r.ort_p99_ms,
-            "aggregations": r.aggregations,
-        }
-        if r.mask_iou:  # the model's own foreground vs the calibrated ROI mask, on the normal test frames
-            result[mode]["mask_iou"] = {"mean": float(np.mean(r.mask_iou)), "min": float(np.min(r.mask_iou))}
-    out = result_path(job, station, family)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    return result
+        for precision in job.precisions:
+            r = score_mode(data, roi, model_dirs[mode, precision], fit_s[mode], [], threads=job.threads)
+            results[precision][mode] = mode_record(r)
+        reference = {k: results["fp32"][mode][k] for k in ("image_auroc", "ort_ms", "ort_p99_ms")}
+        for precision in job.precisions[1:]:  # its fp32 of the same run: Δ and speed-up never mix two runs
+            results[precision][mode] |= {"quantize_s": quantize_s[mode, precision], "fp32": reference}
+    for precision, result in results.items():
+        out = result_path(job, station, family, precision)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    return results
 
 
 def _f(x: float) -> str:
@@ -467,6 +509,90 @@ def aggregation_section(name: str, rows: Sequence[dict[str, Any]]) -> BenchSecti
     )
 
 
+def _ms(mode: dict[str, Any]) -> str:
+    return f"{mode['ort_ms']:.1f} / {mode['ort_p99_ms']:.1f}"
+
+
+def precision_sections(
+    family: str, fp32_rows: Sequence[dict[str, Any]], quantized: dict[str, list[dict[str, Any]]]
+) -> list[BenchSection]:
+    """A table per crop mode: every station's fp32 image AUROC and model-call p50/p99 next to each quantised
+    engine's (``quantized``: precision → its saved results), with the AUROC difference and the p50 speed-up, both
+    against the fp32 scoring of the quantised result's own run; targets: |Δ AUROC| ≤ ``TARGET_QUANT_AUROC`` at every
+    station, the mean p50 speed-up ≥ ``TARGET_QUANT_SPEED``."""
+    precisions = [p for p in PRECISIONS[1:] if quantized.get(p)]
+    modes = [m for m in (*MODES, "image") if m in fp32_rows[0]]
+    by_station = {p: {r["station"]: r for r in quantized[p]} for p in precisions}
+    sections = []
+    for mode in modes:
+        table: list[list[str]] = []
+        targets: dict[str, bool] = {}
+        for r in fp32_rows:
+            cells = [f"{r['station']} (seed {r['seed']})", _f(r[mode]["image_auroc"])]
+            for p in precisions:
+                q = by_station[p].get(r["station"], {}).get(mode)
+                if q is None:
+                    cells += ["–", "–"]
+                    continue
+                delta = q["image_auroc"] - q["fp32"]["image_auroc"]
+                cells += [_f(q["image_auroc"]), f"{delta:+.4f}"]
+                targets[
+                    f"{r['station']} seed {r['seed']} {mode}: {p} image AUROC within {TARGET_QUANT_AUROC} of fp32"
+                ] = abs(delta) <= TARGET_QUANT_AUROC
+            cells.append(_ms(r[mode]))
+            for p in precisions:
+                q = by_station[p].get(r["station"], {}).get(mode)
+                cells += ["–", "–"] if q is None else [_ms(q), f"{q['fp32']['ort_ms'] / q['ort_ms']:.2f}×"]
+            table.append(cells)
+        mean = ["**mean**", _f(float(np.mean([r[mode]["image_auroc"] for r in fp32_rows])))]
+        pairs = {p: [q[mode] for q in by_station[p].values() if mode in q] for p in precisions}
+        for p in precisions:
+            mean += [
+                _f(float(np.mean([q["image_auroc"] for q in pairs[p]]))),
+                f"{np.mean([q['image_auroc'] - q['fp32']['image_auroc'] for q in pairs[p]]):+.4f}",
+            ]
+        fp32_p50, fp32_p99 = (
+            np.mean([r[mode]["ort_ms"] for r in fp32_rows]),
+            max(r[mode]["ort_p99_ms"] for r in fp32_rows),
+        )
+        mean.append(f"{fp32_p50:.1f} / {fp32_p99:.1f}")
+        for p in precisions:
+            speed = np.mean([q["fp32"]["ort_ms"] for q in pairs[p]]) / np.mean([q["ort_ms"] for q in pairs[p]])
+            p50, p99 = np.mean([q["ort_ms"] for q in pairs[p]]), max(q["ort_p99_ms"] for q in pairs[p])
+            mean += [f"{p50:.1f} / {p99:.1f}", f"{speed:.2f}×"]
+            targets[f"{mode}: {p} model call ≥ {TARGET_QUANT_SPEED}× fp32 (mean p50, a shared machine's load)"] = (
+                speed >= TARGET_QUANT_SPEED
+            )
+        table.append(mean)
+        headers = ["station", "fp32 image AUROC"]
+        for p in precisions:
+            headers += [f"{p} image AUROC", f"{p} Δ"]
+        headers.append("fp32 p50 / p99 ms")
+        for p in precisions:
+            headers += [f"{p} p50 / p99 ms", f"{p} speed-up (p50)"]
+        first = fp32_rows[0]
+        sections.append(
+            BenchSection(
+                title=f"{family} {first['preset']} ({mode}): fp32 vs edge-quantize's "
+                + " / ".join(precisions)
+                + " engines per station",
+                headers=headers,
+                rows=table,
+                targets=targets,
+                notes=[
+                    "each engine: edge-quantize --activations PRECISION of the edge-train folder (its documented "
+                    "calibration: 32 seeded good training crops, MinMax ranges, per-channel int8 weights, the "
+                    "family's fp32 layers kept, engines.quantize.KEEP_FIRST), threshold from its own refit "
+                    "scoring.yaml; every test frame scored through edge.inspect.ModelStage in ONNX Runtime (CPU)",
+                    "Δ and speed-up: against the fp32 scoring of the same run (stored with the quantised result), "
+                    "the crop mode's engines scored one after another; p50 / p99: of the model call over the test "
+                    "split; mean row: mean of AUROC, Δ and p50, worst p99, speed-up = mean fp32 p50 / mean p50",
+                ],
+            )
+        )
+    return sections
+
+
 def report(job: Job, command: str, wall_s: float) -> tuple[str, bool]:
     """The page block of the split from every saved result of its stations; whether every target is met."""
     parts: list[str] = []
@@ -491,6 +617,18 @@ def report(job: Job, command: str, wall_s: float) -> tuple[str, bool]:
         for sec in sections:
             parts.append(sec.to_markdown().replace("## ", "### ", 1))
             met = met and all(sec.targets.values())
+        quantized = {
+            p: [
+                json.loads(q.read_text(encoding="utf-8"))
+                for r in rows
+                if (q := result_path(job, r["station"], family, p)).is_file()
+            ]
+            for p in job.precisions[1:]
+        }
+        if any(quantized.values()):
+            for sec in precision_sections(family, rows, quantized):
+                parts.append(sec.to_markdown().replace("## ", "### ", 1))
+                met = met and all(sec.targets.values())
         missing = [s for s in job.stations if not result_path(job, s, family).is_file()]
         if missing:
             parts.append(f"- not run yet for {family}: {', '.join(missing)} (the mean is over the rows above)")
@@ -530,6 +668,12 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Job]:
     )
     parser.add_argument("--modes", default=",".join(MODES), help="crop modes to train (default: both)")
     parser.add_argument("--counts", default="60,10,30,30", help="train,validation,test-good,per-type frames")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        help="engines scored, comma-separated among " + ", ".join(PRECISIONS) + " (default fp32): uint8 and int8 are "
+        "edge-quantize's --activations forms of each trained model, scored beside fp32 in the same run",
+    )
     parser.add_argument("--doc", type=Path, default=DOC, help=f"page to write (default {DOC})")
     parser.add_argument("--block", help="the page's accuracy:<BLOCK> markers (default: the split)")
     parser.add_argument("--no-doc", action="store_true", help="print the report only")
@@ -552,6 +696,12 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Job]:
     modes = tuple(args.modes.split(","))
     if "foreground" not in modes or not set(modes) <= set(MODES):
         raise EdgeError(f"--modes {args.modes!r} must be foreground or full,foreground", "e.g. --modes foreground")
+    precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
+    if "fp32" not in precisions or not set(precisions) <= set(PRECISIONS) or len(set(precisions)) < len(precisions):
+        raise EdgeError(
+            f"--precision {args.precision!r} must name fp32 and any of {', '.join(PRECISIONS[1:])}, each once",
+            "e.g. --precision fp32,uint8,int8 (fp32 is the reference the quantised engines are compared with)",
+        )
     if min(train_n, val, good, per_type) < 1 or args.workers < 1 or args.threads < 1:
         raise EdgeError("--counts, --workers and --threads must be positive", "e.g. --counts 60,10,30,30")
     job = Job(
@@ -568,6 +718,7 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Job]:
         epochs=args.epochs,
         options=tuple(args.option),
         modes=tuple(m for m in MODES if m in modes),
+        precisions=tuple(p for p in PRECISIONS if p in precisions),
     )
     return args, job
 
@@ -599,9 +750,10 @@ def _main(argv: Sequence[str]) -> int:
     command = "python -m tools.benchmarks.accuracy --suite " + " ".join(argv)
     for station in [] if args.report_only else job.stations:
         for family in job.models:
-            r = run_station(job, station, family, command.strip())
-            scores = ", ".join(f"{m} {r[m]['image_auroc']:.3f}" for m in job.modes_for(family))
-            print(f"{station} seed {job.seed} {family}: image AUROC {scores}", flush=True)
+            by_precision = run_station(job, station, family, command.strip())
+            for precision, r in by_precision.items():
+                scores = ", ".join(f"{m} {r[m]['image_auroc']:.3f}" for m in job.modes_for(family))
+                print(f"{station} seed {job.seed} {family} {precision}: image AUROC {scores}", flush=True)
     text, met = report(job, command.strip(), (time.perf_counter_ns() - t0) / 1e9)
     print(text)
     if not args.no_doc:

@@ -36,7 +36,6 @@ from engines.export import card_from_onnx, example_feeds, onnx_from_model
 from engines.quantize import QuantizeSettings, quantize_onnx
 from engines.runtime.ort import open_session
 from engines.runtime.select import RunnerPlan, RuntimeConfig
-from tools import quantize
 from tools.benchmarks import accuracy
 from tools.benchmarks.report import BenchSection
 
@@ -132,15 +131,6 @@ def _prepare(study: accuracy.Study, work: Path) -> tuple[Path, RoiFile, Path, Pa
     return data, roi, roi_path, fp32
 
 
-def _quantise(fp32: Path, data: Path, roi_path: Path, out: Path, kind: str) -> float:
-    t0 = time.perf_counter()
-    argv = ["--model-dir", str(fp32), "--data", str(data), "--roi", str(roi_path), "--out", str(out)]
-    argv += VARIANTS[kind][1]
-    if quantize.main(argv) != 0:
-        raise EdgeError(f"edge-quantize {' '.join(argv)} failed", "read its message above")
-    return time.perf_counter() - t0
-
-
 def _stages(dirs: dict[str, Path]) -> dict[str, ModelStage]:
     plan = RunnerPlan(RuntimeConfig(backend="onnxruntime", device="cpu", threads=1))
     return {k: ModelStage(d / "model.onnx", plan) for k, d in dirs.items()}
@@ -153,7 +143,7 @@ def ast_rows(study: accuracy.Study, reps: int, work: Path) -> tuple[list[list[st
     data, roi, roi_path, fp32 = _prepare(study, work)
     trained = "by an earlier run, kept in --work" if reused else f"{time.perf_counter() - t0:.0f} s"
     dirs = {k: fp32 if k == "fp32" else work / f"ast-edge-{k}" for k in KINDS}
-    quant_s = {k: _quantise(fp32, data, roi_path, dirs[k], k) for k in KINDS[1:]}
+    quant_s = {k: accuracy.edge_quantize(fp32, data, roi_path, dirs[k], VARIANTS[k][1], reuse=False) for k in KINDS[1:]}
     card = card_from_onnx(fp32 / "model.onnx")
     crop = CropSpec(mode=card.crop_mode, size=card.input_size, mean=card.mean, std=card.std)
     test = open_dataset(data, roi, crop).split("test")
@@ -197,6 +187,9 @@ def ast_rows(study: accuracy.Study, reps: int, work: Path) -> tuple[list[list[st
         + ", ".join(f"{k} {v:.0f} s" for k, v in quant_s.items())
         + " including the scoring refit and the test evaluation.",
         "targets are judged on the default forms (int8, uint8); the other rows are variants tried.",
+        "the same two default forms on the accuracy suite (AST edge of every station preset, both crop modes, "
+        "python -m tools.benchmarks.accuracy --suite --precision fp32,uint8,int8): docs/accuracy.md, 'Quantised "
+        "engines' (block accuracy:int8).",
         "score rel Δ: median over the test samples of |raw score − fp32 raw score| / |fp32 raw score|.",
     ]
     notes += [f"ONNX Runtime profile, AST edge {k} (share of kernel time, 10 runs, 1 thread): "
