@@ -193,6 +193,7 @@ def run(quick: bool) -> BenchSection:
     from engines.export import card_from_onnx, example_feeds  # noqa: PLC0415
 
     reps = 10 if quick else 50
+    load_start = os.getloadavg()[0]
     rows, targets, notes = [], {}, []
     with tempfile.TemporaryDirectory() as d:
         try:
@@ -238,6 +239,14 @@ def run(quick: bool) -> BenchSection:
         f"1-minute load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs "
         f"(a shared machine inflates p99); run at {time.strftime('%H:%M:%S')}.",
     ]
+    busy = max(load_start, os.getloadavg()[0])
+    if busy > (os.cpu_count() or 1):
+        notes.append(
+            f"NOT a valid reading of the targets: the load average reached {busy:.2f} on {os.cpu_count()} CPUs. "
+            "PyTorch eager's OpenMP threads wait for each other at every operator and stall when another job holds "
+            "a core (3DSR edge, 2 threads, load 8.7: eager p50 5269 ms against 861 ms on 1 thread), ONNX Runtime "
+            "far less, so the speed-ups read high; rerun on a quiet machine (docs/models/dsr3d.md)."
+        )
     return BenchSection(
         title="Model runtimes (CPU): ONNX Runtime vs PyTorch eager",
         headers=["model", "input", "torch p50 ms", "torch p99 ms", "ORT p50 ms", "ORT p99 ms", "speed-up (p50)"],
