@@ -92,16 +92,17 @@ def onnx_from_model(model: Any, card: ModelCard, path: Path, opset: int = 17) ->
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", message=".*feature will be removed.*")
         warnings.filterwarnings("ignore", message=".*Constant folding - Only steps=1.*")  # benign Slice note
-        try:
-            torch.onnx.export(
-                _positional(model, card.inputs),
-                args,
-                str(path),
-                input_names=list(card.inputs),
-                output_names=list(card.outputs),
-                opset_version=opset,
-                dynamo=False,
-            )
+        try:  # under no_grad: inference graph (no straight-through estimator terms, engines/models/dada.py)
+            with torch.no_grad():
+                torch.onnx.export(
+                    _positional(model, card.inputs),
+                    args,
+                    str(path),
+                    input_names=list(card.inputs),
+                    output_names=list(card.outputs),
+                    opset_version=opset,
+                    dynamo=False,
+                )
         except (RuntimeError, torch.onnx.errors.OnnxExporterError) as err:
             raise ExportError(
                 f"torch.onnx.export failed for {card.family}/{card.preset}: {err}",

@@ -12,8 +12,11 @@ Anatomy (after ``VitjanZ/3DSR@6f83317``, Apache-2.0; facts in ``shared/research/
 3. Score of a DADA on its own (a diagnostic, not a detector): mean-channel |input − reconstruction| (× ``mask`` in
    ``foreground`` crop mode) → ``anomaly_map``; ``image_score`` = its max.
 
-Every codebook lookup is ``argmin`` of ‖e‖² − 2x·e (‖x‖² is the same for every codeword) followed by a Gather
-(``F.embedding``): no scatter one-hot, so TensorRT takes the graph (models.md §1.4). For speed in ONNX Runtime
+Every codebook lookup is ``argmin`` of ‖e‖² − 2x·e (‖x‖² is the same for every codeword), computed as one GEMM
+whose bias is ‖e‖² (``addmm``: ONNX Gemm, no N×K Sub), followed by a Gather (``F.embedding``): no scatter one-hot,
+so TensorRT takes the graph (models.md §1.4). The straight-through estimator ``x + (q − x).detach()`` is applied
+only where a gradient can flow (``straight_through``): at inference and in the export (traced under
+``torch.no_grad``) the lookup's output is the codeword itself. For speed in ONNX Runtime
 (docs/models/dsr3d.md, "Where the time goes") the two rgbd stems run as one block-diagonal convolution, the rgbd
 output heads are folded into the decoder's last ConvTranspose, and ``encode`` hands its upsampled q_lo to
 ``decode``: the same parameters and the same function, fewer operators. The presets (``PRESETS``) are shared
@@ -150,7 +153,8 @@ class VectorQuantizerEMA(nn.Module):
         b, d, h, w = x.shape
         flat = x.permute(0, 2, 3, 1).reshape(-1, d)
         cb = self.codebook
-        idx = ((cb**2).sum(1)[None] - 2.0 * flat @ cb.t()).argmin(1)  # ‖x‖² is the same for every codeword: left out
+        # ‖e‖² − 2x·e as one GEMM with a bias (‖x‖² is the same for every codeword: left out)
+        idx = torch.addmm((cb**2).sum(1), flat, cb.t(), alpha=-2.0).argmin(1)
         q = nnf.embedding(idx, self.codebook).reshape(b, h, w, d).permute(0, 3, 1, 2)
         return q, idx.reshape(b, h, w)
 
@@ -163,7 +167,7 @@ class VectorQuantizerEMA(nn.Module):
             self.ema_update(x.detach(), idx)
             q, _ = self.lookup(x)
         loss = self.commitment * nnf.mse_loss(x, q.detach())
-        return x + (q - x).detach(), loss, idx
+        return straight_through(x, q), loss, idx
 
     @torch.no_grad()
     def seed_from(self, x: Tensor) -> None:
@@ -192,6 +196,16 @@ class VectorQuantizerEMA(nn.Module):
         n = self.cluster_size.sum()
         smoothed = (self.cluster_size + self.eps) / (n + self.codebook.shape[0] * self.eps) * n
         self.codebook.copy_(self.ema_sum / smoothed[:, None])
+
+
+def straight_through(x: Tensor, q: Tensor) -> Tensor:
+    """q in the forward pass, with x's gradient in the backward pass (VQ-VAE's straight-through estimator).
+
+    Where no gradient can flow (inference, export under ``torch.no_grad``) it is ``q`` itself: ``x + (q − x)``
+    would be two N×D element-wise operators per lookup whose result differs from q by rounding only."""
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return q
+    return x + (q - x).detach()
 
 
 def weight_bias(layer: nn.Module) -> tuple[Tensor, Tensor]:

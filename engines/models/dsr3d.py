@@ -63,6 +63,7 @@ from engines.models.dada import (
     dsr3d_settings,
     family_card,
     mode_option,
+    straight_through,
 )
 
 # ------------------------------------------------------------------------------------------------------------ layers
@@ -174,7 +175,7 @@ class Dsr3dModel(nn.Module):
         f_lo, f_hi = self.sub_lo(q_lo), self.sub_hi(q_hi)
         r_lo, _ = self.dada.vq_lo.lookup(f_lo)
         r_hi, _ = self.dada.vq_hi.lookup(f_hi)
-        r_lo, r_hi = f_lo + (r_lo - f_lo).detach(), f_hi + (r_hi - f_hi).detach()  # straight-through
+        r_lo, r_hi = straight_through(f_lo, r_lo), straight_through(f_hi, r_hi)
         return f_lo, f_hi, self.decoder(torch.cat([self.dada.upsample(r_lo), r_hi], 1))
 
     def segment(self, q_lo: Tensor, q_hi: Tensor, up_lo: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:

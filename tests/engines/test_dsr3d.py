@@ -141,6 +141,8 @@ def test_commitment_loss_and_straight_through_gradient() -> None:
     assert torch.allclose(out, q)
     out.sum().backward()
     assert x.grad is not None and torch.allclose(x.grad, torch.ones_like(x))
+    with torch.no_grad():  # no gradient can flow: the codewords themselves, without the x + (q − x) rounding
+        assert torch.equal(vq(x)[0], q)
 
 
 # ------------------------------------------------------------------------------------------------ corpus and masks
@@ -286,8 +288,12 @@ def test_onnx_graph_uses_argmin_and_gather_and_matches_pytorch(
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
     card, model = build_dsr3d(dada_files[mode])
     path = onnx_from_model(model, card, tmp_path / f"dsr3d-{mode}.onnx")
-    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    graph = onnx.load(str(path)).graph
+    ops = {n.op_type for n in graph.node}
     assert {"ArgMin", "Gather", "AveragePool", "Softmax"} <= ops and not ops & {"ScatterElements", "ScatterND"}
+    # each of the 4 lookups (DADA's two, the restored features' two) is one Gemm on a codebook with its ‖e‖² bias
+    lookups = [n for n in graph.node if n.op_type == "Gemm" and any("codebook" in i for i in n.input)]
+    assert len(lookups) == 4 and all(len(n.input) == 3 for n in lookups)
     batch = drum_batch(1, 4)
     parity = check_onnx(model, path, {k: batch[k].numpy() for k in card.inputs}, atol=1e-4, rtol=1e-3)
     assert parity.ok, parity.summary()
