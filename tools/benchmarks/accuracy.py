@@ -208,13 +208,15 @@ def edge_train(
     for option in options:
         argv += ["--option", option]
     # what trained the folder: its command line (less the threads), the card it resolves to (a family's changed
-    # preset default is a new model under the same command line) and the ROI file
+    # preset default, or a changed crop rule such as CropSpec.depthless_reach, is a new model under the same command
+    # line) and the ROI file
     stamp = out / "edge-train.json"
     threads_at = argv.index("--threads")
     card = train.card_from_args(get_family(model), train.build_parser().parse_args(argv))
     key = {
         "argv": argv[:threads_at] + argv[threads_at + 2 :],
         "card_options": card.options,
+        "card_crop": card.crop_spec().model_dump(mode="json"),
         "roi_sha256": sha256_file(roi_path),
     }
     if study.reuse and stamp.is_file() and (out / "model.onnx").is_file() and (out / "scoring.yaml").is_file():
@@ -269,7 +271,7 @@ def score_mode(
     """Score the test split with the exported ONNX file in ONNX Runtime and evaluate maps and image scores."""
     onnx_path = run_dir / "model.onnx"
     card = card_from_onnx(onnx_path)
-    crop = CropSpec(mode=card.crop_mode, size=card.input_size, mean=card.mean, std=card.std)
+    crop = card.crop_spec()
     test = open_dataset(data, roi, crop).split("test")
     scorer = Scorer(load_scoring(run_dir / "scoring.yaml"))
     n = card.input_size
