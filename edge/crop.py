@@ -24,6 +24,11 @@ square window holding the whole image (:func:`image_layout`) and needs no ROI: w
 point has depth"; with one it is the ROI mask as above, on that whole-image window (how a model that learns its own
 foreground, BAAD, is trained and checked against the calibration).
 
+A sample without depth is foreground (with ``keep_depthless``) when it lies inside the ROI's projected silhouette
+and, with ``depthless_reach`` r (default), a sample with depth inside the ROI lies within r samples of it on each of
+its four sides (row left/right, column up/down): holes in the drum keep their colour, the margin ring's stereo
+shadow, dropout and speckle do not (``EnclosedDepthless``; the kernel's ``enclosed`` gives the same answer).
+
 Only the N×N sampled pixels are deprojected and tested against the ROI (never the full frame): with nearest
 sampling that is the same answer as testing at full resolution and resizing, at a fraction of the work. The test is
 the kernel's float32 inequality; at start-up it is solved once per sample pixel for every raw depth value
@@ -50,7 +55,7 @@ from edge.core.geometry import project_points, ray_table, transform_points
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 Q = 32  # colour coordinates are quantised to 1/Q pixel (OpenCV's INTER_TAB_SIZE)
-DEPTHLESS_REACH = 8  # CropSpec.depthless_reach's default, in output samples
+DEPTHLESS_REACH = 16  # CropSpec.depthless_reach's default, in output samples
 MAX_DEPTHLESS_REACH = 64  # the kernel's bounded search: at most 4 × this many neighbours per depthless sample
 
 F32 = npt.NDArray[np.float32]
@@ -246,9 +251,10 @@ def image_layout(width: int, height: int, size: int) -> CropLayout:
 def roi_silhouette(intr: Intrinsics, roi: RoiFile, crop: CropSpec) -> npt.NDArray[np.bool_]:
     """H×W image of the ROI's projected silhouette: the filled convex hull of its projected surface.
 
-    The projection of a convex body (cylinder, box) is convex, so the hull is the silhouette. It decides the
-    pixels whose 3D position is unknown (no depth): inside it they belong to the part (a specular spot on the
-    drum), outside to the background. Computed once at start-up.
+    The projection of a convex body (cylinder, box) is convex, so the hull is the silhouette. It bounds the
+    pixels whose 3D position is unknown (no depth) that may belong to the part (a specular spot on the drum;
+    ``CropSpec.depthless_reach`` keeps only the enclosed ones), outside it they are background. Computed once at
+    start-up.
     """
     uv = project_points(roi_surface_points(roi, crop.surface_samples), intr)
     hull = cv2.convexHull(np.round(uv).astype(np.int32))

@@ -339,8 +339,8 @@ def _auroc_of(scores: npt.NDArray[np.float64], kinds: list[str]) -> dict[str, fl
 def silhouette_shares(data: Path, roi: RoiFile) -> tuple[float, float]:
     """Over the test frames, shares of the ROI's image silhouette (a) without depth, (b) with depth outside the ROI.
 
-    ``foreground`` keeps (a) (``CropSpec.keep_depthless``) and paints (b) background: the rim of background around
-    the drum, and any part of the drum beyond the ROI's margin.
+    ``foreground`` keeps (a) where depth-valid ROI samples enclose it (``CropSpec.depthless_reach``) and paints (b)
+    background: the rim of background around the drum, and any part of the drum beyond the ROI's margin.
     """
     folder = MvtecFolder(data)
     assert folder.spec is not None  # our own export stores it
@@ -471,7 +471,8 @@ def section(
             f"scored: model.onnx in ONNX Runtime (CPU EP) on every test sample; maps at the crop's {size}×{size}, "
             "pixel metrics over all crop pixels of all test samples; AU-PRO with 8-connected ground-truth regions",
             f"of the ROI's image silhouette in the test frames, {100 * shares[0]:.1f} % has no depth (specular "
-            "holes, stereo shadow, speckle: foreground keeps their colour, CropSpec.keep_depthless) and "
+            "holes, stereo shadow, speckle: foreground keeps those enclosed by depth inside the ROI, "
+            "CropSpec.depthless_reach) and "
             f"{100 * shares[1]:.1f} % has depth outside the ROI (background at the rim, and drum points beyond the "
             "margin such as the bracket: foreground paints them background)",
             f"latency: the same graph in both modes, ONNX Runtime with {study.threads} threads (a difference between "
