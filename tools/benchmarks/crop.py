@@ -14,7 +14,7 @@ import numpy.typing as npt
 from calibration.roi import CameraBinding, CylinderShape, RadialNotch, RoiFile
 from edge.core.frame import Extrinsics, Frame, Intrinsics, StreamSpec
 from edge.core.geometry import ray_table
-from edge.crop import CropSpec, RoiCropper
+from edge.crop import DEPTHLESS_REACH, CropSpec, RoiCropper
 from tools.benchmarks.report import BenchSection, percentiles_us
 
 DRUM_CENTER = (0.0, 0.02, 0.9)  # metres, colour camera frame
@@ -162,7 +162,7 @@ def run(quick: bool) -> BenchSection:
             "where its stepping equals the exact sampling rule), tests them against the ROI by two uint16 "
             "comparisons (the float32 inequality solved per sample pixel for every raw depth at start-up; building "
             f"the cropper took {' and '.join(builds)}), keeps a depthless sample of the ROI's silhouette only when "
-            "samples with depth inside the ROI enclose it within 8 samples on all four sides "
+            f"samples with depth inside the ROI enclose it within {DEPTHLESS_REACH} samples on all four sides "
             "(CropSpec.depthless_reach: four one-sided cv2.dilate of the mask, skipped when no sample lacks depth), "
             "resamples "
             "colour with OpenCV's fixed-point remap only inside the foreground's bounding box (every pixel outside "
