@@ -24,6 +24,11 @@ square window holding the whole image (:func:`image_layout`) and needs no ROI: w
 point has depth"; with one it is the ROI mask as above, on that whole-image window (how a model that learns its own
 foreground, BAAD, is trained and checked against the calibration).
 
+A sample without depth is foreground (with ``keep_depthless``) when it lies inside the ROI's projected silhouette
+and, with ``depthless_reach`` r (default), a sample with depth inside the ROI lies within r samples of it on each of
+its four sides (row left/right, column up/down): holes in the drum keep their colour, the margin ring's stereo
+shadow, dropout and speckle do not (``EnclosedDepthless``; the kernel's ``enclosed`` gives the same answer).
+
 Only the N×N sampled pixels are deprojected and tested against the ROI (never the full frame): with nearest
 sampling that is the same answer as testing at full resolution and resizing, at a fraction of the work. The test is
 the kernel's float32 inequality; at start-up it is solved once per sample pixel for every raw depth value
@@ -50,6 +55,8 @@ from edge.core.geometry import project_points, ray_table, transform_points
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 Q = 32  # colour coordinates are quantised to 1/Q pixel (OpenCV's INTER_TAB_SIZE)
+DEPTHLESS_REACH = 16  # CropSpec.depthless_reach's default, in output samples
+MAX_DEPTHLESS_REACH = 64  # the kernel's bounded search: at most 4 × this many neighbours per depthless sample
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -83,8 +90,19 @@ class CropSpec(EdgeModel):
     )
     keep_depthless: bool = Field(
         default=True,
-        description="a pixel without depth counts as foreground when it lies inside the ROI's projected silhouette "
-        "(specular spots and edge dropout on the drum keep their colour); False: only pixels with depth inside the ROI",
+        description="a pixel without depth may count as foreground (specular spots and dropout on the drum keep "
+        "their colour), by the rule of depthless_reach; False: only pixels with depth inside the ROI",
+    )
+    depthless_reach: int | None = Field(
+        default=DEPTHLESS_REACH,
+        ge=1,
+        le=MAX_DEPTHLESS_REACH,
+        description="with keep_depthless, a sample without depth inside the ROI's projected silhouette is foreground "
+        "only when it is enclosed: a sample with depth inside the ROI lies within this many output samples of it on "
+        "both sides along its row and on both sides along its column. So holes in the drum keep their colour, while "
+        "the background's stereo shadow, edge dropout and speckle in the silhouette's margin ring (or beyond the "
+        "drum's outline) stay background. None: every depthless sample in the silhouette is foreground (the rule of "
+        "models trained before this field existed; their cards select it)",
     )
     pad_px: int = Field(default=2, ge=0, le=256, description="grown on every side of the ROI's projected box")
     surface_samples: int = Field(default=64, ge=8, le=1024, description="samples per ROI edge when projecting it")
@@ -233,9 +251,10 @@ def image_layout(width: int, height: int, size: int) -> CropLayout:
 def roi_silhouette(intr: Intrinsics, roi: RoiFile, crop: CropSpec) -> npt.NDArray[np.bool_]:
     """H×W image of the ROI's projected silhouette: the filled convex hull of its projected surface.
 
-    The projection of a convex body (cylinder, box) is convex, so the hull is the silhouette. It decides the
-    pixels whose 3D position is unknown (no depth): inside it they belong to the part (a specular spot on the
-    drum), outside to the background. Computed once at start-up.
+    The projection of a convex body (cylinder, box) is convex, so the hull is the silhouette. It bounds the
+    pixels whose 3D position is unknown (no depth) that may belong to the part (a specular spot on the drum;
+    ``CropSpec.depthless_reach`` keeps only the enclosed ones), outside it they are background. Computed once at
+    start-up.
     """
     uv = project_points(roi_surface_points(roi, crop.surface_samples), intr)
     hull = cv2.convexHull(np.round(uv).astype(np.int32))
@@ -546,6 +565,38 @@ def apply_depthless_rule(
         mask |= tmp
 
 
+class EnclosedDepthless:
+    """``CropSpec.depthless_reach``'s rule on the CPU: which depthless silhouette samples join the foreground.
+
+    A sample is kept when ``valid`` (depth > 0 and inside the ROI) holds somewhere in the ``reach`` samples to its
+    left, to its right, above and below it (all four). Each side is one dilation of ``valid`` with a one-sided
+    ``reach + 1`` line (the sample itself is depthless, so including it changes nothing); samples beyond the crop
+    count as not valid, as in the kernel's bounded loops (edge/crop_kernel.cu ``enclosed``).
+    """
+
+    def __init__(self, silhouette: npt.NDArray[np.bool_], reach: int, size: int) -> None:
+        self.silhouette = silhouette.reshape(size, size)
+        self.reach, self.size = reach, size
+        row, column = np.ones((1, reach + 1), np.uint8), np.ones((reach + 1, 1), np.uint8)
+        self._sides = ((row, (reach, 0)), (row, (0, 0)), (column, (0, reach)), (column, (0, 0)))
+        self._keep = np.empty((size, size), dtype=np.bool_)
+        self._side = np.empty((size, size), dtype=np.uint8)
+
+    def apply(self, z: F32, mask: npt.NDArray[np.bool_]) -> None:
+        """``mask`` (N² flat, depth-valid samples inside the ROI) gains the enclosed depthless samples, in place."""
+        n = self.size
+        keep, valid = self._keep, mask.reshape(n, n)
+        np.equal(z.reshape(n, n), 0, out=keep)
+        keep &= self.silhouette
+        if not keep.any():
+            return
+        for kernel, anchor in self._sides:
+            cv2.dilate(valid.view(np.uint8), kernel, dst=self._side, anchor=anchor, borderType=cv2.BORDER_CONSTANT,
+                       borderValue=0)  # fmt: skip
+            keep &= self._side.view(np.bool_)
+        valid |= keep
+
+
 def normalisation(crop: CropSpec) -> tuple[F32, F32]:
     """float32 scale and offset per channel: ``value·scale + offset == (value/255 − mean)/std``."""
     std = np.asarray(crop.std, dtype=np.float64)
@@ -591,11 +642,19 @@ class RoiCropper:
         if self._runs is None:
             self._float_test(self._zeros.reshape(-1), self._mask_flat)  # at z = 0 every pixel's l is b
             inside_at_zero = bool(self._mask_flat[0])
-        self._depthless = depthless_rule(inside_at_zero, self.silhouette)
+        reach = self.crop_spec.depthless_reach
+        self._enclosed = (
+            None
+            if self.silhouette is None or reach is None
+            else EnclosedDepthless(self.silhouette, reach, self.layout.size)
+        )
+        # the enclosed rule starts from the samples with depth inside the ROI (the bare silhouette rule's answer
+        # without a silhouette), then adds the enclosed depthless ones
+        self._depthless = depthless_rule(inside_at_zero, None if self._enclosed else self.silhouette)
 
     def _image_without_roi(self, spec: StreamSpec) -> None:
         """Tables and buffers of the ``image`` mode without an ROI: no ROI test, the mask is "has depth"."""
-        self.test, self.silhouette, self._depthless = None, None, None
+        self.test, self.silhouette, self._depthless, self._enclosed = None, None, None, None
         self._tables_and_buffers()
 
     def _tables_and_buffers(self) -> None:
@@ -700,14 +759,16 @@ class RoiCropper:
         np.take(depth.reshape(-1), self._idx, out=self._d16_flat, mode="clip")  # 'raise' buffers
 
     def _roi_mask(self, z: F32, mask: npt.NDArray[np.bool_]) -> None:
-        """mask = (z > 0 and the ROI inequality on ``l = a·z + b``) or (z == 0 and inside the silhouette); without
-        an ROI (``image`` mode) z > 0."""
+        """mask = (z > 0 and the ROI inequality on ``l = a·z + b``) or (z == 0 and inside the silhouette, and
+        enclosed unless ``depthless_reach`` is None); without an ROI (``image`` mode) z > 0."""
         if self.test is None:
             np.greater(z, 0, out=mask)
             return
         self._roi_test(z, mask)
         if self._depthless is not None:
             apply_depthless_rule(self._depthless, z, mask, self._tmp)
+        if self._enclosed is not None:
+            self._enclosed.apply(z, mask)
 
     def _roi_test(self, z: F32, mask: npt.NDArray[np.bool_]) -> None:
         """The ROI inequality at every sample: the raw depth against its run when known, else the float32 maths."""
@@ -769,9 +830,11 @@ class RoiCropper:
 
 
 __all__ = [
+    "DEPTHLESS_REACH",
     "DEPTH_CODES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "MAX_DEPTHLESS_REACH",
     "MAX_RUNS",
     "NOTCH_FIELDS",
     "RUN_CHECK_BUDGET",
@@ -780,6 +843,7 @@ __all__ = [
     "CropOutput",
     "CropSpec",
     "DepthNotRegisteredError",
+    "EnclosedDepthless",
     "RoiCropper",
     "RoiTest",
     "apply_depthless_rule",

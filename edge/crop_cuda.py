@@ -92,6 +92,7 @@ def kernel_params(spec: StreamSpec, roi: RoiFile, crop: CropSpec, layout: CropLa
             int(crop.color_interpolation == "bilinear"),
             *crop.background_rgb,
             len(test.notches),
+            crop.depthless_reach or 0,  # IP_REACH: 0 keeps every depthless silhouette sample (the rule before)
         ],
         dtype=np.int32,
     )

@@ -12,14 +12,15 @@
 //   fp        float32 parameters (see the FP_* indices below), then IP_NOTCHES radial notches of NOTCH_FIELDS
 //             floats each (edge.crop.RoiTest.notches: sector edges a and b, axial range, r²)
 //   silhouette N×N uint8: 1 where the output pixel lies inside the ROI's projected silhouette (edge.crop.roi_silhouette
-//             sampled at the nearest pixels); a pixel without depth there is foreground. Null: only depth decides.
+//             sampled at the nearest pixels); a pixel without depth there is foreground when IP_REACH is 0, else
+//             only when enclosed (see `enclosed`). Null: only depth decides.
 // Outputs (device pointers, N = output size, batch 1):
 //   out_rgb   3×N×N float32 (value·scale + offset per channel)    out_xyz 3×N×N float32 metres
 //   out_mask  1×N×N float32 (1 inside, else 0: the engine's `mask` input)  out_color N×N×3 uint8, optional (null: skipped)
 
 enum {
     IP_WIDTH, IP_HEIGHT, IP_X0, IP_Y0, IP_SIDE, IP_SIZE, IP_BOX, IP_FOREGROUND, IP_BILINEAR,
-    IP_BG_R, IP_BG_G, IP_BG_B, IP_NOTCHES, IP_COUNT
+    IP_BG_R, IP_BG_G, IP_BG_B, IP_NOTCHES, IP_REACH, IP_COUNT
 };
 enum {
     FP_DEPTH_SCALE, FP_B0, FP_B1, FP_B2, FP_LIM0, FP_LIM1, FP_LIM2,
@@ -75,6 +76,49 @@ __device__ __forceinline__ bool inside_roi(const float* a, float z, const float*
     return true;
 }
 
+// Output sample (i, j)'s nearest source pixel: x0 + ⌊(2j + 1)·side / (2N)⌋ (numerator > 0, so truncation is the
+// floor), likewise v; true when it lies inside the image.
+__device__ __forceinline__ bool source_uv(const int* ip, int i, int j, long long* u, long long* v) {
+    const long long n = ip[IP_SIZE], side = ip[IP_SIDE];
+    *u = ip[IP_X0] + ((2LL * j + 1) * side) / (2 * n);
+    *v = ip[IP_Y0] + ((2LL * i + 1) * side) / (2 * n);
+    return *u >= 0 && *v >= 0 && *u < ip[IP_WIDTH] && *v < ip[IP_HEIGHT];
+}
+
+// Output sample (i, j)'s source pixel index, or -1 outside the image.
+__device__ __forceinline__ long long source_pixel(const int* ip, int i, int j) {
+    long long u, v;
+    return source_uv(ip, i, j, &u, &v) ? v * ip[IP_WIDTH] + u : -1;
+}
+
+// Output sample (i, j) has depth and lies inside the ROI (the mask before any depthless rule).
+__device__ __forceinline__ bool valid_sample(const unsigned short* depth, const float* roi_rays, const int* ip,
+                                             const float* fp, int i, int j) {
+    const long long p = source_pixel(ip, i, j);
+    if (p < 0) return false;
+    const float z = __fmul_rn((float)depth[p], fp[FP_DEPTH_SCALE]);
+    return z > 0.0f && inside_roi(roi_rays + 3 * p, z, fp, ip[IP_BOX] != 0, ip[IP_NOTCHES]);
+}
+
+// A depthless sample is enclosed when a valid sample lies within IP_REACH samples on each of its four sides
+// (left, right, up, down; samples beyond the crop are not valid): edge.crop.EnclosedDepthless, the same answer by
+// bounded loops that stop at the first valid sample on each side (only depthless silhouette samples get here).
+__device__ bool enclosed(const unsigned short* depth, const float* roi_rays, const int* ip, const float* fp, int i,
+                         int j) {
+    const int n = ip[IP_SIZE], reach = ip[IP_REACH];
+    const int di[4] = {0, 0, -1, 1}, dj[4] = {-1, 1, 0, 0};
+    for (int s = 0; s < 4; ++s) {
+        bool found = false;
+        for (int k = 1; k <= reach && !found; ++k) {
+            const int a = i + k * di[s], b = j + k * dj[s];
+            if (a < 0 || b < 0 || a >= n || b >= n) break;
+            found = valid_sample(depth, roi_rays, ip, fp, a, b);
+        }
+        if (!found) return false;
+    }
+    return true;
+}
+
 extern "C" __global__ void roi_crop(const unsigned char* __restrict__ color, const unsigned short* __restrict__ depth,
                                     const float* __restrict__ rays, const float* __restrict__ roi_rays,
                                     const int* __restrict__ ip, const float* __restrict__ fp,
@@ -87,19 +131,19 @@ extern "C" __global__ void roi_crop(const unsigned char* __restrict__ color, con
     const int w = ip[IP_WIDTH], h = ip[IP_HEIGHT], side = ip[IP_SIDE];
     const long long nn = (long long)n * n, o = (long long)i * n + j;
 
-    // Nearest source pixel: x0 + ⌊(2j + 1)·side / (2N)⌋ (numerator > 0, so truncation is the floor).
-    const long long u = ip[IP_X0] + ((2LL * j + 1) * side) / (2LL * n);
-    const long long v = ip[IP_Y0] + ((2LL * i + 1) * side) / (2LL * n);
+    long long u, v;
     float x = 0.0f, y = 0.0f, z = 0.0f;
     bool m = false;
-    if (u >= 0 && v >= 0 && u < w && v < h) {
+    if (source_uv(ip, i, j, &u, &v)) {
         const long long p = v * w + u;
         z = __fmul_rn((float)depth[p], fp[FP_DEPTH_SCALE]);
         x = __fmul_rn(rays[2 * p], z);
         y = __fmul_rn(rays[2 * p + 1], z);
         m = z > 0.0f && inside_roi(roi_rays + 3 * p, z, fp, ip[IP_BOX] != 0, ip[IP_NOTCHES]);
     }
-    if (!m && z == 0.0f && silhouette != nullptr) m = silhouette[o] != 0;
+    if (!m && z == 0.0f && silhouette != nullptr && silhouette[o] != 0) {
+        m = ip[IP_REACH] == 0 || enclosed(depth, roi_rays, ip, fp, i, j);
+    }
     const bool background = ip[IP_FOREGROUND] != 0 && !m;
     if (background) x = y = z = 0.0f;
     out_xyz[o] = x;

@@ -33,7 +33,7 @@ import numpy.typing as npt
 from calibration.roi import RoiFile, check_trained_with
 from edge.core.frame import Frame, StreamSpec
 from edge.core.scoring import Scorer, ScoringFile, Verdict
-from edge.crop import CropOutput, CropSpec, RoiCropper
+from edge.crop import CropOutput, RoiCropper
 from engines.contract import ModelCard
 from engines.export import card_from_onnx, example_feeds
 from engines.parity import ParityBudget, ParityReport, compare_runners
@@ -229,7 +229,7 @@ class Inspector:
         self.card = self.stage.card
         self.choice = self.stage.choice
         self.runner = self.stage.runner
-        crop = CropSpec(mode=card.crop_mode, size=card.input_size, mean=card.mean, std=card.std)
+        crop = card.crop_spec()
         cuda_crop = self.choice.crop == "cuda" and card.crop_mode != "image"
         if self.choice.crop == "cuda" and not cuda_crop:  # the kernel crops the ROI's window only: say where it runs
             self.choice = dataclasses.replace(self.choice, crop="cpu")

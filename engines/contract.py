@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from edge.core.errors import EdgeError
+from edge.crop import DEPTHLESS_REACH, CropSpec
 
 INPUT_NAMES: tuple[str, ...] = ("rgb", "xyz", "mask")
 OUTPUT_NAMES: tuple[str, ...] = ("anomaly_map", "image_score")
@@ -42,6 +43,9 @@ class ModelCard:
     Loading refuses an artefact whose card does not fit what the caller asks for (family, preset,
     input size, crop mode, ROI version). ``precision`` says what the artefact computes in: ``fp32`` for an export,
     ``int8`` for a Q/DQ ONNX written by ``edge-quantize`` (cards written before it existed read as fp32).
+    ``depthless_reach`` is the crop's depthless rule the model was trained with (cards written before it existed
+    read None: the silhouette rule of then); every user crops through :meth:`crop_spec`, so a model is always fed
+    the crop it learnt on.
     """
 
     family: str
@@ -56,6 +60,20 @@ class ModelCard:
     options: dict[str, Any] = field(default_factory=dict)  # family-specific settings (e.g. AST mode "rgbd")
     precision: str = "fp32"  # numeric precision of the artefact: fp32 (exported), int8 (Q/DQ ONNX, edge-quantize)
     outputs: tuple[str, ...] = OUTPUT_NAMES  # graph outputs: OUTPUT_NAMES, then any of EXTRA_OUTPUTS
+    # the crop's rule for samples without depth (CropSpec.depthless_reach) the model was trained with; a card written
+    # before the rule existed reads None: every depthless sample in the ROI's silhouette is foreground, as then
+    depthless_reach: int | None = DEPTHLESS_REACH
+
+    def crop_spec(self, mode: CropMode | None = None) -> CropSpec:
+        """The crop that makes this model's input (``mode``: another crop mode over the same rule, e.g. ``image``
+        for a foreground check of the calibration)."""
+        return CropSpec(
+            mode=mode or self.crop_mode,
+            size=self.input_size,
+            mean=self.mean,
+            std=self.std,
+            depthless_reach=self.depthless_reach,
+        )
 
     def extra_outputs(self) -> tuple[str, ...]:
         """The outputs this model has beyond ``anomaly_map`` and ``image_score`` (e.g. BAAD's ``foreground``)."""
@@ -85,6 +103,7 @@ class ModelCard:
             options=dict(d.get("options", {})),
             precision=str(d.get("precision", "fp32")),
             outputs=tuple(str(x) for x in d.get("outputs", OUTPUT_NAMES)),
+            depthless_reach=None if d.get("depthless_reach") is None else int(d["depthless_reach"]),
         )
 
 

@@ -31,7 +31,7 @@ from calibration.roi import RoiFile, load_roi, save_roi
 from drivers.base import FrameSource
 from drivers.synthetic.stations import DEFAULT_STATION, STATIONS
 from edge.core.frame import Frame
-from edge.crop import CropSpec, RoiCropper
+from edge.crop import RoiCropper
 from tools.entry import one_line_errors
 
 PROG = "edge-calibrate"
@@ -236,7 +236,7 @@ def propose_hint_pixel(frames: Sequence[Frame], model_dir: Path) -> tuple[tuple[
                 f"{onnx} is a {card.family} model of crop mode {card.crop_mode!r} without a foreground output",
                 "train BAAD with edge-train --model baad --crop image and pass its folder",
             )
-        crop = CropSpec(mode="image", size=card.input_size, mean=card.mean, std=card.std)
+        crop = card.crop_spec("image")
         cropper = RoiCropper(frames[0].spec, None, crop)
         total = np.zeros((card.input_size, card.input_size), dtype=np.float64)
         for frame in frames:

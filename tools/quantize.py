@@ -20,7 +20,6 @@ from pathlib import Path
 
 from calibration.roi import load_roi
 from edge.core.scoring import ModelIdentity, fit_scoring, load_scoring, save_scoring
-from edge.crop import CropSpec
 from edge.inspect import GOLDEN_NAME
 from engines.datasets import open_dataset
 from engines.export import card_from_onnx
@@ -98,7 +97,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             f"{fp32_onnx} was trained with ROI version {card.roi_version}, {args.roi} is version {roi.version}",
             "calibrate on the ROI the model was trained with",
         )
-    crop = CropSpec(mode=card.crop_mode, size=card.input_size, mean=card.mean, std=card.std)
+    crop = card.crop_spec()
     data = open_dataset(args.data, roi, crop, labels_dir=args.labels, allow_mismatch=args.allow_mismatch)
     if card.data_hash and data.data_hash != card.data_hash:
         raise QuantizeError(

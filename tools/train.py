@@ -26,7 +26,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from calibration.roi import load_roi
 from edge.core.errors import EdgeError
 from edge.core.scoring import ModelIdentity, Scorer, ScoringFile, fit_scoring, save_scoring
-from edge.crop import CropSpec
 from edge.inspect import GOLDEN_NAME, ModelStage, mask_iou
 from engines._registry import get_family
 from engines.checkpoint import TrainInfo, load_state, save_checkpoint, save_state, utc_now
@@ -277,7 +276,7 @@ def _prepare(args: argparse.Namespace) -> tuple[ModelFamily, ModelCard, Dataset]
     family = get_family(args.model)
     card = card_from_args(family, args)
     roi = load_roi(args.roi) if args.roi is not None else None
-    crop = CropSpec(mode=card.crop_mode, size=card.input_size, mean=card.mean, std=card.std)
+    crop = card.crop_spec()
     data = open_dataset(args.data, roi, crop, labels_dir=args.labels, allow_mismatch=args.allow_mismatch)
     n_val = len(data.good("validation"))
     if len(data.split("train")) == 0 or n_val < 2:

@@ -31,6 +31,7 @@ from edge.crop import (
     roi_ray_table,
     roi_silhouette,
 )
+from engines.contract import ModelCard
 from tests.edge._crop_data import TEST_NOTCHES, make_frame, make_roi, make_spec
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
@@ -46,7 +47,9 @@ def reference_crop(
 ) -> dict[str, np.ndarray]:
     """Per-pixel loops straight from the documented formula, with exact rational coordinates.
 
-    ``silhouette`` (H×W) decides pixels without depth when ``crop.keep_depthless`` is set.
+    ``silhouette`` (H×W) decides pixels without depth when ``crop.keep_depthless`` is set: inside it they are
+    foreground when ``crop.depthless_reach`` is None, else only when a sample with depth inside the ROI lies within
+    the reach on each of their four sides (searched sample by sample here).
     """
     x0, y0, side = window
     spec, n = frame.spec, crop.size
@@ -54,6 +57,7 @@ def reference_crop(
     xyz_full = xyz_from_depth(frame.depth, spec.depth_scale, ray_table(spec.color_intrinsics))
     bg = np.asarray(crop.background_rgb)
     mask = np.zeros((n, n), bool)
+    depthless = np.zeros((n, n), bool)  # inside the silhouette, without depth
     xyz = np.zeros((n, n, 3), np.float32)
     color = np.zeros((n, n, 3), np.int64)
 
@@ -69,7 +73,7 @@ def reference_crop(
                 xyz[i, j] = xyz_full[v, u]
                 mask[i, j] = bool(roi.contains(xyz_full[v, u][None])[0])
             elif 0 <= u < w and 0 <= v < h and crop.keep_depthless:
-                mask[i, j] = bool(silhouette[v, u])
+                depthless[i, j] = bool(silhouette[v, u])
             if crop.color_interpolation == "nearest":
                 color[i, j] = pixel(u, v)
                 continue
@@ -82,6 +86,15 @@ def reference_crop(
                 + ax * ay * pixel(u0 + 1, v0 + 1)
             )
             color[i, j] = (acc + 512) // 1024
+    reach = crop.depthless_reach
+    valid = mask.copy()
+    for i, j in zip(*np.nonzero(depthless), strict=True):
+        if reach is None:
+            mask[i, j] = True
+            continue
+        sides = (valid[i, max(j - reach, 0) : j], valid[i, j + 1 : j + 1 + reach],
+                 valid[max(i - reach, 0) : i, j], valid[i + 1 : i + 1 + reach, j])  # fmt: skip
+        mask[i, j] = all(side.any() for side in sides)
     if crop.mode == "foreground":
         xyz[~mask] = 0
         color[~mask] = bg
@@ -90,19 +103,23 @@ def reference_crop(
 
 
 @pytest.mark.parametrize(
-    ("kind", "mode", "interp", "size", "z", "keep"),
+    ("kind", "mode", "interp", "size", "z", "keep", "reach"),
     [
-        ("cylinder", "foreground", "bilinear", 32, 0.8, True),
-        ("cylinder", "foreground", "bilinear", 32, 0.8, False),
-        ("cylinder", "full", "nearest", 40, 0.8, True),
-        ("box", "foreground", "nearest", 24, 0.8, True),
-        ("box", "full", "bilinear", 56, 0.8, False),
-        ("cylinder", "full", "bilinear", 36, 0.45, True),  # window taller than the image: padded rows
-        ("notched", "foreground", "bilinear", 40, 0.8, True),  # radial notches: RoiFile.contains is the reference
-        ("notched", "full", "nearest", 36, 0.45, False),
+        ("cylinder", "foreground", "bilinear", 32, 0.8, True, 8),
+        ("cylinder", "foreground", "bilinear", 32, 0.8, True, None),  # cards written before depthless_reach
+        ("cylinder", "foreground", "bilinear", 32, 0.8, False, 8),
+        ("cylinder", "full", "nearest", 40, 0.8, True, 2),
+        ("box", "foreground", "nearest", 24, 0.8, True, 1),
+        ("box", "foreground", "nearest", 24, 0.8, True, None),
+        ("box", "full", "bilinear", 56, 0.8, False, 8),
+        ("cylinder", "full", "bilinear", 36, 0.45, True, None),  # window taller than the image: padded rows
+        ("notched", "foreground", "bilinear", 40, 0.8, True, 3),  # radial notches: RoiFile.contains is the reference
+        ("notched", "full", "nearest", 36, 0.45, False, 8),
     ],
 )
-def test_cpu_crop_matches_slow_reference(kind: str, mode: str, interp: str, size: int, z: float, keep: bool) -> None:
+def test_cpu_crop_matches_slow_reference(
+    kind: str, mode: str, interp: str, size: int, z: float, keep: bool, reach: int | None
+) -> None:
     spec = make_spec()
     roi = make_roi(spec, kind, center=(0.02, -0.01, z))
     crop = CropSpec(
@@ -111,6 +128,7 @@ def test_cpu_crop_matches_slow_reference(kind: str, mode: str, interp: str, size
         color_interpolation=interp,  # type: ignore[arg-type]
         background_rgb=(10, 200, 30),
         keep_depthless=keep,
+        depthless_reach=reach,
     )
     cropper = RoiCropper(spec, roi, crop)
     frame = make_frame(spec)
@@ -463,3 +481,60 @@ def test_image_mode_crops_the_whole_image_with_or_without_an_roi(kind: str) -> N
     np.testing.assert_array_equal(with_roi.xyz, bare.crop(frame).xyz)  # the scene is kept, as in full mode
     with pytest.raises(edge.crop.CropError, match="needs a calibrated ROI"):
         RoiCropper(spec, None, CropSpec(mode="full", size=64))
+
+
+def drum_frame(spec: StreamSpec, roi: RoiFile) -> tuple[Frame, npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """A drum: every pixel whose point at the ROI's centre depth lies inside the ROI has that depth, the rest is
+    background 3 m away. Returns the frame, that drum (H×W) and the margin ring: silhouette pixels that are not drum."""
+    z_mm = round(float(roi.pose[2, 3]) * 1000)
+    depth = np.full(spec.depth_shape, 3000, np.uint16)
+    drum = full_res_mask(Frame(make_frame(spec).color, np.full_like(depth, z_mm), spec, 1, 1, 0, 0), roi)
+    depth[drum] = z_mm
+    ring = roi_silhouette(spec.color_intrinsics, roi, CropSpec()) & ~drum
+    color = np.random.default_rng(1).integers(40, 250, size=(*spec.depth_shape, 3)).astype(np.uint8)
+    return Frame(color, depth, spec, 1, 1, 0, 0), drum, ring
+
+
+@pytest.mark.parametrize("kind", ["cylinder", "box"])
+def test_depthless_margin_ring_is_background_and_a_hole_in_the_drum_keeps_its_colour(kind: str) -> None:
+    """The enclosed rule (CropSpec.depthless_reach): the whole margin ring without depth (stereo shadow, edge dropout,
+    speckle around the drum) stays background; a depthless hole inside the drum is foreground with its own colour.
+    The rule before (reach None, cards written before it) made the ring foreground."""
+    spec = make_spec(160, 120)
+    roi = make_roi(spec, kind, center=(0.0, 0.0, 0.8)).model_copy(update={"margin_m": 0.03})
+    frame, drum, ring = drum_frame(spec, roi)
+    rows, cols = np.nonzero(drum)
+    hole = np.zeros_like(drum)
+    cy, cx = int(np.median(rows)), int(np.median(cols))
+    hole[cy - 2 : cy + 3, cx - 2 : cx + 3] = True
+    assert drum[hole].all() and ring.sum() > 200, "the scene must have a hole inside the drum and a wide ring"
+    frame.depth[ring | hole] = 0
+    crop = CropSpec(size=64, background_rgb=(0, 0, 0))
+    assert crop.depthless_reach == edge.crop.DEPTHLESS_REACH, "new crops use the enclosed rule"
+    cropper = RoiCropper(spec, roi, crop)
+    ix, iy = cropper.layout.nearest()
+    sampled = (np.clip(iy, 0, 119)[:, None], np.clip(ix, 0, 159)[None, :])
+    in_ring, in_hole = ring[sampled], hole[sampled]
+    assert in_ring.sum() > 50 and in_hole.any()
+    out = cropper.crop(frame)
+    assert not out.mask[in_ring].any(), "depthless samples in the margin ring are background"
+    assert out.mask[in_hole].all(), "a depthless hole inside the drum is foreground"
+    full = RoiCropper(spec, roi, crop.model_copy(update={"mode": "full"})).crop(frame)
+    np.testing.assert_array_equal(out.color[in_hole], full.color[in_hole])  # its own colour, not the background's
+    assert (out.color[in_hole] != 0).any()
+    old = RoiCropper(spec, roi, crop.model_copy(update={"depthless_reach": None})).crop(frame)
+    assert old.mask[in_ring].all() and old.mask[in_hole].all(), "the rule before: the whole silhouette"
+    np.testing.assert_array_equal(old.mask & ~in_ring, out.mask)
+
+
+def test_cards_written_before_the_enclosed_rule_crop_with_the_silhouette_rule() -> None:
+    """A card without ``depthless_reach`` (written before it existed) feeds its model the crop it was trained on."""
+    new = ModelCard("ast", "edge", 64, ("rgb", "xyz", "mask"), "foreground", (0.5,) * 3, (0.2,) * 3)
+    assert new.depthless_reach == edge.crop.DEPTHLESS_REACH
+    stored = new.to_dict()
+    assert ModelCard.from_dict(stored) == new
+    del stored["depthless_reach"]
+    old = ModelCard.from_dict(stored)
+    assert old.depthless_reach is None and ModelCard.from_dict(old.to_dict()) == old
+    assert old.crop_spec().depthless_reach is None and new.crop_spec().depthless_reach == edge.crop.DEPTHLESS_REACH
+    assert old.crop_spec("image").mode == "image" and new.crop_spec().size == 64

@@ -105,19 +105,21 @@ def host_kernel(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
 
 
 @pytest.mark.parametrize(
-    ("kind", "mode", "interp", "z", "keep"),
+    ("kind", "mode", "interp", "z", "keep", "reach"),
     [
-        ("cylinder", "foreground", "bilinear", 0.8, True),
-        ("cylinder", "foreground", "nearest", 0.8, False),  # no silhouette table: a null pointer
-        ("box", "full", "nearest", 0.8, True),
-        ("box", "foreground", "bilinear", 0.8, True),
-        ("cylinder", "full", "bilinear", 0.45, True),  # padded window
-        ("notched", "foreground", "bilinear", 0.8, True),  # support-aware radial margin
-        ("notched", "full", "nearest", 0.45, False),
+        ("cylinder", "foreground", "bilinear", 0.8, True, 8),
+        ("cylinder", "foreground", "bilinear", 0.8, True, None),  # the rule before depthless_reach: IP_REACH 0
+        ("cylinder", "foreground", "nearest", 0.8, False, 8),  # no silhouette table: a null pointer
+        ("box", "full", "nearest", 0.8, True, 2),
+        ("box", "foreground", "bilinear", 0.8, True, 8),
+        ("cylinder", "full", "bilinear", 0.45, True, 3),  # padded window: neighbours outside the image
+        ("cylinder", "full", "bilinear", 0.45, True, None),
+        ("notched", "foreground", "bilinear", 0.8, True, 8),  # support-aware radial margin
+        ("notched", "full", "nearest", 0.45, False, 8),
     ],
 )
 def test_kernel_source_run_on_the_host_matches_cpu_exactly(
-    host_kernel: ctypes.CDLL, kind: str, mode: str, interp: str, z: float, keep: bool
+    host_kernel: ctypes.CDLL, kind: str, mode: str, interp: str, z: float, keep: bool, reach: int | None
 ) -> None:
     spec = make_spec(640, 480)
     roi = make_roi(spec, kind, center=(0.02, -0.01, z))
@@ -127,6 +129,7 @@ def test_kernel_source_run_on_the_host_matches_cpu_exactly(
         color_interpolation=interp,  # type: ignore[arg-type]
         background_rgb=(10, 200, 30),
         keep_depthless=keep,
+        depthless_reach=reach,
     )
     cpu = RoiCropper(spec, roi, crop)
     rays, roi_rays = kernel_tables(spec, roi)
@@ -142,6 +145,13 @@ def test_kernel_source_run_on_the_host_matches_cpu_exactly(
     host_kernel.run_grid(BLOCK[0], BLOCK[1], *pointers)
     ref = cpu.crop(frame)
     assert 0 < ref.mask.sum() < n * n
+    if silhouette is not None:  # the case must exercise the rule: depthless samples kept, (enclosed) some refused
+        ix, iy = cpu.layout.nearest()
+        depth = frame.depth[np.clip(iy, 0, 479)[:, None], np.clip(ix, 0, 639)[None, :]]
+        in_silhouette = silhouette.astype(bool) & (depth == 0)  # the silhouette is False outside the image
+        # at z = 0.45 the scene's depths lie behind the ROI: no sample with depth encloses a depthless one
+        assert (ref.mask & in_silhouette).any() == (reach is None or z > 0.5)
+        assert (reach is None) == bool(ref.mask[in_silhouette].all())
     np.testing.assert_array_equal(mask, ref.mask.astype(np.float32))
     np.testing.assert_array_equal(color, ref.color)
     np.testing.assert_array_equal(xyz, ref.xyz)  # bit-identical: same float32 operations in the same order
@@ -157,23 +167,30 @@ def test_cuda_cropper_without_pycuda_says_what_to_install() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.parametrize(
-    ("kind", "mode", "interp", "z"),
+    ("kind", "mode", "interp", "z", "reach"),
     [
-        ("cylinder", "foreground", "bilinear", 0.8),
-        ("box", "full", "nearest", 0.8),
-        ("cylinder", "full", "bilinear", 0.45),  # padded window
-        ("notched", "foreground", "bilinear", 0.8),  # a cylinder with radial notches (support-aware margin)
-        ("notched", "full", "nearest", 0.45),
+        ("cylinder", "foreground", "bilinear", 0.8, 8),
+        ("cylinder", "foreground", "bilinear", 0.8, None),  # the rule before depthless_reach
+        ("box", "full", "nearest", 0.8, 8),
+        ("cylinder", "full", "bilinear", 0.45, 3),  # padded window
+        ("notched", "foreground", "bilinear", 0.8, 8),  # a cylinder with radial notches (support-aware margin)
+        ("notched", "full", "nearest", 0.45, None),
     ],
 )
-def test_cuda_crop_matches_cpu(kind: str, mode: str, interp: str, z: float) -> None:
+def test_cuda_crop_matches_cpu(kind: str, mode: str, interp: str, z: float, reach: int | None) -> None:
     """Tolerance: mask and colour bytes exact; rgb and xyz within 1e-6 (the kernel is written to be bit-identical)."""
     reason = gpu_unavailable()
     if reason:
         pytest.skip(reason)
     spec = make_spec(640, 480)
     roi = make_roi(spec, kind, center=(0.02, -0.01, z))
-    crop = CropSpec(mode=mode, size=256, color_interpolation=interp, background_rgb=(10, 200, 30))  # type: ignore[arg-type]
+    crop = CropSpec(
+        mode=mode,  # type: ignore[arg-type]
+        size=256,
+        color_interpolation=interp,  # type: ignore[arg-type]
+        background_rgb=(10, 200, 30),
+        depthless_reach=reach,
+    )
     cpu, gpu = RoiCropper(spec, roi, crop), CudaRoiCropper(spec, roi, crop)
     try:
         assert gpu.layout == cpu.layout

@@ -152,6 +152,12 @@ def test_the_suite_trains_every_suite_family_and_writes_its_page(
     (onnx.parent.parent / "toy-full" / "edge-train.json").write_text('{"key": "other ROI"}', encoding="utf-8")
     assert accuracy_main([*argv, "--stations", "rail"]) == 1  # a stale stamp: that folder trained afresh
     assert capsys.readouterr().out.count("accuracy: reusing") == 1 and onnx.stat().st_mtime_ns == stamp
+    # the same command line resolving to another crop rule (a card of before CropSpec.depthless_reach): retrained
+    toy_card = TOY_FAMILY.card
+    monkeypatch.setattr(TOY_FAMILY, "card", lambda *a, **k: replace(toy_card(*a, **k), depthless_reach=None))
+    assert accuracy_main([*argv, "--stations", "rail"]) == 1
+    assert "accuracy: reusing" not in capsys.readouterr().out and onnx.stat().st_mtime_ns != stamp
+    assert card_from_onnx(onnx).depthless_reach is None
 
 
 def test_a_foreground_only_variant_reports_no_original_and_no_comparison() -> None:

@@ -27,7 +27,6 @@ from drivers.labels import LabelsError
 from edge.core.errors import EdgeError
 from edge.core.frame import Frame
 from edge.core.scoring import load_scoring
-from edge.crop import CropSpec
 from edge.inspect import Inspector
 from engines.datasets import crop_mask
 from engines.runtime.select import RunnerPlan
@@ -141,7 +140,7 @@ class Bench:
                 plan = self.make_plan(r.model)
                 if isinstance(sample, SceneFrame):
                     card = r.model.card
-                    crop = CropSpec(mode=card.crop_mode, size=card.input_size, mean=card.mean, std=card.std)
+                    crop = card.crop_spec()
                     insp = Inspector(None, None, r.model.onnx, scoring, plan=plan, cropper=SceneCropper(crop))
                 else:
                     insp = Inspector(

@@ -208,13 +208,15 @@ def edge_train(
     for option in options:
         argv += ["--option", option]
     # what trained the folder: its command line (less the threads), the card it resolves to (a family's changed
-    # preset default is a new model under the same command line) and the ROI file
+    # preset default, or a changed crop rule such as CropSpec.depthless_reach, is a new model under the same command
+    # line) and the ROI file
     stamp = out / "edge-train.json"
     threads_at = argv.index("--threads")
     card = train.card_from_args(get_family(model), train.build_parser().parse_args(argv))
     key = {
         "argv": argv[:threads_at] + argv[threads_at + 2 :],
         "card_options": card.options,
+        "card_crop": card.crop_spec().model_dump(mode="json"),
         "roi_sha256": sha256_file(roi_path),
     }
     if study.reuse and stamp.is_file() and (out / "model.onnx").is_file() and (out / "scoring.yaml").is_file():
@@ -300,7 +302,7 @@ def score_mode(
     """Score the test split with the exported ONNX file in ONNX Runtime and evaluate maps and image scores."""
     onnx_path = run_dir / "model.onnx"
     card = card_from_onnx(onnx_path)
-    crop = CropSpec(mode=card.crop_mode, size=card.input_size, mean=card.mean, std=card.std)
+    crop = card.crop_spec()
     test = open_dataset(data, roi, crop).split("test")
     scorer = Scorer(load_scoring(run_dir / "scoring.yaml"))
     n = card.input_size
@@ -368,8 +370,8 @@ def _auroc_of(scores: npt.NDArray[np.float64], kinds: list[str]) -> dict[str, fl
 def silhouette_shares(data: Path, roi: RoiFile) -> tuple[float, float]:
     """Over the test frames, shares of the ROI's image silhouette (a) without depth, (b) with depth outside the ROI.
 
-    ``foreground`` keeps (a) (``CropSpec.keep_depthless``) and paints (b) background: the rim of background around
-    the drum, and any part of the drum beyond the ROI's margin.
+    ``foreground`` keeps (a) where depth-valid ROI samples enclose it (``CropSpec.depthless_reach``) and paints (b)
+    background: the rim of background around the drum, and any part of the drum beyond the ROI's margin.
     """
     folder = MvtecFolder(data)
     assert folder.spec is not None  # our own export stores it
@@ -500,7 +502,8 @@ def section(
             f"scored: model.onnx in ONNX Runtime (CPU EP) on every test sample; maps at the crop's {size}×{size}, "
             "pixel metrics over all crop pixels of all test samples; AU-PRO with 8-connected ground-truth regions",
             f"of the ROI's image silhouette in the test frames, {100 * shares[0]:.1f} % has no depth (specular "
-            "holes, stereo shadow, speckle: foreground keeps their colour, CropSpec.keep_depthless) and "
+            "holes, stereo shadow, speckle: foreground keeps those enclosed by depth inside the ROI, "
+            "CropSpec.depthless_reach) and "
             f"{100 * shares[1]:.1f} % has depth outside the ROI (background at the rim, and drum points beyond the "
             "margin such as the bracket: foreground paints them background)",
             f"latency: the same graph in both modes, ONNX Runtime with {study.threads} threads (a difference between "

@@ -29,7 +29,6 @@ import numpy.typing as npt
 
 from calibration.roi import RoiFile, load_roi
 from edge.core.errors import EdgeError
-from edge.crop import CropSpec
 from edge.inspect import ModelStage
 from engines.datasets import open_dataset
 from engines.export import card_from_onnx, example_feeds, onnx_from_model
@@ -145,7 +144,7 @@ def ast_rows(study: accuracy.Study, reps: int, work: Path) -> tuple[list[list[st
     dirs = {k: fp32 if k == "fp32" else work / f"ast-edge-{k}" for k in KINDS}
     quant_s = {k: accuracy.edge_quantize(fp32, data, roi_path, dirs[k], VARIANTS[k][1], reuse=False) for k in KINDS[1:]}
     card = card_from_onnx(fp32 / "model.onnx")
-    crop = CropSpec(mode=card.crop_mode, size=card.input_size, mean=card.mean, std=card.std)
+    crop = card.crop_spec()
     test = open_dataset(data, roi, crop).split("test")
     labels = np.array([0 if test[i]["defect_type"] == "good" else 1 for i in range(len(test))], dtype=np.int64)
     stages = _stages(dirs)

@@ -28,7 +28,6 @@ import torch
 from scipy.stats import spearmanr
 
 from calibration.roi import load_roi
-from edge.crop import CropSpec
 from engines.checkpoint import load_checkpoint
 from engines.datasets import Batches, Dataset, open_dataset
 from engines.metrics import image_auroc
@@ -98,7 +97,7 @@ def train_model(args: argparse.Namespace, work: Path) -> tuple[ShapeGuidedModel,
         study, "shape_guided", args.crop, epochs=args.epochs, options=[], paths=(data_dir, roi_path, work / "run")
     )
     model, card, _ = load_checkpoint(work / "run" / "model.safetensors")
-    crop = CropSpec(mode=card.crop_mode, size=card.input_size, mean=card.mean, std=card.std)
+    crop = card.crop_spec()
     data = open_dataset(data_dir, load_roi(roi_path), crop)
     splits = ", ".join(f"{s} {sum(k.values())}" for s, k in data.kinds.items())
     note = (
