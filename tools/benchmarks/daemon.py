@@ -434,6 +434,21 @@ def memory_rows(work: Path, prep: Prepared, out: Tables, long: bool) -> None:
         out.notes.append("the 10-minute memory-growth run was not part of this invocation (`--long` runs it)")
 
 
+def load_note(start: float, end: float, consequence: str) -> str:
+    """The run's load, read as other jobs' only at the start (the daemon's own processes load the end)."""
+    cpus = os.cpu_count() or 1
+    loads = f"1-minute load average {start:.2f} at the start, {end:.2f} at the end, on {cpus} CPUs"
+    if start > cpus / 2:
+        return (
+            f"the machine was shared with other jobs while this ran ({loads}): {consequence}; run at "
+            f"{time.strftime('%H:%M:%S')}."
+        )
+    return (
+        f"nothing else was running at the start ({loads}; the end includes the daemon's own processes); run at "
+        f"{time.strftime('%H:%M:%S')}."
+    )
+
+
 def run(quick: bool, long: bool = False) -> BenchSection:
     """Every family × precision unpaced and paced through the daemon; memory with one and three models."""
     frames, train_frames, epochs = (60, 32, 1) if quick else (200, 48, 1)
@@ -461,9 +476,11 @@ def run(quick: bool, long: bool = False) -> BenchSection:
         "memory: RSS (MB) of each process, sampled every 0.5 s (main and inference once the models are loaded, "
         "capture from its start): median of the second half of the samples (peak in brackets); "
         "main holds SQLite and the sinks, capture the source, inference the models.",
-        f"the machine was shared with other jobs while this ran (1-minute load average {load_before[0]:.2f} at the "
-        f"start, {load_after[0]:.2f} at the end, on {os.cpu_count()} CPUs): absolute figures are inflated; rerun "
-        f"on a quiet machine to judge the targets; run at {time.strftime('%H:%M:%S')}.",
+        load_note(
+            load_before[0],
+            load_after[0],
+            "absolute figures are inflated; rerun on a quiet machine to judge the targets",
+        ),
     ]
     rows = out.rows
     if out.memory:
@@ -499,9 +516,7 @@ def long_only(out: Path = Path("docs/benchmarks.md")) -> None:
         *prep.notes[1:],
         note,
         "RSS (MB): VmRSS of each process sampled every 5 s; growth = last sample − the sample 1 min in.",
-        f"the machine was shared with other jobs while this ran (1-minute load average {load_before[0]:.2f} at the "
-        f"start, {os.getloadavg()[0]:.2f} at the end, on {os.cpu_count()} CPUs): frames/s are the machine's, not "
-        f"the daemon's; run at {time.strftime('%H:%M:%S')}.",
+        load_note(load_before[0], os.getloadavg()[0], "frames/s are the machine's, not the daemon's"),
     ]
     section = BenchSection(
         title=LONG_TITLE,
