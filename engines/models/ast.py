@@ -68,9 +68,21 @@ Deviations from the paper's code, and why:
   stations; so 0.
 - ``fine_tap`` (option, default none): a second, finer backbone block (stride 8: Lite2 blocks 4–6) sets a 32×32
   grid at 256² and the tap's features are bilinearly upsampled onto it and concatenated (AST taps one block). For
-  defects of 6–60 pixels (the standing and tilted stations) a 16-px cell is coarse. Its accuracy is not measured
-  yet; at the ``edge`` widths it costs about 3× the ``edge`` graph's ONNX Runtime time (measured under load,
-  docs/accuracy.md), beyond the 50 ms budget, so it would need narrower teacher and student.
+  defects of 6–60 pixels (the standing and tilted stations) a 16-px cell is coarse. At the ``edge`` widths it costs
+  2.9× the ``edge`` graph's ONNX Runtime time (p50 74.7 against 26.2 ms, 2 threads, quiet machine), beyond the 50 ms
+  budget. Measured on roller-standing and tilted-fixture (docs/accuracy.md): image AUROC 0.765 → 0.617 and
+  0.716 → 0.623 at the ``edge`` widths, 0.572 and 0.643 with the narrow ones, while pixel AUROC rose (0.926 → 0.943,
+  0.934 → 0.950): the finer map localises better but its good frames peak higher. Not a default.
+- ``depth_highpass`` (option, default 0): the depth branch takes z minus the mean of the valid surface in a
+  (2r + 1)² window at depth resolution (two separable average pools), so a plane or a slowly curving shell becomes 0
+  and a dent stands out whatever the part's pose; AST feeds the centred z itself. Within r of the mask's edge the
+  window is one-sided and leaves up to slope × r. Measured with r = 8 on the two stations where AST misses dents and
+  deformations (docs/accuracy.md): tilted-fixture 0.716 → 0.730 (deformation 0.55 → 0.64), roller-standing 0.765 →
+  0.560 (the standing drum's open end puts depth steps of tens of centimetres inside the mask); so 0.
+- ``teacher_hidden``, ``student_hidden``, ``student_blocks`` (options, default the preset's): the widths, so a
+  finer grid can be bought back in latency (``fine_tap`` 6 with 32 / 128 / 1 runs at the ``edge`` graph's
+  p50 + 45 %). Measured with ``fine_tap`` 6 (docs/accuracy.md): pixel AUROC and AU-PRO up, image AUROC down on both
+  stations tried, with either width; so neither is a default.
 - Adam (eps 1e-8, weight decay 1e-5) uses ``FitSettings.learning_rate`` and ``epochs`` for each phase; batches are
   drawn in a per-(phase, epoch) seeded order so a resumed run repeats an uninterrupted one.
 """
@@ -151,6 +163,7 @@ class AstSettings:
     fine_tap: int | None = None  # a finer backbone block (stride ½ the tap's) that sets the grid; option "fine_tap"
     score_border: int = 0  # px inside the foreground edge the image score ignores; option "score_border"
     mask_open: int = 0  # radius (px) of a morphological opening of the crop's mask (specks off); option "mask_open"
+    depth_highpass: int = 0  # radius (depth px) of the local surface mean taken off z; option "depth_highpass"
 
     def geometry(self) -> tuple[int, int, int]:
         """(feature channels, feature stride, grid side) of the backbone tap(s) at this input size."""
@@ -288,6 +301,12 @@ def dilate(mask: Tensor, r: int) -> Tensor:
     return nnf.max_pool2d(out, (2 * r + 1, 1), stride=1, padding=(r, 0))
 
 
+def box_mean(x: Tensor, r: int) -> Tensor:
+    """Mean over a (2r + 1)² square (zeros beyond the border), as two separable average pools."""
+    out = nnf.avg_pool2d(x, (1, 2 * r + 1), stride=1, padding=(0, r))
+    return nnf.avg_pool2d(out, (2 * r + 1, 1), stride=1, padding=(r, 0))
+
+
 def erode(mask: Tensor, r: int) -> Tensor:
     """Binary erosion by a (2r + 1)² square; pixels beyond the image border count as foreground (max-pooling pads
     with −∞), so only the mask's own edge erodes."""
@@ -355,6 +374,10 @@ class AstModel(nn.Module):
         z = (z * valid + (1 - valid) * mean - mean) * self.settings.depth_scale
         if self.reduce > 1:
             z = nnf.avg_pool2d(z, self.reduce)
+            valid = nnf.avg_pool2d(valid, self.reduce)
+        r = self.settings.depth_highpass
+        if r > 0:  # minus the local mean of the valid surface around each pixel: dents stand out, pose drops out
+            z = z - valid * box_mean(z, r) / box_mean(valid, r).clamp_min(1e-6)
         return nnf.pixel_unshuffle(z, UNSHUFFLE)
 
     def foreground(self, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -534,8 +557,11 @@ def card_inputs(mode: str) -> tuple[str, ...]:
     return {"rgb": ("rgb", "mask"), "depth": ("xyz", "mask"), "rgbd": ("rgb", "xyz", "mask")}[mode]
 
 
-OPTIONS: tuple[str, ...] = ("mode", "image_score", "fine_tap", "score_border", "mask_open")
-LEGACY_OPTIONS: Mapping[str, Any] = MappingProxyType({"fine_tap": None, "score_border": 0, "mask_open": 0})
+WIDTHS: tuple[str, ...] = ("teacher_hidden", "student_hidden", "student_blocks")
+OPTIONS: tuple[str, ...] = ("mode", "image_score", "fine_tap", "score_border", "mask_open", "depth_highpass", *WIDTHS)
+LEGACY_OPTIONS: Mapping[str, Any] = MappingProxyType(
+    {"fine_tap": None, "score_border": 0, "mask_open": 0, "depth_highpass": 0}
+)
 
 
 def _check_options(options: Mapping[str, Any], preset: str) -> tuple[Mode, str, AstSettings]:
@@ -550,9 +576,16 @@ def _check_options(options: Mapping[str, Any], preset: str) -> tuple[Mode, str, 
     fine = options.get("fine_tap", base.fine_tap)
     border = options.get("score_border", base.score_border)
     opening = options.get("mask_open", base.mask_open)
-    for name, px in (("score_border", border), ("mask_open", opening)):
+    highpass = options.get("depth_highpass", base.depth_highpass)
+    for name, px in (("score_border", border), ("mask_open", opening), ("depth_highpass", highpass)):
         if not isinstance(px, int) or isinstance(px, bool) or px < 0:
             raise AstConfigError(f"AST {name} {px!r} is not a whole number of pixels ≥ 0", f"e.g. {name}=1")
+    widths = {name: options.get(name, getattr(base, name)) for name in WIDTHS}
+    for name, width in widths.items():
+        if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+            raise AstConfigError(
+                f"AST {name} {width!r} is not a whole number ≥ 1", f"e.g. {name}={getattr(base, name)} (the preset's)"
+            )
     if fine is not None:
         blocks = lite_block_args(base.backbone)
         if (
@@ -566,7 +599,7 @@ def _check_options(options: Mapping[str, Any], preset: str) -> tuple[Mode, str, 
                 f"AST fine_tap {fine!r} is not a block of {base.backbone} at half the stride of its tap {base.tap}",
                 f"pick one of blocks {strides[0]}..{strides[-1]} (or leave fine_tap out)",
             )
-    settings = replace(base, fine_tap=fine, score_border=border, mask_open=opening)
+    settings = replace(base, fine_tap=fine, score_border=border, mask_open=opening, depth_highpass=highpass, **widths)
     _, _, grid = settings.geometry()
     if settings.input_size % (grid * UNSHUFFLE):
         raise AstConfigError(
@@ -592,6 +625,8 @@ class AstFamily:
             "fine_tap": settings.fine_tap,
             "score_border": settings.score_border,
             "mask_open": settings.mask_open,
+            "depth_highpass": settings.depth_highpass,
+            **{name: getattr(settings, name) for name in WIDTHS},
         }
         return lite_card(self.name, preset, settings.input_size, card_inputs(mode), crop_mode, options=chosen)
 

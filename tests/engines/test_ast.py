@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as nnf
 from _toy import MemoryContext
 from scipy import ndimage
 
@@ -235,7 +236,10 @@ def test_mask_open_drops_specks_from_the_foreground_in_foreground_mode_only() ->
 
 def test_edge_scores_away_from_the_mask_edge_and_older_cards_keep_the_plain_score() -> None:
     card = AST_FAMILY.card("edge", "foreground")
-    assert card.options == {"mode": "rgbd", "image_score": "max", "fine_tap": None, "score_border": 16, "mask_open": 0}
+    assert card.options == {
+        "mode": "rgbd", "image_score": "max", "fine_tap": None, "score_border": 16, "mask_open": 0,
+        "depth_highpass": 0, "teacher_hidden": 64, "student_hidden": 256, "student_blocks": 2,
+    }  # fmt: skip
     assert AST_FAMILY.card("paper", "foreground").options["score_border"] == 0
     older = ModelCard.from_dict(card.to_dict() | {"options": {"mode": "rgbd", "image_score": "max"}})
     assert AST_FAMILY.build(older).settings.score_border == 0  # its scoring.yaml was fitted on the plain max
@@ -257,6 +261,46 @@ def test_fine_tap_puts_the_tap_on_the_finer_blocks_grid() -> None:
         AST_FAMILY.card("edge", "foreground", fine_tap=3)
     with pytest.raises(AstConfigError, match="at least 8× the grid"):
         AST_FAMILY.card("tiny", "foreground", fine_tap=2)
+
+
+def test_depth_highpass_takes_a_tilted_surface_off_and_keeps_a_dent() -> None:
+    card = AST_FAMILY.card("edge", "foreground", depth_highpass=8)
+    model = AST_FAMILY.build(card).eval()
+    plain = AST_FAMILY.build(AST_FAMILY.card("edge", "foreground")).eval()
+    x = torch.arange(256.0)
+    xyz = torch.zeros(1, 3, 256, 256)
+    xyz[:, 2] = 0.8 + 0.001 * x + 0.0005 * x[:, None]  # a plane tilted both ways: 0.38 m of depth across
+    mask = torch.zeros(1, 1, 256, 256)
+    mask[..., 32:224, 32:224] = 1
+    dented = xyz.clone()
+    dented[:, 2, 120:130, 120:130] -= 0.015  # a 15 mm dent, 10×10 px
+    with torch.no_grad():
+        flat, dent = (nnf.pixel_shuffle(model.depth_features(z, mask), 8)[0, 0] for z in (xyz, dented))
+        raw = nnf.pixel_shuffle(plain.depth_features(xyz, mask), 8)[0, 0]
+    inside = (slice(16, 112), slice(16, 112))  # the mask at depth resolution (128²)
+    away = (slice(24, 104), slice(24, 104))  # ≥ r = 8 depth px from its edge: the whole window on the surface
+    assert float(raw[inside].abs().max()) > 10  # AST's centred z keeps the tilt (×100: centimetres)
+    assert float(flat[away].abs().max()) < 1e-4  # the local mean takes a plane off exactly
+    assert float(flat[inside].abs().max()) < 1.1  # near the edge a one-sided window leaves ≤ slope · r
+    assert float(dent[62, 62]) < -1.2  # the dent's centre, 1.5 cm deep, minus the little it moves the local mean
+    assert float(flat[:14].abs().max()) == 0.0  # nothing beyond the mask and the 3 px the gap filling continues it
+    older = ModelCard.from_dict(card.to_dict() | {"options": {"mode": "rgbd", "image_score": "max"}})
+    assert AST_FAMILY.build(older).settings.depth_highpass == 0
+    with pytest.raises(AstConfigError, match="depth_highpass -1 is not a whole number of pixels"):
+        AST_FAMILY.card("edge", "foreground", depth_highpass=-1)
+
+
+def test_width_options_size_teacher_and_student_and_older_cards_keep_the_presets() -> None:
+    card = AST_FAMILY.card("edge", "foreground", fine_tap=6, teacher_hidden=32, student_hidden=128, student_blocks=1)
+    model = AST_FAMILY.build(card)
+    assert model.teacher.blocks[0].s1.conv1.out_channels == 32
+    assert model.student.conv1.out_channels == 128 and len(model.student.res) == 1
+    older = ModelCard.from_dict(card.to_dict() | {"options": {"mode": "rgbd", "image_score": "max"}})
+    settings = AST_FAMILY.build(older).settings
+    assert (settings.teacher_hidden, settings.student_hidden, settings.student_blocks) == (64, 256, 2)
+    for name, bad in (("student_hidden", 0), ("teacher_hidden", 2.5), ("student_blocks", True)):
+        with pytest.raises(AstConfigError, match=f"AST {name} .* is not a whole number ≥ 1"):
+            AST_FAMILY.card("edge", "foreground", **{name: bad})
 
 
 @pytest.mark.parametrize(("mode", "border"), [(m, 0) for m in MODES] + [("rgbd", 6)])
@@ -289,7 +333,9 @@ def test_bad_cards_options_and_data_name_the_problem_and_the_remedy() -> None:
         AST_FAMILY.card("tiny", "foreground", mode="combi")
     with pytest.raises(AstConfigError, match="max, mean or top2pct"):
         AST_FAMILY.card("tiny", "foreground", image_score="p99")
-    with pytest.raises(AstConfigError, match="only 'mode', 'image_score', 'fine_tap', 'score_border', 'mask_open'"):
+    with pytest.raises(
+        AstConfigError, match="only 'mode', 'image_score', 'fine_tap', 'score_border', 'mask_open', 'depth_highpass'"
+    ):
         AST_FAMILY.card("tiny", "foreground", colour="red")
     with pytest.raises(AstConfigError, match="whole number of pixels"):
         AST_FAMILY.card("tiny", "foreground", score_border=-1)

@@ -30,6 +30,7 @@ from tools.benchmarks.accuracy_suite import (
     render_station,
     report,
     result_path,
+    training_time_note,
 )
 
 
@@ -67,6 +68,7 @@ def test_a_station_is_rendered_once_with_its_counts_and_cached(tmp_path: Path) -
         (["--models", "ast,patchcore"], "unknown model family patchcore"),
         (["--option", "image_score=mean"], "is not FAMILY:KEY=VALUE"),
         (["--counts", "60,10,30"], "is not 4 integers"),
+        (["--dada-epochs", "0"], "--epochs and --dada-epochs must be positive"),
     ],
 )
 def test_bad_arguments_fail_with_one_line(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -115,6 +117,27 @@ def test_the_study_averages_stations_and_checks_every_target_per_station() -> No
     assert not met("b seed 1: foreground image AUROC ≥ 0.9 for every type")
     assert met("a seed 1: foreground > full") and not met("b seed 1: foreground > full")
     assert met("a seed 1: ONNX Runtime p99 ≤ 50 ms") and not met("b seed 1: ONNX Runtime p99 ≤ 50 ms")
+
+
+def test_the_training_time_is_reported_with_the_pretraining_apart() -> None:
+    plain = [_row("a", 0.97, 0.80, 0.95, 30.0), _row("b", 0.93, 0.95, 0.60, 70.0)]
+    plain[1]["foreground"]["fit_s"] = 150.0
+    assert training_time_note(plain) == [
+        "edge-train wall time per crop mode: 0.2–2.5 min (the run's threads; other jobs on the machine lengthen it)"
+    ]
+    pretrained = [r | {"pretraining_s": 600.0 + 60 * i, "pretraining_epochs": 200} for i, r in enumerate(plain)]
+    (note,) = training_time_note(pretrained)
+    assert "; pretraining (200 epochs), once per station: 10.0–11.0 min" in note
+    assert training_time_note([{"station": "a", "foreground": {}}]) == []  # saved before fit_s existed
+
+
+def test_dada_epochs_reach_the_3dsr_study_and_its_tag() -> None:
+    _, job = parse(["--device", "cpu", "--dada-epochs", "200", "--epochs", "50"])
+    study = job.study("dsr3d")
+    assert (study.epochs, study.dada_epochs) == (50, 200)
+    _, default = parse(["--device", "cpu"])
+    assert default.study("dsr3d").dada_epochs == accuracy.FULL_STUDIES["dsr3d"].dada_epochs
+    assert default.tag("dsr3d") != job.tag("dsr3d")
 
 
 @pytest.mark.slow

@@ -116,6 +116,7 @@ class Job:
     threads: int
     epochs: int | None
     options: tuple[str, ...]  # FAMILY:KEY=VALUE
+    dada_epochs: int | None = None  # pretraining epochs (3DSR's DADA); None: the family's study
     modes: tuple[str, ...] = MODES  # crop modes trained (a tuning variant may train foreground only)
     precisions: tuple[str, ...] = ("fp32",)  # engines scored: fp32 first, then edge-quantize's forms asked for
 
@@ -148,6 +149,7 @@ class Job:
             seed=self.seed,
             frames=self.counts.good + self.counts.per_type * len(DEFECT_TYPES),
             epochs=self.epochs or base.epochs,
+            dada_epochs=self.dada_epochs or base.dada_epochs,
             device=self.device,
             threads=self.threads,
             workers=self.workers,
@@ -287,6 +289,7 @@ def run_station(job: Job, station: str, family: str, command: str) -> dict[str, 
         "options": list(study.options({})),
         "device": study.device,
         "pretraining_s": dada_s,
+        "pretraining_epochs": study.dada_epochs if dada_s else 0,
         "roi_version": roi.version,
         "command": command,
         "run_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -328,6 +331,21 @@ def _type_cell(rows: Sequence[dict[str, Any]], kind: str) -> str:
     if any("full" not in x for x in rows):
         return f"{fg:.3f}"
     return f"{fg:.3f} ({np.mean([x['full']['per_type'][kind] for x in rows]):.3f})"
+
+
+def training_time_note(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Wall time of the trainings behind the rows (edge-train: load, cache, train, export, parity, threshold), the
+    pretraining (3DSR's DADA, once per station, shared by the crop modes) apart; none for results saved without."""
+    fits = [float(r[m]["fit_s"]) for r in rows for m in MODES if m in r and "fit_s" in r[m]]
+    if not fits:
+        return []
+    note = f"edge-train wall time per crop mode: {min(fits) / 60:.1f}–{max(fits) / 60:.1f} min"
+    pre = [float(r.get("pretraining_s") or 0.0) for r in rows]
+    if any(pre):
+        epochs = sorted({int(r.get("pretraining_epochs") or 0) for r in rows} - {0})
+        of = f" ({', '.join(str(e) for e in epochs)} epochs)" if epochs else ""
+        note += f"; pretraining{of}, once per station: {min(pre) / 60:.1f}–{max(pre) / 60:.1f} min"
+    return [note + " (the run's threads; other jobs on the machine lengthen it)"]
 
 
 def family_sections(family: str, rows: Sequence[dict[str, Any]]) -> list[BenchSection]:
@@ -394,6 +412,7 @@ def family_sections(family: str, rows: Sequence[dict[str, Any]]) -> list[BenchSe
                 + f", {first['epochs']} epochs, training device {first['device']}; scoring.yaml fitted on "
                 "validation/good; every test frame scored by model.onnx in ONNX Runtime (CPU) through "
                 "edge.inspect.ModelStage",
+                *training_time_note(rows),
                 "defects passed / good flagged: at the fitted scoring.yaml threshold; F1-max at the test-fitted "
                 "threshold; AU-PRO with 8-connected ground-truth regions up to FPR 0.3",
                 "ORT p99: of the model call while scoring the test split (ONNX Runtime, the run's threads), the "
@@ -663,6 +682,7 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Job]:
     parser.add_argument("--workers", type=int, default=1, help="processes rendering frames (default 1)")
     parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads (default 2)")
     parser.add_argument("--epochs", type=int, help="epochs per training phase (default: the family's study)")
+    parser.add_argument("--dada-epochs", type=int, help="3DSR's DADA pretraining epochs (default: the family's study)")
     parser.add_argument(
         "--option", action="append", default=[], metavar="FAMILY:KEY=VALUE", help="edge-train --option for a family"
     )
@@ -704,6 +724,8 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Job]:
         )
     if min(train_n, val, good, per_type) < 1 or args.workers < 1 or args.threads < 1:
         raise EdgeError("--counts, --workers and --threads must be positive", "e.g. --counts 60,10,30,30")
+    if (args.epochs is not None and args.epochs < 1) or (args.dada_epochs is not None and args.dada_epochs < 1):
+        raise EdgeError("--epochs and --dada-epochs must be positive", "e.g. --epochs 24")
     job = Job(
         split=args.split,
         stations=stations,
@@ -716,6 +738,7 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Job]:
         workers=args.workers,
         threads=args.threads,
         epochs=args.epochs,
+        dada_epochs=args.dada_epochs,
         options=tuple(args.option),
         modes=tuple(m for m in MODES if m in modes),
         precisions=tuple(p for p in PRECISIONS if p in precisions),
