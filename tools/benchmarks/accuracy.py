@@ -97,18 +97,19 @@ FULL_STUDIES = {
     # 960 parts give 244 good training parts, trained 72 + 72 epochs (the paper's schedule): foreground 0.973 on an
     # H200 in 5.8 min. 480 parts × 24 epochs (0.911, 11 min) was the most run on a 2-core CPU; this is 6× its steps.
     "ast": Study(seed=7, frames=960, epochs=72, batch_size=8, learning_rate=2e-4, base_options=RGBD),
-    # edge (256², 2.7 s per forward on this CPU) would take days; tiny (64²) at 480 parts took 60 s per 3DSR epoch on
-    # the shared CPU, so the CPU study is tiny on 180 parts with a short schedule (a GPU run passes larger values);
-    # DADA needs its 400 epochs (800 corpus batches): at 100 its encoder had not left the one-code collapse
+    # edge (256², 2.7 s per forward on this CPU) would take days; tiny (64²) does not resolve the defects (a 6×6 px
+    # defect of the 256² crop is 1.5 px), so the CPU study is the ``cpu`` preset (128², docs/models/dsr3d.md): DADA
+    # 200 epochs of 15 generated batches, 3DSR 200 epochs of batch 8 at lr 1e-3 (the preset's 40 + 40 left 3DSR at
+    # chance on the suite; 200 + 200 trains a station's DADA and both crop modes in 33 min on one core)
     "dsr3d": Study(
         seed=7,
         frames=180,
-        epochs=10,
-        batch_size=4,
+        epochs=200,
+        batch_size=8,
         learning_rate=1e-3,
         model="dsr3d",
-        preset="tiny",
-        dada_epochs=400,
+        preset="cpu",
+        dada_epochs=200,
         base_options=RGBD,
     ),
     # BAAD has no one-line study (it needs no ROI at inference: the suite trains it in crop mode ``image``); these
