@@ -444,7 +444,7 @@ def load_note(start: float, end: float, consequence: str) -> str:
             f"{time.strftime('%H:%M:%S')}."
         )
     return (
-        f"nothing else was running at the start ({loads}; the end includes the daemon's own processes); run at "
+        f"the machine was quiet at the start ({loads}; the end includes the daemon's own processes); run at "
         f"{time.strftime('%H:%M:%S')}."
     )
 
