@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,11 @@ def test_figures_from_a_results_database(tmp_path: Path) -> None:
     assert f.dropped_at_start == 2, "the first verdict's gap_before: frames lost while the daemon started"
     assert f.unaccounted == 2, "frames of the recording in no counter"
     assert daemon.figures(run, frames_read=None).unaccounted == 0, "endless source: the ring's count is the reference"
+
+
+def test_a_run_is_called_shared_only_when_the_load_before_it_was_high() -> None:
+    cpus = os.cpu_count() or 1
+    quiet = daemon.load_note(cpus / 4, cpus * 2.0, "figures are inflated")
+    assert quiet.startswith("the machine was quiet at the start") and "inflated" not in quiet
+    busy = daemon.load_note(cpus * 2.0, cpus * 2.0, "figures are inflated")
+    assert busy.startswith("the machine was shared with other jobs") and "figures are inflated" in busy

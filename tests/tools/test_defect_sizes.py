@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from drivers.synthetic import STATIONS
-from tools.defect_sizes import defect_areas, main
+from tools.defect_sizes import defect_areas, defect_signal, main
 
 
 def test_table_has_a_row_per_station_and_scale(capsys: pytest.CaptureFixture[str]) -> None:
@@ -25,3 +25,18 @@ def test_bad_size_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["--size", "640"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--size" in err and "640x480" in err and len(err.splitlines()) == 1
+
+
+def test_signal_is_the_defects_own_change_of_the_frame(capsys: pytest.CaptureFixture[str]) -> None:
+    px, colour, depth = defect_signal("rail", "foreign_object", parts=range(2), seed=0, size=(320, 240))
+    assert px > 0 and colour > 0 and depth > 0  # an object on the drum: colour and depth both change
+    _, colour, depth = defect_signal("rail", "discoloration", parts=range(2), seed=0, size=(320, 240))
+    assert colour > 0 and depth == 0  # paint only: the geometry is the good part's, noise included
+    assert main(["--signal", "--parts", "1", "--size", "160x120"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + len(STATIONS) * 7  # the header, then every station and type
+
+
+def test_no_parts_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--signal", "--parts", "0"]) == 2
+    assert "--parts 0" in capsys.readouterr().err
