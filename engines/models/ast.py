@@ -83,6 +83,11 @@ Deviations from the paper's code, and why:
   finer grid can be bought back in latency (``fine_tap`` 6 with 32 / 128 / 1 runs at the ``edge`` graph's
   p50 + 45 %). Measured with ``fine_tap`` 6 (docs/accuracy.md): pixel AUROC and AU-PRO up, image AUROC down on both
   stations tried, with either width; so neither is a default.
+- ``augment`` (option, default 0): training sees each sample and ``augment`` jittered views of it
+  (``layers.jitter_view``: in-plane rotation ±3°, shift ±3 % of the side, scale ±3 %, a depth tilt of ±1.7°, colour
+  gain ±10 % and offset ±0.03), their frozen features cached like the samples' (so an epoch costs 1 + augment
+  times as much); AST trains on the samples alone. It aims at the part-to-part pose and light changes that make
+  good drums' maps peak (docs/accuracy.md, "Diagnosis"); measured there.
 - Adam (eps 1e-8, weight decay 1e-5) uses ``FitSettings.learning_rate`` and ``epochs`` for each phase; batches are
   drawn in a per-(phase, epoch) seeded order so a resumed run repeats an uninterrupted one.
 """
@@ -90,7 +95,7 @@ Deviations from the paper's code, and why:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Literal
@@ -120,7 +125,7 @@ from engines.models.backbones import (
     lite_block_args,
     lite_card,
 )
-from engines.models.layers import fill_gaps
+from engines.models.layers import fill_gaps, jitter_view
 
 Mode = Literal["rgb", "depth", "rgbd"]
 MODES: tuple[str, ...] = ("rgb", "depth", "rgbd")
@@ -164,6 +169,7 @@ class AstSettings:
     score_border: int = 0  # px inside the foreground edge the image score ignores; option "score_border"
     mask_open: int = 0  # radius (px) of a morphological opening of the crop's mask (specks off); option "mask_open"
     depth_highpass: int = 0  # radius (depth px) of the local surface mean taken off z; option "depth_highpass"
+    augment: int = 0  # jittered training views per sample (pose, tilt, light) beside the sample; option "augment"
 
     def geometry(self) -> tuple[int, int, int]:
         """(feature channels, feature stride, grid side) of the backbone tap(s) at this input size."""
@@ -337,6 +343,7 @@ class AstModel(nn.Module):
         super().__init__()
         self.settings, self.mode, self.image_score = settings, mode, image_score
         self.roi_mask = roi_mask  # False in ``full`` crop mode: the Original sees no ROI
+        self.colour = (tuple(mean), tuple(std))  # the card's normalisation of ``rgb`` (training-time jitter)
         c_feat, _, grid = settings.geometry()
         self.grid, self.depth_len = grid, grid * UNSHUFFLE
         self.reduce = settings.input_size // self.depth_len  # input pixels per depth pixel
@@ -490,6 +497,24 @@ def _optimizer(net: nn.Module, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(net.parameters(), lr=lr, eps=1e-8, weight_decay=1e-5)
 
 
+def _views(model: AstModel, train: Iterable[Mapping[str, Any]], seed: int) -> Iterable[Mapping[str, Any]]:
+    """The training batches, then ``settings.augment`` jittered views of each (``layers.jitter_view``: pose, tilt,
+    light), drawn from a generator seeded by the fit's seed; without ``augment`` the batches as they are."""
+    if model.settings.augment == 0:
+        return train
+    batches = [training.batch_inputs(b, model.input_names, AstTrainError) for b in train]
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + 99_991)
+    mean, std = model.colour
+
+    def views() -> Iterator[Mapping[str, Any]]:  # lazily: one jittered batch in memory at a time
+        yield from batches
+        for _ in range(model.settings.augment):
+            for batch in batches:
+                yield jitter_view(batch, gen, mean=mean, std=std)
+
+    return views()
+
+
 def fit_ast(model: AstModel, train: Iterable[Mapping[str, Any]], settings: FitSettings, context: TrainContext) -> None:
     """Cache frozen features once, train the teacher, then the student; resumes from the context's saved state.
 
@@ -509,8 +534,9 @@ def fit_ast(model: AstModel, train: Iterable[Mapping[str, Any]], settings: FitSe
         )
     model.to(device).train()
     inp, fg = training.cache_features(
-        train, model.input_names, lambda **t: model.prepare(**t)[:2], device, AstTrainError
-    )
+        _views(model, train, settings.seed), model.input_names, lambda **t: model.prepare(**t)[:2], device,
+        AstTrainError,
+    )  # fmt: skip
     n = inp.shape[0]
 
     def run(index: int, net: nn.Module, step: Callable[[Tensor], Tensor]) -> None:
@@ -558,9 +584,11 @@ def card_inputs(mode: str) -> tuple[str, ...]:
 
 
 WIDTHS: tuple[str, ...] = ("teacher_hidden", "student_hidden", "student_blocks")
-OPTIONS: tuple[str, ...] = ("mode", "image_score", "fine_tap", "score_border", "mask_open", "depth_highpass", *WIDTHS)
+OPTIONS: tuple[str, ...] = (
+    "mode", "image_score", "fine_tap", "score_border", "mask_open", "depth_highpass", "augment", *WIDTHS
+)  # fmt: skip
 LEGACY_OPTIONS: Mapping[str, Any] = MappingProxyType(
-    {"fine_tap": None, "score_border": 0, "mask_open": 0, "depth_highpass": 0}
+    {"fine_tap": None, "score_border": 0, "mask_open": 0, "depth_highpass": 0, "augment": 0}
 )
 
 
@@ -580,6 +608,9 @@ def _check_options(options: Mapping[str, Any], preset: str) -> tuple[Mode, str, 
     for name, px in (("score_border", border), ("mask_open", opening), ("depth_highpass", highpass)):
         if not isinstance(px, int) or isinstance(px, bool) or px < 0:
             raise AstConfigError(f"AST {name} {px!r} is not a whole number of pixels ≥ 0", f"e.g. {name}=1")
+    views = options.get("augment", base.augment)
+    if not isinstance(views, int) or isinstance(views, bool) or views < 0:
+        raise AstConfigError(f"AST augment {views!r} is not a whole number of views ≥ 0", "e.g. augment=3 (0: none)")
     widths = {name: options.get(name, getattr(base, name)) for name in WIDTHS}
     for name, width in widths.items():
         if not isinstance(width, int) or isinstance(width, bool) or width < 1:
@@ -599,7 +630,9 @@ def _check_options(options: Mapping[str, Any], preset: str) -> tuple[Mode, str, 
                 f"AST fine_tap {fine!r} is not a block of {base.backbone} at half the stride of its tap {base.tap}",
                 f"pick one of blocks {strides[0]}..{strides[-1]} (or leave fine_tap out)",
             )
-    settings = replace(base, fine_tap=fine, score_border=border, mask_open=opening, depth_highpass=highpass, **widths)
+    settings = replace(
+        base, fine_tap=fine, score_border=border, mask_open=opening, depth_highpass=highpass, augment=views, **widths
+    )
     _, _, grid = settings.geometry()
     if settings.input_size % (grid * UNSHUFFLE):
         raise AstConfigError(
@@ -626,6 +659,7 @@ class AstFamily:
             "score_border": settings.score_border,
             "mask_open": settings.mask_open,
             "depth_highpass": settings.depth_highpass,
+            "augment": settings.augment,
             **{name: getattr(settings, name) for name in WIDTHS},
         }
         return lite_card(self.name, preset, settings.input_size, card_inputs(mode), crop_mode, options=chosen)

@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from engines.contract import OUTPUT_NAMES, FitSettings, ModelCard
 from engines.export import check_onnx, example_feeds, onnx_from_model
+from engines.models import ast as ast_module
 from engines.models.ast import (
     AST_FAMILY,
     MODES,
@@ -238,7 +239,7 @@ def test_edge_scores_away_from_the_mask_edge_and_older_cards_keep_the_plain_scor
     card = AST_FAMILY.card("edge", "foreground")
     assert card.options == {
         "mode": "rgbd", "image_score": "max", "fine_tap": None, "score_border": 16, "mask_open": 0,
-        "depth_highpass": 0, "teacher_hidden": 64, "student_hidden": 256, "student_blocks": 2,
+        "depth_highpass": 0, "augment": 0, "teacher_hidden": 64, "student_hidden": 256, "student_blocks": 2,
     }  # fmt: skip
     assert AST_FAMILY.card("paper", "foreground").options["score_border"] == 0
     older = ModelCard.from_dict(card.to_dict() | {"options": {"mode": "rgbd", "image_score": "max"}})
@@ -288,6 +289,30 @@ def test_depth_highpass_takes_a_tilted_surface_off_and_keeps_a_dent() -> None:
     assert AST_FAMILY.build(older).settings.depth_highpass == 0
     with pytest.raises(AstConfigError, match="depth_highpass -1 is not a whole number of pixels"):
         AST_FAMILY.card("edge", "foreground", depth_highpass=-1)
+
+
+def test_augment_caches_the_batches_then_seeded_jittered_views_and_older_cards_train_without() -> None:
+    card = AST_FAMILY.card("tiny", "foreground", augment=2)
+    model = AST_FAMILY.build(card)
+    gen = torch.Generator().manual_seed(0)
+    batch = {
+        "rgb": torch.rand(2, 3, 128, 128, generator=gen),
+        "xyz": torch.rand(2, 3, 128, 128, generator=gen) + 0.5,
+        "mask": torch.ones(2, 1, 128, 128),
+    }
+    views = list(ast_module._views(model, [batch], seed=3))
+    assert len(views) == 3  # the batch, then two jittered views of it
+    torch.testing.assert_close(views[0]["rgb"], batch["rgb"])
+    assert all(float((v["rgb"] - batch["rgb"]).abs().mean()) > 1e-3 for v in views[1:])
+    again = list(ast_module._views(model, [batch], seed=3))
+    for v, w in zip(views, again, strict=True):  # the fit's seed repeats the views
+        torch.testing.assert_close(v["xyz"], w["xyz"])
+    plain = AST_FAMILY.build(AST_FAMILY.card("tiny", "foreground"))
+    assert ast_module._views(plain, [batch], seed=3) == [batch]  # no option: the batches as they are
+    older = ModelCard.from_dict(card.to_dict() | {"options": {"mode": "rgbd", "image_score": "max"}})
+    assert AST_FAMILY.build(older).settings.augment == 0
+    with pytest.raises(AstConfigError, match="augment -1 is not a whole number of views"):
+        AST_FAMILY.card("tiny", "foreground", augment=-1)
 
 
 def test_width_options_size_teacher_and_student_and_older_cards_keep_the_presets() -> None:

@@ -10,7 +10,7 @@ from torch import nn
 from edge.core.errors import EdgeError
 from engines import training
 from engines.contract import FitSettings
-from engines.models.layers import colour_affine, fill_gaps
+from engines.models.layers import colour_affine, fill_gaps, jitter_view
 
 
 class HarnessError(EdgeError):
@@ -37,6 +37,42 @@ def test_colour_affine_is_exact_between_normalisations() -> None:
     scale, shift = colour_affine(mean, std, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     torch.testing.assert_close(normalised * scale + shift, rgb)
     assert torch.equal(scale.flatten(), torch.tensor(std)) and torch.equal(shift.flatten(), torch.tensor(mean))
+
+
+def test_jitter_view_warps_every_input_alike_tilts_depth_and_relights_colour() -> None:
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    n, side = 2, 64
+    yy, xx = torch.meshgrid(torch.arange(side) - 31.5, torch.arange(side) - 31.5, indexing="ij")
+    disc = ((xx**2 + yy**2) < 20**2).float()[None, None].repeat(n, 1, 1, 1)
+    xyz = torch.stack([xx * 0.001, yy * 0.001, torch.full((side, side), 0.8)])[None].repeat(n, 1, 1, 1) * disc
+    rgb = ((torch.rand(n, 3, side, side, generator=torch.Generator().manual_seed(1)) - 0.5) / 0.25) * disc
+    batch = {"rgb": rgb, "xyz": xyz, "mask": disc, "other": torch.ones(n, 5)}
+    none = {"rotate_deg": 0.0, "shift": 0.0, "scale": 0.0, "gain": 0.0, "offset": 0.0, "tilt": 0.0}
+    same = jitter_view(batch, torch.Generator().manual_seed(0), mean=mean, std=std, **none)
+    for name in ("rgb", "xyz", "mask"):  # zero bounds: the identity
+        torch.testing.assert_close(same[name], batch[name], atol=1e-4, rtol=0)
+    assert same["other"] is batch["other"]  # inputs it does not know pass through
+
+    moved = jitter_view(batch, torch.Generator().manual_seed(0), mean=mean, std=std, **(none | {"shift": 0.1}))
+    assert set(moved["mask"].unique().tolist()) <= {0.0, 1.0}  # nearest: the mask stays binary
+    assert not torch.equal(moved["mask"], disc) and abs(float(moved["mask"].sum() - disc.sum())) < 0.02 * disc.sum()
+    inside = moved["mask"] > 0  # the disc moved as one: depth is valid exactly where the mask is
+    assert torch.equal(inside, moved["xyz"][:, 2:3] > 0)
+
+    tilted = jitter_view(batch, torch.Generator().manual_seed(5), mean=mean, std=std, **(none | {"tilt": 0.03}))
+    dz = (tilted["xyz"][:, 2] - xyz[:, 2]) * disc[:, 0]
+    assert 0 < float(dz.abs().max()) <= 0.03 * 0.02 * 2 + 1e-6  # a plane ≤ 0.03 m/m over ±20 mm
+    assert float(dz[disc[:, 0] > 0].mean().abs()) < 1e-6  # about the valid points' centre
+    assert torch.equal(tilted["xyz"][:, :2], xyz[:, :2])  # x and y stay; z only where it was measured
+    assert float(tilted["xyz"][:, 2][disc[:, 0] == 0].abs().max()) == 0
+
+    lit = jitter_view(batch, torch.Generator().manual_seed(2), mean=mean, std=std, **(none | {"gain": 0.2}))
+    c0, c1 = rgb * 0.25 + 0.5, lit["rgb"] * 0.25 + 0.5  # back on the [0, 1] scale: c1 = g·c0, one g per sample
+    gains = (c1 / c0).flatten(1).median(1).values
+    torch.testing.assert_close(c1, gains.view(n, 1, 1, 1) * c0, atol=1e-4, rtol=0)
+    assert all(0.8 <= g <= 1.2 for g in gains.tolist()) and float(gains[0] - gains[1]) != 0
+    again = jitter_view(batch, torch.Generator().manual_seed(2), mean=mean, std=std, **(none | {"gain": 0.2}))
+    torch.testing.assert_close(again["rgb"], lit["rgb"])  # the generator repeats the view
 
 
 def test_batch_order_is_a_seeded_permutation_per_phase_and_epoch() -> None:
