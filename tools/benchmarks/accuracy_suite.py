@@ -523,7 +523,8 @@ def aggregation_section(name: str, rows: Sequence[dict[str, Any]]) -> BenchSecti
         rows=table,
         notes=[
             "a diagnostic for choosing the image score: the maps returned by edge.inspect on the test split, "
-            "aggregated here in numpy (the deployed image score is the graph's own, in the tables below)"
+            "aggregated here in numpy over the whole map (the deployed image score is the graph's own, in the first "
+            "table; it differs from the max column where the model scores an eroded foreground, AST's score_border)"
         ],
     )
 
