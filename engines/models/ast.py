@@ -127,7 +127,7 @@ from engines.models.backbones import (
     lite_block_args,
     lite_card,
 )
-from engines.models.layers import fill_gaps, jitter_view
+from engines.models.layers import fill_gaps, jitter_view, roi_free
 
 Mode = Literal["rgb", "depth", "rgbd"]
 MODES: tuple[str, ...] = ("rgb", "depth", "rgbd")
@@ -405,7 +405,7 @@ class AstModel(nn.Module):
         if mask is None:
             raise AstConfigError("AST needs the 'mask' input", "feed the crop's mask")
         if not self.roi_mask:
-            mask = mask.clamp(1.0, 1.0)  # all ones computed from the input (ones_like would fold it out of the graph)
+            mask = roi_free(mask)
         mask = self.clean(mask)
         parts = []
         if self.backbone is not None:
@@ -440,7 +440,7 @@ class AstModel(nn.Module):
         crop mode (no ROI)."""
         k = self.settings.score_border
         if not self.roi_mask:
-            return mask.clamp(1.0, 1.0)
+            return roi_free(mask)
         return erode(mask, k)
 
     def cond(self, batch: int) -> Tensor:

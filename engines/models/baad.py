@@ -88,6 +88,7 @@ from engines.contract import (
 from engines.models import _perlin
 from engines.models.backbones import efficientnet_lite, lite_block_args, lite_card
 from engines.models.dsr3d import AnomalyUNet, focal_loss
+from engines.models.layers import roi_free
 
 INPUTS: tuple[str, ...] = ("rgb", "mask")
 OUTPUTS: tuple[str, ...] = (*OUTPUT_NAMES, "foreground")
@@ -205,7 +206,7 @@ class BaadModel(nn.Module):
         fg = torch.sigmoid(fg_logits)
         k = self.settings.smooth
         seg = nnf.avg_pool2d(torch.softmax(logits, 1)[:, 1:], k, stride=1, padding=k // 2)
-        gate = mask if self.roi_mask else mask.clamp(1.0, 1.0)  # all ones computed from the input (not folded out)
+        gate = mask if self.roi_mask else roi_free(mask)
         amap = seg * fg * gate
         return amap, amap.amax((1, 2, 3)), fg
 

@@ -1,5 +1,5 @@
-"""Layers more than one model family uses: depth gap filling, the colour affine between normalisations and the
-training-time jitter of a crop (pose, tilt, light).
+"""Layers more than one model family uses: depth gap filling, the colour affine between normalisations, the
+training-time jitter of a crop (pose, tilt, light) and the ROI-free mask of the ``full`` crop mode.
 
 One copy each, so a family's preprocessing cannot drift from another's by a re-typed loop.
 """
@@ -12,6 +12,13 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as nnf
 from torch import Tensor
+
+
+def roi_free(mask: Tensor) -> Tensor:
+    """All ones shaped like the crop's ``mask``, computed from it: the ``full`` crop mode (the paper's Original)
+    ignores the ROI, yet the exported graph must keep the ``mask`` input the contract names (``torch.ones_like``
+    would let the exporter fold the input out of the graph)."""
+    return mask.clamp(1.0, 1.0)
 
 
 def fill_gaps(z: Tensor, valid: Tensor, passes: int) -> tuple[Tensor, Tensor]:

@@ -101,6 +101,7 @@ from engines.models.backbones import (
     lite_card,
 )
 from engines.models.backbones import lite_block_args as _lite_block_args
+from engines.models.layers import roi_free
 
 INPUTS: tuple[str, ...] = ("rgb", "xyz", "mask")
 GRID = 28  # the RGB grid the links use (the paper's 28 × 28 at 224²)
@@ -585,7 +586,7 @@ class ShapeGuidedModel(nn.Module):
     def valid_points(self, xyz: Tensor, mask: Tensor) -> Tensor:
         """B×1×S×S validity: depth measured (z > 0), and inside the ROI mask in ``foreground`` crop mode."""
         valid = (xyz[:, 2:3] > 0).to(xyz.dtype)
-        return valid * mask if self.roi_mask else valid
+        return valid * (mask if self.roi_mask else roi_free(mask))
 
     def patches(self, xyz: Tensor, valid: Tensor) -> Patches:
         """The patches the memory and scoring use: the grid windows, or the paper's FPS patches when ``fps`` is set

@@ -183,6 +183,38 @@ def test_the_suite_trains_every_suite_family_and_writes_its_page(
     assert card_from_onnx(onnx).depthless_reach is None
 
 
+@pytest.mark.slow
+def test_a_training_stopped_part_way_resumes_from_its_state_and_a_changed_command_starts_afresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run killed or failed after some saved epochs (e.g. an export error fixed since) loses no training."""
+    monkeypatch.setattr(_registry, "_FAMILIES", dict(_registry._FAMILIES))
+    monkeypatch.setattr(_registry, "_SUITE", set())
+    register_family(TOY_FAMILY, replace=True, suite=True)
+    rois, work = tmp_path / "rois", tmp_path / "work"
+    common = ["--suite", "--stations", "rail", "--device", "cpu", "--counts", "2,2,2,1", "--modes", "foreground"]
+    assert accuracy_main([*common, "--fit-rois", str(rois)]) == 0
+    argv = [*common, "--roi-dir", str(rois), "--work", str(work), "--epochs", "3", "--no-doc"]
+    real_main = train.main
+    monkeypatch.setattr(train, "main", lambda a: real_main([*a, "--stop-after", "1"]))  # stops as a kill would
+    assert accuracy_main(argv) == 2
+    (out,) = (work / "runs/tuning/rail-seed1").glob("toy-*/toy-foreground")
+    assert (out / "state/state.safetensors").is_file() and (out / "edge-train.partial.json").is_file()
+    assert not (out / "edge-train.json").exists()
+    monkeypatch.setattr(train, "main", real_main)
+    capsys.readouterr()
+    assert accuracy_main(argv) == 1  # resumed and finished (a toy meets no target)
+    assert "accuracy: resuming" in capsys.readouterr().out
+    done = json.loads((out / "edge-train.json").read_text(encoding="utf-8"))
+    assert done["resumed"] is True and not (out / "edge-train.partial.json").exists()
+    # the same folder with an unfinished run of another command (another ROI file): trained afresh, not resumed
+    (out / "edge-train.json").unlink()
+    (out / "edge-train.partial.json").write_text('{"key": "another command"}', encoding="utf-8")
+    assert accuracy_main(argv) == 1
+    assert "accuracy: resuming" not in capsys.readouterr().out
+    assert json.loads((out / "edge-train.json").read_text(encoding="utf-8"))["resumed"] is False
+
+
 def test_a_foreground_only_variant_reports_no_original_and_no_comparison() -> None:
     row = _row("a", 0.97, 0.80, 0.95, 30.0)
     del row["full"]

@@ -24,6 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -208,32 +209,51 @@ def edge_train(
     ]  # fmt: skip
     for option in options:
         argv += ["--option", option]
-    # what trained the folder: its command line (less the threads), the card it resolves to (a family's changed
-    # preset default, or a changed crop rule such as CropSpec.depthless_reach, is a new model under the same command
-    # line) and the ROI file
-    stamp = out / "edge-train.json"
-    threads_at = argv.index("--threads")
-    card = train.card_from_args(get_family(model), train.build_parser().parse_args(argv))
-    key = {
-        "argv": argv[:threads_at] + argv[threads_at + 2 :],
-        "card_options": card.options,
-        "card_crop": card.crop_spec().model_dump(mode="json"),
-        "roi_sha256": sha256_file(roi_path),
-    }
+    key = train_key(model, argv, roi_path)
+    stamp, unfinished = out / "edge-train.json", out / "edge-train.partial.json"
     if study.reuse and stamp.is_file() and (out / "model.onnx").is_file() and (out / "scoring.yaml").is_file():
         done = json.loads(stamp.read_text(encoding="utf-8"))
         if done.get("key") == key:
             print(f"accuracy: reusing {out} (trained by the same edge-train command on the same ROI)")
             return float(done["wall_s"])
-    if study.reuse and out.exists():  # the suite's own folder, trained otherwise: start it afresh
-        shutil.rmtree(out)
+    # a run of the same command stopped part-way (killed, a crash, an export error fixed since) resumes from its
+    # saved training state: edge-train --resume checks the state's card against the command's
+    resume = (
+        study.reuse
+        and unfinished.is_file()
+        and json.loads(unfinished.read_text(encoding="utf-8")).get("key") == key
+        and (out / "state" / "state.safetensors").is_file()
+    )
+    if resume:
+        print(f"accuracy: resuming {out} from its saved training state (the same edge-train command)")
+        argv.append("--resume")
+    else:
+        if study.reuse and out.exists():  # the suite's own folder, trained otherwise: start it afresh
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        unfinished.write_text(json.dumps({"key": key}, indent=1) + "\n", encoding="utf-8")
     t0 = time.perf_counter_ns()
     code = train.main(argv)
     if code != 0:
         raise EdgeError(f"edge-train {' '.join(argv)} exited with {code}", "read its message above")
-    wall_s = (time.perf_counter_ns() - t0) / 1e9
-    stamp.write_text(json.dumps({"key": key, "wall_s": wall_s}, indent=1) + "\n", encoding="utf-8")
+    wall_s = (time.perf_counter_ns() - t0) / 1e9  # a resumed run: the time since it resumed
+    stamp.write_text(json.dumps({"key": key, "wall_s": wall_s, "resumed": resume}, indent=1) + "\n", encoding="utf-8")
+    unfinished.unlink()
     return wall_s
+
+
+def train_key(model: str, argv: list[str], roi_path: Path) -> dict[str, Any]:
+    """What trains an edge-train folder: its command line (less the threads), the card it resolves to (a family's
+    changed preset default, or a changed crop rule such as CropSpec.depthless_reach, is a new model under the same
+    command line) and the ROI file's bytes."""
+    threads_at = argv.index("--threads")
+    card = train.card_from_args(get_family(model), train.build_parser().parse_args(argv))
+    return {
+        "argv": argv[:threads_at] + argv[threads_at + 2 :],
+        "card_options": card.options,
+        "card_crop": card.crop_spec().model_dump(mode="json"),
+        "roi_sha256": sha256_file(roi_path),
+    }
 
 
 def sha256_file(path: Path) -> str:
