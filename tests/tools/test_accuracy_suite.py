@@ -69,6 +69,9 @@ def test_a_station_is_rendered_once_with_its_counts_and_cached(tmp_path: Path) -
         (["--option", "image_score=mean"], "is not FAMILY:KEY=VALUE"),
         (["--counts", "60,10,30"], "is not 4 integers"),
         (["--dada-epochs", "0"], "--epochs and --dada-epochs must be positive"),
+        (["--epochs", "0"], "is not a positive N or FAMILY:N"),
+        (["--epochs", "24,baad:"], "is not a positive N or FAMILY:N"),
+        (["--models", "ast", "--epochs", "baad:20"], "--epochs names baad, which this run does not train"),
     ],
 )
 def test_bad_arguments_fail_with_one_line(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -129,6 +132,17 @@ def test_the_training_time_is_reported_with_the_pretraining_apart() -> None:
     (note,) = training_time_note(pretrained)
     assert "; pretraining (200 epochs), once per station: 10.0–11.0 min" in note
     assert training_time_note([{"station": "a", "foreground": {}}]) == []  # saved before fit_s existed
+
+
+def test_epochs_can_be_set_per_family_and_each_family_keeps_its_own_tag() -> None:
+    _, both = parse(["--device", "cpu", "--models", "ast,baad", "--epochs", "24,baad:20"])
+    _, ast_alone = parse(["--device", "cpu", "--models", "ast", "--epochs", "24"])
+    _, baad_alone = parse(["--device", "cpu", "--models", "baad", "--epochs", "20"])
+    assert (both.study("ast").epochs, both.study("baad").epochs) == (24, 20)
+    # one report over results trained by separate runs: the tags (the results' file names) are the same
+    assert both.tag("ast") == ast_alone.tag("ast") and both.tag("baad") == baad_alone.tag("baad")
+    _, only_baad = parse(["--device", "cpu", "--models", "ast,baad", "--epochs", "baad:20"])
+    assert only_baad.study("ast").epochs == accuracy.FULL_STUDIES["ast"].epochs and only_baad.study("baad").epochs == 20
 
 
 def test_dada_epochs_reach_the_3dsr_study_and_its_tag() -> None:

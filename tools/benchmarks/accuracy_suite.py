@@ -114,8 +114,9 @@ class Job:
     device: str
     workers: int
     threads: int
-    epochs: int | None
+    epochs: int | None  # every family's epochs per phase; None: the family's study
     options: tuple[str, ...]  # FAMILY:KEY=VALUE
+    family_epochs: tuple[tuple[str, int], ...] = ()  # (FAMILY, epochs) from --epochs FAMILY:N, before ``epochs``
     dada_epochs: int | None = None  # pretraining epochs (3DSR's DADA); None: the family's study
     modes: tuple[str, ...] = MODES  # crop modes trained (a tuning variant may train foreground only)
     precisions: tuple[str, ...] = ("fp32",)  # engines scored: fp32 first, then edge-quantize's forms asked for
@@ -148,7 +149,7 @@ class Job:
             model=family,
             seed=self.seed,
             frames=self.counts.good + self.counts.per_type * len(DEFECT_TYPES),
-            epochs=self.epochs or base.epochs,
+            epochs=dict(self.family_epochs).get(family) or self.epochs or base.epochs,
             dada_epochs=self.dada_epochs or base.dada_epochs,
             device=self.device,
             threads=self.threads,
@@ -665,6 +666,28 @@ def report(job: Job, command: str, wall_s: float) -> tuple[str, bool]:
     return "\n\n".join(parts) + "\n", met
 
 
+def parse_epochs(text: str | None, models: Sequence[str]) -> tuple[int | None, tuple[tuple[str, int], ...]]:
+    """``--epochs``: ``N`` for every family and/or ``FAMILY:N`` for one (``24,baad:20``) → (N or None, pairs)."""
+    every: int | None = None
+    per: dict[str, int] = {}
+    for item in (text or "").split(",") if text else ():
+        family, sep, count = item.strip().rpartition(":")
+        if not count.isdigit() or int(count) < 1 or (sep and not family):
+            raise EdgeError(
+                f"--epochs {text!r}: {item.strip()!r} is not a positive N or FAMILY:N",
+                "e.g. --epochs 24, or --epochs 24,baad:20 (--epochs and --dada-epochs must be positive)",
+            )
+        if not sep:
+            every = int(count)
+        elif family not in models:
+            raise EdgeError(
+                f"--epochs names {family}, which this run does not train", f"train it with --models {family}"
+            )
+        else:
+            per[family] = int(count)
+    return every, tuple(sorted(per.items()))
+
+
 def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Job]:
     parser = argparse.ArgumentParser(
         prog="python -m tools.benchmarks.accuracy --suite", description=(__doc__ or "").split("\n\n")[0]
@@ -682,7 +705,11 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Job]:
     parser.add_argument("--device", default="auto", help="edge-train --device (default auto)")
     parser.add_argument("--workers", type=int, default=1, help="processes rendering frames (default 1)")
     parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads (default 2)")
-    parser.add_argument("--epochs", type=int, help="epochs per training phase (default: the family's study)")
+    parser.add_argument(
+        "--epochs",
+        help="epochs per training phase: N for every family, FAMILY:N for one (e.g. 24,baad:20; default: the "
+        "family's study)",
+    )
     parser.add_argument("--dada-epochs", type=int, help="3DSR's DADA pretraining epochs (default: the family's study)")
     parser.add_argument(
         "--option", action="append", default=[], metavar="FAMILY:KEY=VALUE", help="edge-train --option for a family"
@@ -725,8 +752,9 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Job]:
         )
     if min(train_n, val, good, per_type) < 1 or args.workers < 1 or args.threads < 1:
         raise EdgeError("--counts, --workers and --threads must be positive", "e.g. --counts 60,10,30,30")
-    if (args.epochs is not None and args.epochs < 1) or (args.dada_epochs is not None and args.dada_epochs < 1):
-        raise EdgeError("--epochs and --dada-epochs must be positive", "e.g. --epochs 24")
+    epochs, family_epochs = parse_epochs(args.epochs, models)
+    if args.dada_epochs is not None and args.dada_epochs < 1:
+        raise EdgeError("--epochs and --dada-epochs must be positive", "e.g. --dada-epochs 200")
     job = Job(
         split=args.split,
         stations=stations,
@@ -738,7 +766,8 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Job]:
         device=args.device if args.fit_rois or args.render_only else train.resolve_device(args.device),
         workers=args.workers,
         threads=args.threads,
-        epochs=args.epochs,
+        epochs=epochs,
+        family_epochs=family_epochs,
         dada_epochs=args.dada_epochs,
         options=tuple(args.option),
         modes=tuple(m for m in MODES if m in modes),
