@@ -670,7 +670,7 @@ def parse_epochs(text: str | None, models: Sequence[str]) -> tuple[int | None, t
     """``--epochs``: ``N`` for every family and/or ``FAMILY:N`` for one (``24,baad:20``) → (N or None, pairs)."""
     every: int | None = None
     per: dict[str, int] = {}
-    for item in (text or "").split(",") if text else ():
+    for item in text.split(",") if text else ():
         family, sep, count = item.strip().rpartition(":")
         if not count.isdigit() or int(count) < 1 or (sep and not family):
             raise EdgeError(
