@@ -86,10 +86,10 @@ Deviations from the paper's code, and why:
 - ``augment`` (option, default 0): training sees each sample and ``augment`` jittered views of it
   (``layers.jitter_view``: in-plane rotation ±3°, shift ±3 % of the side, scale ±3 %, a depth tilt of ±1.7°, colour
   gain ±10 % and offset ±0.03), their frozen features cached like the samples' (so an epoch costs 1 + augment
-  times as much); AST trains on the samples alone. It aims at the part-to-part pose and light changes that make
-  good drums' maps peak (docs/accuracy.md, "Diagnosis"). Measured with 3 views on roller-standing and
-  tilted-fixture (docs/accuracy.md): image AUROC 0.765 → 0.608 and 0.716 → 0.755, training 3.6× longer; not a
-  default.
+  times as much); without it (the default) AST trains on the samples alone. It aims at the part-to-part pose and
+  light changes that make good drums' maps peak (docs/accuracy.md, "Diagnosis"). Measured with 3 views on
+  roller-standing and tilted-fixture (docs/accuracy.md): image AUROC 0.765 → 0.608 and 0.716 → 0.755, training
+  3.6× longer; not a default.
 - Adam (eps 1e-8, weight decay 1e-5) uses ``FitSettings.learning_rate`` and ``epochs`` for each phase; batches are
   drawn in a per-(phase, epoch) seeded order so a resumed run repeats an uninterrupted one.
 """
