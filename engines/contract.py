@@ -63,6 +63,10 @@ class ModelCard:
     # the crop's rule for samples without depth (CropSpec.depthless_reach) the model was trained with; a card written
     # before the rule existed reads None: every depthless sample in the ROI's silhouette is foreground, as then
     depthless_reach: int | None = DEPTHLESS_REACH
+    # how far two runtimes of this fp32 model may disagree on the maps, as a share of the map's largest value, when
+    # the family's map is not a continuous function of its input (Shape-Guided: nearest-neighbour and pursuit picks
+    # at near ties); None: the contract's limits alone (engines.export.check_onnx, edge.inspect.GATE_BUDGETS)
+    map_tolerance: float | None = None
 
     def crop_spec(self, mode: CropMode | None = None) -> CropSpec:
         """The crop that makes this model's input (``mode``: another crop mode over the same rule, e.g. ``image``
@@ -85,6 +89,8 @@ class ModelCard:
         d["outputs"] = list(self.outputs)
         if self.outputs == OUTPUT_NAMES:
             del d["outputs"]  # the contract's two: cards of families without extras stay as they were
+        if self.map_tolerance is None:
+            del d["map_tolerance"]  # cards of families with continuous maps stay as they were
         return d
 
     @classmethod
@@ -104,6 +110,7 @@ class ModelCard:
             precision=str(d.get("precision", "fp32")),
             outputs=tuple(str(x) for x in d.get("outputs", OUTPUT_NAMES)),
             depthless_reach=None if d.get("depthless_reach") is None else int(d["depthless_reach"]),
+            map_tolerance=None if d.get("map_tolerance") is None else float(d["map_tolerance"]),
         )
 
 

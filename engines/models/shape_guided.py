@@ -72,7 +72,7 @@ import copy
 import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -108,6 +108,12 @@ GRID = 28  # the RGB grid the links use (the paper's 28 × 28 at 224²)
 FAR = 1e30  # "no entry" distance: larger than any squared feature distance
 PHASES: tuple[str, ...] = ("sdf",)
 OMP_REL = 1e-4  # float32 guard of the graph's OMP: an atom ≥ 99.995 % dependent on those chosen ends the pursuit
+# The map is not a continuous function of the input: at a near tie of the k-NN or of a pursuit's pick, float32
+# rounding decides which atom a window takes. On a rail validation frame (suite, tiny, foreground), noise of 1e-6
+# relative on xyz moved one pick and the map by 3.8e-4, 0.35 % of its largest value, the same as ONNX Runtime
+# against PyTorch on that frame (the image score: 1e-6 relative). Two runtimes may therefore differ by this share
+# of the map's maximum on the maps (ModelCard.map_tolerance); the image score keeps the contract's limits.
+MAP_TOLERANCE = 1e-2
 
 
 class ShapeGuidedConfigError(EdgeError):
@@ -863,7 +869,8 @@ class ShapeGuidedFamily:
         """A card asking the crop for Lite colour normalisation and rgb, xyz and mask; no options."""
         settings = _settings(preset)
         check_option_names(options, (), "Shape-Guided", "Shape-Guided takes none", ShapeGuidedConfigError)
-        return lite_card(self.name, preset, settings.input_size, INPUTS, crop_mode)
+        card = lite_card(self.name, preset, settings.input_size, INPUTS, crop_mode)
+        return replace(card, map_tolerance=MAP_TOLERANCE)
 
     def build(self, card: ModelCard) -> ShapeGuidedModel:
         """A fresh (untrained, empty-memory) model for ``card``; the backbone carries its ImageNet weights."""

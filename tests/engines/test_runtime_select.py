@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 torch = pytest.importorskip("torch", reason="exporting the test model needs the train extra (torch)")
 
-from edge.inspect import GOLDEN_NAME, ModelStage  # noqa: E402
+from edge.inspect import GATE_BUDGETS, GOLDEN_NAME, ModelStage, gate_budget  # noqa: E402
 from engines._registry import register_family  # noqa: E402
 from engines.checkpoint import TrainInfo, save_checkpoint, utc_now  # noqa: E402
 from engines.export import example_feeds, onnx_from_model  # noqa: E402
@@ -199,3 +199,16 @@ def test_without_golden_crops_the_gate_uses_seeded_example_feeds(toy_run: Path, 
         assert stage.gate is not None and stage.gate.passed and stage.gate.samples == 4
     finally:
         stage.close()
+
+
+def test_the_gate_widens_its_map_limit_to_the_card_map_tolerance_and_keeps_the_score_limit(toy_onnx: Path) -> None:
+    card = TOY_FAMILY.card("tiny", "foreground")
+    feeds = [example_feeds(card, s) for s in range(2)]
+    with OrtRunner(toy_onnx) as ort:
+        scale = max(float(np.abs(ort.infer(f)["anomaly_map"]).max()) for f in feeds)
+        plain = gate_budget(ort, feeds, "fp32")
+        wide = gate_budget(ort, feeds, "fp32", map_tolerance=1e-2)
+        int8 = gate_budget(ort, feeds, "int8", map_tolerance=1e-2)
+    assert plain.map_atol == pytest.approx(GATE_BUDGETS["fp32"][0] * scale)
+    assert wide.map_atol == pytest.approx(1e-2 * scale) and wide.score_rtol == plain.score_rtol
+    assert int8.map_atol == pytest.approx(GATE_BUDGETS["int8"][0] * scale)  # already wider: kept

@@ -115,7 +115,7 @@ def parity(
                 )
             reference, raw_threshold = OrtRunner(fp32_onnx, OrtRunnerConfig(intra_op_threads=settings.threads)), None
             reference.activate()
-            budget = gate_budget(reference, feeds, model.card.precision)
+            budget = gate_budget(reference, feeds, model.card.precision, model.card.map_tolerance)
             reference.deactivate()
         elif resolve(settings.runtime).backend == "onnxruntime":
             reference = _torch_reference(model, ort)
