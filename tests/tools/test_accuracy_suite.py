@@ -41,6 +41,13 @@ def test_every_defect_type_is_forced_and_the_defaults_are_the_issue_counts() -> 
     kinds = Counter(kind for _, kind in plan)
     assert kinds[None] == 60 + 10 + 30
     assert all(kinds[k] == 30 for k in DEFECT_TYPES) and len(kinds) == len(DEFECT_TYPES) + 1
+    # every kind spread over the whole run: a frame's light and clutter are functions of its index (time), so a
+    # kind bunched at one end could be told by its time alone; each kind's mean index sits near the run's middle
+    middle = (len(plan) - 1) / 2
+    for kind in [None, *DEFECT_TYPES]:
+        where = [i for i, k in plan if k == kind]
+        assert abs(sum(where) / len(where) - middle) < 0.02 * len(plan), kind
+        assert where[0] < 0.05 * len(plan) and where[-1] > 0.95 * len(plan), kind
     args, job = parse(["--device", "cpu"])
     assert job.stations == tuple(STATIONS) and job.models == tuple(suite_families())
     assert job.counts == counts and job.split == "tuning" and job.seed == 1 and args.block is None
@@ -72,6 +79,9 @@ def test_a_station_is_rendered_once_with_its_counts_and_cached(tmp_path: Path) -
         (["--epochs", "0"], "is not a positive N or FAMILY:N"),
         (["--epochs", "24,baad:"], "is not a positive N or FAMILY:N"),
         (["--models", "ast", "--epochs", "baad:20"], "--epochs names baad, which this run does not train"),
+        (["--preset", "tiny"], "is not FAMILY:NAME"),
+        (["--models", "ast", "--preset", "baad:tiny"], "--preset names baad, which this run does not train"),
+        (["--models", "ast", "--preset", "ast:huge"], "ast has no preset 'huge'"),
     ],
 )
 def test_bad_arguments_fail_with_one_line(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -143,6 +153,28 @@ def test_epochs_can_be_set_per_family_and_each_family_keeps_its_own_tag() -> Non
     assert both.tag("ast") == ast_alone.tag("ast") and both.tag("baad") == baad_alone.tag("baad")
     _, only_baad = parse(["--device", "cpu", "--models", "ast,baad", "--epochs", "baad:20"])
     assert only_baad.study("ast").epochs == accuracy.FULL_STUDIES["ast"].epochs and only_baad.study("baad").epochs == 20
+
+
+def test_a_preset_brings_its_recommended_fit_and_its_own_tag() -> None:
+    _, plain = parse(["--device", "cpu", "--models", "ast,shape_guided"])
+    _, tiny = parse(["--device", "cpu", "--models", "ast,shape_guided", "--preset", "shape_guided:tiny"])
+    recommended = _registry.get_family("shape_guided").presets["tiny"]
+    study = tiny.study("shape_guided")
+    assert (study.preset, study.epochs, study.batch_size, study.learning_rate) == (
+        "tiny",
+        recommended["epochs"],
+        recommended["batch_size"],
+        recommended["learning_rate"],
+    )
+    assert plain.study("shape_guided").preset == accuracy.FULL_STUDIES["shape_guided"].preset != "tiny"
+    assert tiny.tag("shape_guided") != plain.tag("shape_guided")  # its models and results kept apart
+    assert tiny.study("ast") == plain.study("ast") and tiny.tag("ast") == plain.tag("ast")
+    _, shorter = parse(
+        ["--device", "cpu", "--models", "shape_guided", "--preset", "shape_guided:tiny", "--epochs", "5"]
+    )
+    assert (
+        shorter.study("shape_guided").epochs == 5 and shorter.study("shape_guided").learning_rate == study.learning_rate
+    )
 
 
 def test_dada_epochs_reach_the_3dsr_study_and_its_tag() -> None:
@@ -217,14 +249,14 @@ def test_a_training_stopped_part_way_resumes_from_its_state_and_a_changed_comman
     assert not (out / "edge-train.json").exists()
     monkeypatch.setattr(train, "main", real_main)
     capsys.readouterr()
-    assert accuracy_main(argv) == 1  # resumed and finished (a toy meets no target)
+    assert accuracy_main(argv) in (0, 1)  # resumed and finished (met or not: the toy is not judged here; 2 fails)
     assert "accuracy: resuming" in capsys.readouterr().out
     done = json.loads((out / "edge-train.json").read_text(encoding="utf-8"))
     assert done["resumed"] is True and not (out / "edge-train.partial.json").exists()
     # the same folder with an unfinished run of another command (another ROI file): trained afresh, not resumed
     (out / "edge-train.json").unlink()
     (out / "edge-train.partial.json").write_text('{"key": "another command"}', encoding="utf-8")
-    assert accuracy_main(argv) == 1
+    assert accuracy_main(argv) in (0, 1)
     assert "accuracy: resuming" not in capsys.readouterr().out
     assert json.loads((out / "edge-train.json").read_text(encoding="utf-8"))["resumed"] is False
 

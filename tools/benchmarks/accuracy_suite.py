@@ -43,7 +43,7 @@ from drivers.mvtec import MvtecExportConfig, MvtecWriter
 from drivers.synthetic import STATIONS, SyntheticSourceConfig, render_frame
 from edge.core.errors import EdgeError
 from edge.core.frame import DEFECT_TYPES, DefectType, Frame
-from engines._registry import ROI_STUDY_MODES, list_families, suite_families, suite_modes
+from engines._registry import ROI_STUDY_MODES, get_family, list_families, suite_families, suite_modes
 from tools import calibrate, train
 from tools.benchmarks.accuracy import (
     FULL_STUDIES,
@@ -120,6 +120,8 @@ class Job:
     dada_epochs: int | None = None  # pretraining epochs (3DSR's DADA); None: the family's study
     modes: tuple[str, ...] = MODES  # crop modes trained (a tuning variant may train foreground only)
     precisions: tuple[str, ...] = ("fp32",)  # engines scored: fp32 first, then edge-quantize's forms asked for
+    # (FAMILY, preset) from --preset FAMILY:NAME: that preset with its recommended fit instead of the family's study
+    family_presets: tuple[tuple[str, str], ...] = ()
 
     def modes_for(self, family: str) -> tuple[str, ...]:
         """The crop modes ``family`` is trained in: the foreground study's pair (less what ``--modes`` leaves out),
@@ -132,7 +134,7 @@ class Job:
         return SPLIT_SEEDS[self.split]
 
     def data_dir(self, station: str) -> Path:
-        return self.work / "data" / f"{station}-seed{self.seed}-{self.counts.key()}"
+        return self.work / "data" / f"{station}-seed{self.seed}-{self.counts.key()}-{FRAME_PLAN}"
 
     def tag(self, family: str) -> str:
         """A short hash of the family's training settings: each variant keeps its own models and results."""
@@ -143,6 +145,16 @@ class Job:
     def study(self, family: str) -> Study:
         """The family's training settings: the one-line study's, with the suite's device, threads and options."""
         base = FULL_STUDIES.get(family, GENERIC)
+        preset = dict(self.family_presets).get(family)
+        if preset is not None:  # the preset's recommended fit (its settings' epochs, batch size, learning rate)
+            fit = get_family(family).presets[preset]
+            base = replace(
+                base,
+                preset=preset,
+                epochs=int(fit["epochs"]),
+                batch_size=int(fit["batch_size"]),
+                learning_rate=float(fit["learning_rate"]),
+            )
         extra = tuple(o.split(":", 1)[1] for o in self.options if o.split(":", 1)[0] == family)
         return replace(
             base,
@@ -159,11 +171,22 @@ class Job:
         )
 
 
+# How the good and defective parts take the line's frame indices (part of the data's cache key). A frame's light
+# (a lamp passing with periods of 4.3–6 s) and moving clutter are functions of its time, index / fps; the first plan
+# put the 100 good parts first and the 210 defective ones after them, so a model could tell a defective frame by its
+# time alone (a Shape-Guided full-frame model ranked *good* parts rendered at the defect frames' indices above the
+# test split's good ones with AUROC 0.81). "interleaved": every kind spread evenly over the same frames.
+FRAME_PLAN = "interleaved"
+
+
 def frame_plan(counts: Counts) -> list[tuple[int, DefectType | None]]:
-    """(frame index, forced defect) of every frame: the good parts first, then the defect types in turn."""
-    jobs: list[tuple[int, DefectType | None]] = [(i, None) for i in range(counts.good)]
-    kinds = [kind for _ in range(counts.per_type) for kind in DEFECT_TYPES]
-    return jobs + [(counts.good + k, kind) for k, kind in enumerate(kinds)]
+    """(frame index, forced defect) of every frame, in index order: the good parts and each defect type spread evenly
+    over the whole run (the j-th of a kind's n frames sits near the fraction (j + ½)/n of it), so that train,
+    validation, good test and every defect type see the same light and clutter phases."""
+    groups: list[tuple[DefectType | None, int]] = [(None, counts.good)]
+    groups += [(kind, counts.per_type) for kind in DEFECT_TYPES]
+    keyed = [((j + 0.5) / n, g, kind) for g, (kind, n) in enumerate(groups) for j in range(n)]
+    return [(i, kind) for i, (_, _, kind) in enumerate(sorted(keyed, key=lambda t: (t[0], t[1])))]
 
 
 def _render(config: SyntheticSourceConfig, job: tuple[int, DefectType | None]) -> Frame:
@@ -659,7 +682,8 @@ def report(job: Job, command: str, wall_s: float) -> tuple[str, bool]:
     parts.append(
         f"- data per station: seed {job.seed}, {c.width}×{c.height}, clutter high; train {c.train} good, "
         f"validation {c.validation} good, test {c.test_good} good + {c.per_type} of each of {len(DEFECT_TYPES)} "
-        f"defect types ({', '.join(DEFECT_TYPES)}); ROI: "
+        f"defect types ({', '.join(DEFECT_TYPES)}), frame plan {FRAME_PLAN} (every kind spread over the same "
+        "frames: the same light and clutter phases); ROI: "
         + ("given with --roi-dir (fitted by edge-calibrate)" if job.roi_dir else "edge-calibrate, 5 good frames")
     )
     parts.append(machine_block(command) + f"\n- wall time of this run: {wall_s / 60:.1f} min")
@@ -688,6 +712,24 @@ def parse_epochs(text: str | None, models: Sequence[str]) -> tuple[int | None, t
     return every, tuple(sorted(per.items()))
 
 
+def parse_presets(items: Sequence[str], models: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """``--preset FAMILY:NAME`` (repeatable) → sorted (FAMILY, NAME) pairs, each checked against the family."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        family, sep, name = item.partition(":")
+        if not sep or not family or not name:
+            raise EdgeError(f"--preset {item!r} is not FAMILY:NAME", "e.g. --preset shape_guided:tiny")
+        if family not in models:
+            raise EdgeError(
+                f"--preset names {family}, which this run does not train", f"train it with --models {family}"
+            )
+        presets = get_family(family).presets
+        if name not in presets:
+            raise EdgeError(f"{family} has no preset {name!r}", f"pick one of {', '.join(sorted(presets))}")
+        pairs[family] = name
+    return tuple(sorted(pairs.items()))
+
+
 def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Job]:
     parser = argparse.ArgumentParser(
         prog="python -m tools.benchmarks.accuracy --suite", description=(__doc__ or "").split("\n\n")[0]
@@ -709,6 +751,14 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Job]:
         "--epochs",
         help="epochs per training phase: N for every family, FAMILY:N for one (e.g. 24,baad:20; default: the "
         "family's study)",
+    )
+    parser.add_argument(
+        "--preset",
+        action="append",
+        default=[],
+        metavar="FAMILY:NAME",
+        help="train FAMILY with preset NAME and that preset's recommended epochs, batch size and learning rate "
+        "(--epochs still overrides the epochs; default: the family's study)",
     )
     parser.add_argument("--dada-epochs", type=int, help="3DSR's DADA pretraining epochs (default: the family's study)")
     parser.add_argument(
@@ -768,6 +818,7 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Job]:
         threads=args.threads,
         epochs=epochs,
         family_epochs=family_epochs,
+        family_presets=parse_presets(args.preset, models),
         dada_epochs=args.dada_epochs,
         options=tuple(args.option),
         modes=tuple(m for m in MODES if m in modes),
