@@ -323,7 +323,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     onnx_path = onnx_from_model(model, card, out / "model.onnx")
     val, good_val = data.split("validation"), data.good("validation")
     first = val[good_val[0]]
-    parity = check_onnx(model, onnx_path, {k: first[k][None] for k in card.inputs})
+    parity = check_onnx(model, onnx_path, {k: first[k][None] for k in card.inputs}, map_tolerance=card.map_tolerance)
     _STDERR.print(f"{PROG}: {onnx_path.name}: {parity.summary()}", soft_wrap=True)
     if not parity.ok:
         raise TrainError(f"{onnx_path} does not reproduce the PyTorch model: {parity.summary()}", "report this bug")
